@@ -1,0 +1,44 @@
+# Slipway: `make run` starts it on the embedded default, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+
+.PHONY: run test lint bench demo-model migrate check clean
+
+$(VENV)/.run-installed: requirements.txt requirements-validator.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.txt -r requirements-validator.txt
+	@touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.run-installed requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt
+	@touch $@
+
+migrate: $(VENV)/.run-installed
+	$(BIN)/python manage.py migrate --no-input
+
+## run: migrate, make sure an admin exists, start the web server and a worker (Ctrl-C stops both)
+run: migrate
+	@$(BIN)/python manage.py ensure_admin
+	@$(BIN)/python -m controlplane.devserver
+
+## demo-model: write a small TorchScript model to var/demo/ and print its signature
+demo-model: $(VENV)/.run-installed
+	@$(BIN)/python manage.py demo_model
+
+## test: the whole suite on PostgreSQL, Redis, a real Celery worker and a real browser
+test: $(VENV)/.dev-installed
+	@bash .ci/test.sh
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## bench: registry benchmarks (1 GiB upload, 10k-version lists vs MLflow); not part of `make test`
+bench: $(VENV)/.dev-installed
+	@bash .ci/bench.sh
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,145 @@
+"""The one way to write the audit log: `record(...)`.
+
+Service functions call `record` inside the same `transaction.atomic()` as the
+change they make, so a change and its audit event commit or vanish together.
+Refused attempts (no change at all) go through `record_refusal`, in a
+transaction of their own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from controlplane.models import AuditEvent, Outcome
+
+# Any constant works; it names "the audit chain" among advisory locks.
+_AUDIT_LOCK_KEY = 0x534C_4950_5741_59  # "SLIPWAY"
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting, and from where. Services take one as `actor=`."""
+
+    user: Any = None  # a User, or None for the system and anonymous callers
+    token_name: str = ""
+    request_id: str = ""
+    source_ip: str | None = None
+    is_system: bool = False
+
+    @classmethod
+    def system(cls, request_id: str = "") -> Actor:
+        return cls(is_system=True, request_id=request_id)
+
+    @classmethod
+    def from_request(cls, request) -> Actor:
+        user = getattr(request, "user", None)
+        auth = getattr(request, "auth", None)  # set by DRF
+        token_name = getattr(auth, "name", "") if auth is not None else ""
+        return cls(
+            user=user if user is not None and user.is_authenticated else None,
+            token_name=token_name,
+            request_id=getattr(request, "request_id", ""),
+            source_ip=client_ip(request),
+        )
+
+    @property
+    def label(self) -> str:
+        if self.is_system:
+            return "system"
+        if self.user is None:
+            return "anonymous"
+        if self.token_name:
+            return f"{self.user.get_username()} (token: {self.token_name})"
+        return self.user.get_username()
+
+
+def client_ip(request) -> str | None:
+    if settings.SLIPWAY_TRUST_X_FORWARDED_FOR:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded:
+            return forwarded.split(",")[0].strip() or None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def describe(obj: Any) -> tuple[str, str, str]:
+    """(type, id, text) of an audited object."""
+    if obj is None:
+        return "", "", ""
+    if isinstance(obj, tuple):
+        kind, ident, text = obj
+        return kind, str(ident), str(text)[:300]
+    kind = getattr(obj, "AUDIT_TYPE", obj._meta.model_name)
+    return kind, str(obj.pk), str(obj)[:300]
+
+
+def _as_json(value: Any) -> Any:
+    # Store exactly what reading the row back will give, so the hash recomputes.
+    if value is None:
+        return None
+    return json.loads(json.dumps(value, default=str))
+
+
+def record(
+    action: str,
+    *,
+    actor: Actor,
+    target: Any = None,
+    before: dict | None = None,
+    after: dict | None = None,
+    outcome: str = Outcome.SUCCESS,
+    message: str = "",
+) -> AuditEvent:
+    """Append one event to the chain. Call inside the change's transaction."""
+    target_type, target_id, target_repr = describe(target)
+    with transaction.atomic():
+        _lock_chain()
+        last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
+        event = AuditEvent(
+            occurred_at=timezone.now(),
+            actor=actor.label[:200],
+            actor_user_id=actor.user.pk if actor.user is not None else None,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            target_repr=target_repr,
+            before=_as_json(before),
+            after=_as_json(after),
+            outcome=outcome,
+            message=message,
+            request_id=actor.request_id,
+            source_ip=actor.source_ip,
+            prev_hash=last or GENESIS_HASH,
+        )
+        event.hash = event.compute_hash()
+        event.save(force_insert=True)
+    return event
+
+
+def record_refusal(action: str, *, actor: Actor, outcome: str, message: str, target: Any = None) -> AuditEvent:
+    """Record an attempt that changed nothing (denied or invalid), on its own."""
+    return record(action, actor=actor, target=target, outcome=outcome, message=message)
+
+
+def _lock_chain() -> None:
+    # Appends are serialized so that each row's prev_hash is the row before it.
+    # SQLite needs nothing: its IMMEDIATE transactions already hold the write lock.
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_LOCK_KEY])
+
+
+def verify_chain(batch_size: int = 5000) -> AuditEvent | None:
+    """The first row whose hash or link is wrong, or None when the chain holds."""
+    expected_prev = GENESIS_HASH
+    for event in AuditEvent.objects.order_by("id").iterator(chunk_size=batch_size):
+        if event.prev_hash != expected_prev or event.compute_hash() != event.hash:
+            return event
+        expected_prev = event.hash
+    return None

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from rest_framework import authentication, exceptions
+
+from controlplane.tokens import authenticate_token
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    """`Authorization: Bearer <token>` with a token from the UI or create_api_token."""
+
+    keyword = "bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1").split()
+        if not header or header[0].lower() != self.keyword:
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed(
+                "Malformed Authorization header: send 'Authorization: Bearer <token>' with no spaces in the token."
+            )
+        token = authenticate_token(header[1])
+        if token is None:
+            raise exceptions.AuthenticationFailed(
+                "This API token is unknown or revoked. Create a new one under API tokens in the web UI, "
+                "or with 'python manage.py create_api_token USERNAME'."
+            )
+        return token.user, token
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="slipway"'

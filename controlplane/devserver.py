@@ -1,0 +1,88 @@
+"""`make run`: the web server and a Celery worker (with its beat), stopped together.
+
+Ctrl-C (or SIGTERM) stops every process started here; if one of them dies, the
+others are stopped too, so nothing is left running half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def main() -> int:
+    bind = os.environ.get("SLIPWAY_BIND", "127.0.0.1:8000")
+    var = Path(os.environ.get("SLIPWAY_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
+    (var / "celery").mkdir(parents=True, exist_ok=True)
+    commands = {
+        "web": [
+            str(BIN / "gunicorn"),
+            "controlplane.wsgi",
+            "--bind",
+            bind,
+            "--worker-class",
+            "gthread",
+            "--workers",
+            os.environ.get("SLIPWAY_WEB_WORKERS", "2"),
+            "--threads",
+            "8",
+            "--timeout",
+            "600",
+            "--access-logfile",
+            "-",
+        ],
+        "worker": [
+            str(BIN / "celery"),
+            "-A",
+            "controlplane",
+            "worker",
+            "--beat",
+            "--schedule",
+            str(var / "celery" / "beat-schedule"),
+            "--concurrency",
+            os.environ.get("SLIPWAY_WORKER_CONCURRENCY", "1"),
+            "--loglevel",
+            "INFO",
+        ],
+    }
+    procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+    print(f"Slipway is running on http://{bind}/ (Ctrl-C stops the web server and the worker)", flush=True)
+
+    stopping = False
+
+    def stop(signum=None, frame=None):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    exit_code = 0
+    while not stopping:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                print(f"{name} exited with {proc.returncode}; stopping the rest.", file=sys.stderr, flush=True)
+                exit_code = proc.returncode or 1
+                stopping = True
+        time.sleep(0.2)
+
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Typed errors raised by services. `controlplane.exception_handler` maps them to HTTP."""
+
+from __future__ import annotations
+
+from controlplane.models import Outcome
+
+
+class ServiceError(Exception):
+    """A refusal a person can act on; `message` says what to do."""
+
+    status_code = 400
+    code = "invalid"
+    outcome = Outcome.INVALID
+
+    def __init__(self, message: str, *, fields: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+
+
+class InvalidInput(ServiceError):
+    pass
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "too_large"

@@ -1,0 +1,91 @@
+"""The one place where errors become HTTP answers for the API.
+
+Every API error body is `{"error": "<what to do>", "code": "...", "fields": {...}?}`.
+Refused attempts (401, 403, 400, 409, 413) are recorded in the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from controlplane.errors import ServiceError
+from controlplane.models import Outcome
+
+log = logging.getLogger(__name__)
+
+
+def _flatten(detail) -> str:
+    if isinstance(detail, dict):
+        parts = []
+        for key, value in detail.items():
+            text = _flatten(value)
+            parts.append(text if key in ("non_field_errors", "detail") else f"{key}: {text}")
+        return "; ".join(parts)
+    if isinstance(detail, list):
+        return " ".join(_flatten(item) for item in detail)
+    return str(detail)
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, ServiceError):
+        body = {"error": exc.message, "code": exc.code}
+        if exc.fields:
+            body["fields"] = exc.fields
+        response = Response(body, status=exc.status_code)
+        _audit_refusal(context, exc.outcome, exc.message, response.status_code)
+        return response
+
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound("Not found: check the name or number in the URL.")
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # an unexpected error: Django logs it and answers 500
+
+    detail = exc.detail if isinstance(exc, exceptions.APIException) else response.data
+    body = {"error": _flatten(detail), "code": getattr(exc, "default_code", "error")}
+    if isinstance(exc, exceptions.ValidationError) and isinstance(exc.detail, dict):
+        body["fields"] = exc.detail
+        body["code"] = "invalid"
+    response.data = body
+
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed | exceptions.PermissionDenied):
+        _audit_refusal(context, Outcome.DENIED, body["error"], response.status_code)
+    elif isinstance(exc, exceptions.ValidationError | exceptions.ParseError | exceptions.UnsupportedMediaType):
+        _audit_refusal(context, Outcome.INVALID, body["error"], response.status_code)
+    return response
+
+
+def _audit_refusal(context, outcome: str, message: str, status_code: int) -> None:
+    from controlplane.audit import Actor, record_refusal
+
+    request = context.get("request")
+    view = context.get("view")
+    if request is None or (request.method in ("GET", "HEAD", "OPTIONS") and status_code not in (401, 403)):
+        return  # a failed read changes nothing worth recording; a denied one is
+    action = audit_action_for(view, request)
+    try:
+        record_refusal(
+            action,
+            actor=Actor.from_request(request),
+            outcome=outcome,
+            message=f"{status_code} {request.method} {request.get_full_path()[:200]}: {message}"[:2000],
+        )
+    except Exception:  # never turn a clear 4xx into a 500 because auditing failed
+        log.exception("could not record a refused attempt")
+
+
+def audit_action_for(view, request) -> str:
+    actions = getattr(view, "audit_actions", {}) or {}
+    name = getattr(view, "action", None)
+    if name in actions:
+        return actions[name]
+    basename = getattr(view, "basename", None) or type(view).__name__ if view is not None else "api"
+    return f"{basename}.{name or request.method.lower()}"

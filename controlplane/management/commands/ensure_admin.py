@@ -1,0 +1,34 @@
+import os
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+from controlplane.audit import Actor
+from controlplane.services import create_superuser
+
+
+class Command(BaseCommand):
+    help = (
+        "Make sure an administrator exists. Uses DJANGO_SUPERUSER_USERNAME / _PASSWORD / _EMAIL when set; "
+        "otherwise creates 'admin' with a random password and prints it once."
+    )
+
+    def handle(self, *args, **options):
+        User = get_user_model()
+        username = os.environ.get("DJANGO_SUPERUSER_USERNAME")
+        if username:
+            if not User.objects.filter(username=username).exists():
+                password = os.environ.get("DJANGO_SUPERUSER_PASSWORD")
+                email = os.environ.get("DJANGO_SUPERUSER_EMAIL", "")
+                create_superuser(username, email, password, actor=Actor.system())
+                self.stdout.write(f"Created administrator {username!r} from DJANGO_SUPERUSER_* variables.")
+            return
+        if User.objects.filter(is_superuser=True).exists():
+            return
+        password = secrets.token_urlsafe(12)
+        create_superuser("admin", "", password, actor=Actor.system())
+        self.stdout.write(
+            self.style.SUCCESS(f"Created administrator 'admin' with password: {password}")
+            + "\n(shown once; change it at /admin/password_change/)"
+        )

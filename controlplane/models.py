@@ -1,0 +1,105 @@
+"""What every app shares: the audit log and API tokens."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Outcome(models.TextChoices):
+    SUCCESS = "success", "success"
+    DENIED = "denied", "denied"  # not authenticated or not permitted
+    INVALID = "invalid", "invalid"  # bad input
+    FAILED = "failed", "failed"  # the system could not do it
+
+
+class AuditEvent(models.Model):
+    """One row per mutation or refused attempt. Append-only and hash-chained.
+
+    On PostgreSQL a trigger refuses UPDATE, DELETE and TRUNCATE; on SQLite a
+    trigger refuses UPDATE and DELETE. `verify_audit` recomputes the chain.
+    The actor is stored as text (and a plain id, not a foreign key), so deleting
+    a user never has to touch an audit row.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    occurred_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.CharField(max_length=200, db_index=True)  # username, "token:<name>", "system", "anonymous"
+    actor_user_id = models.BigIntegerField(null=True, blank=True)
+    action = models.CharField(max_length=100, db_index=True)
+    target_type = models.CharField(max_length=50, blank=True, db_index=True)
+    target_id = models.CharField(max_length=100, blank=True)
+    target_repr = models.CharField(max_length=300, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.SUCCESS)
+    message = models.TextField(blank=True)
+    request_id = models.CharField(max_length=128, blank=True)
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target_repr}"
+
+    HASHED_FIELDS = (
+        "occurred_at",
+        "actor",
+        "actor_user_id",
+        "action",
+        "target_type",
+        "target_id",
+        "target_repr",
+        "before",
+        "after",
+        "outcome",
+        "message",
+        "request_id",
+        "source_ip",
+    )
+
+    def compute_hash(self) -> str:
+        content = {name: getattr(self, name) for name in self.HASHED_FIELDS}
+        content["occurred_at"] = self.occurred_at.astimezone(datetime.UTC).isoformat()
+        body = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(f"{self.prev_hash}\n{body}".encode()).hexdigest()
+
+
+class APIToken(models.Model):
+    """A bearer token. Only its SHA-256 is stored; the token is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="The first characters, to recognise a token.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    AUDIT_TYPE = "token"
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "name"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="one_active_token_name_per_user",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -1,0 +1,242 @@
+"""Slipway settings: every value comes from the environment (see the README's table).
+
+The embedded default (no variables set) is SQLite, Celery's filesystem broker and
+artifacts under var/. Production sets DATABASE_URL, CELERY_BROKER_URL and friends.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from controlplane.env import env_bool, env_float, env_int, env_json_object, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("SLIPWAY_VAR_DIR") or BASE_DIR / "var").resolve()
+
+
+def _secret_key() -> str:
+    key = env_str("DJANGO_SECRET_KEY")
+    if key:
+        return key
+    # Embedded default: one random key per installation, kept beside the data.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("SLIPWAY_DEBUG", False)
+ALLOWED_HOSTS = env_list("SLIPWAY_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("SLIPWAY_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_filters",
+    "django_htmx",
+    "controlplane",
+    "registry",
+    "deployments",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "controlplane.middleware.RequestIdMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "controlplane.urls"
+WSGI_APPLICATION = "controlplane.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'slipway.sqlite3'}",
+        conn_max_age=env_int("SLIPWAY_DB_CONN_MAX_AGE", 60, minimum=0),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server and the worker write concurrently: WAL lets readers go on,
+    # and IMMEDIATE transactions serialize writers instead of failing them.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "registry:model-list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+
+# --- Artifacts -------------------------------------------------------------
+# Uploads stream to a temporary file in var/uploads (same filesystem as the
+# default storage, so keeping the file is a rename, not a copy).
+ARTIFACT_ROOT = Path(env_str("SLIPWAY_ARTIFACT_ROOT") or VAR_DIR / "artifacts").resolve()
+FILE_UPLOAD_TEMP_DIR = str(Path(env_str("SLIPWAY_UPLOAD_TEMP_DIR") or VAR_DIR / "uploads").resolve())
+# Local directories the embedded default writes to exist from the start.
+for _dir in (ARTIFACT_ROOT, Path(FILE_UPLOAD_TEMP_DIR)):
+    _dir.mkdir(parents=True, exist_ok=True)
+FILE_UPLOAD_HANDLERS = ["registry.uploads.StreamingArtifactUploadHandler"]
+FILE_UPLOAD_PERMISSIONS = 0o640
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(ARTIFACT_ROOT)},
+    },
+    "artifacts": {
+        "BACKEND": env_str("SLIPWAY_ARTIFACT_STORAGE") or "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": env_json_object("SLIPWAY_ARTIFACT_STORAGE_OPTIONS", {"location": str(ARTIFACT_ROOT)}),
+    },
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        ),
+    },
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_MANIFEST_STRICT = False
+
+SLIPWAY_MAX_ARTIFACT_BYTES = env_int("SLIPWAY_MAX_ARTIFACT_BYTES", 4 * 1024**3, minimum=1)
+SLIPWAY_ARCHIVE_MAX_MEMBERS = env_int("SLIPWAY_ARCHIVE_MAX_MEMBERS", 100_000, minimum=1)
+SLIPWAY_ARCHIVE_MAX_UNCOMPRESSED_BYTES = env_int("SLIPWAY_ARCHIVE_MAX_UNCOMPRESSED_BYTES", 16 * 1024**3, minimum=1)
+# The sandboxed validator child: limits on what a model may take while loading.
+SLIPWAY_VALIDATION_TIMEOUT_S = env_float("SLIPWAY_VALIDATION_TIMEOUT_S", 120.0, minimum=1)
+SLIPWAY_VALIDATION_CPU_S = env_int("SLIPWAY_VALIDATION_CPU_S", 120, minimum=1)
+SLIPWAY_VALIDATION_MEMORY_BYTES = env_int("SLIPWAY_VALIDATION_MEMORY_BYTES", 8 * 1024**3, minimum=256 * 1024**2)
+SLIPWAY_VALIDATION_PYTHON = env_str("SLIPWAY_VALIDATION_PYTHON")  # default: this interpreter
+
+# --- Celery ----------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
+CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _queue_dir = VAR_DIR / "celery" / "queue"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue_dir),
+        "data_folder_out": str(_queue_dir),
+        "processed_folder": str(VAR_DIR / "celery" / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = env_bool("SLIPWAY_CELERY_EAGER", False)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "requeue-stale-validations": {
+        "task": "registry.tasks.requeue_stale_validations",
+        "schedule": 60.0,
+    },
+}
+
+# --- API -------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "controlplane.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "controlplane.pagination.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "controlplane.exception_handler.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Slipway API",
+    "DESCRIPTION": "Control plane for PyTorch model deployments.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Interactive docs must work offline: Swagger UI comes from our own static files.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# Where the client's address comes from: only trust X-Forwarded-For behind a proxy you run.
+SLIPWAY_TRUST_X_FORWARDED_FOR = env_bool("SLIPWAY_TRUST_X_FORWARDED_FOR", False)
+
+# --- Production hardening (SLIPWAY_HTTPS=true behind TLS) -------------------
+if env_bool("SLIPWAY_HTTPS", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("SLIPWAY_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("SLIPWAY_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("SLIPWAY_HSTS_PRELOAD", False)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("SLIPWAY_LOG_LEVEL") or "INFO"},
+    "loggers": {"django.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from controlplane import api as controlplane_api
+from controlplane import views as controlplane_views
+from registry import api as registry_api
+
+router = DefaultRouter()
+router.register("models", registry_api.ModelViewSet, basename="model")
+router.register(r"models/(?P<model_name>[^/]+)/versions", registry_api.ModelVersionViewSet, basename="model-version")
+router.register("audit", controlplane_api.AuditEventViewSet, basename="audit")
+router.register("tokens", controlplane_api.APITokenViewSet, basename="token")
+
+urlpatterns = [
+    path("api/v1/", include(router.urls)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("tokens/", include("controlplane.token_urls")),
+    path("audit/", controlplane_views.audit_log, name="audit-log"),
+    path("healthz", controlplane_views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("", include("registry.urls")),
+]

@@ -1,0 +1,31 @@
+"""Helpers shared by the browser views."""
+
+from __future__ import annotations
+
+from django.core.paginator import Paginator
+from django.shortcuts import render
+
+from controlplane.audit import Actor, record_refusal
+from controlplane.errors import ServiceError
+
+# htmx stops polling when a response has this status (https://htmx.org/docs/#polling).
+HTMX_STOP_POLLING = 286
+
+
+def refuse(request, exc: ServiceError, action: str, template: str, context: dict | None = None):
+    """Render a refusal for the browser and record it in the audit log."""
+    record_refusal(
+        action,
+        actor=Actor.from_request(request),
+        outcome=exc.outcome,
+        message=f"{exc.status_code} {request.method} {request.path}: {exc.message}",
+    )
+    return render(request, template, {**(context or {}), "error": exc.message}, status=exc.status_code)
+
+
+def paginate(request, queryset, per_page: int = 50):
+    page = Paginator(queryset, per_page).get_page(request.GET.get("page"))
+    others = request.GET.copy()
+    others.pop("page", None)
+    page.query_prefix = f"{others.urlencode()}&" if others else ""  # keeps filters across pages
+    return page

@@ -1,0 +1,184 @@
+"""The sandboxed validator child. Standalone: stdlib and torch only, no Django.
+
+Run as `python -I sandbox_child.py` with a JSON request on stdin:
+{"path": ..., "format": "torchscript"|"torch_export", "signature": {...}|null}.
+Prints one JSON line: {"ok": true, "signature", "parameter_count", "load_time_ms"}
+or {"ok": false, "reason"}.
+"""
+
+import contextlib
+import json
+import sys
+import time
+import traceback
+
+DTYPES = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BF16": "bfloat16",
+}
+
+
+def datatype_of(torch, dtype):
+    for name, attr in DTYPES.items():
+        if getattr(torch, attr) == dtype:
+            return name
+    raise ValueError(f"the model uses the dtype {dtype}, which has no Open Inference Protocol datatype")
+
+
+def zeros_for(torch, spec, lower_bounds=None):
+    shape = []
+    for i, dim in enumerate(spec["shape"]):
+        if dim == -1:
+            dim = max(1, (lower_bounds or {}).get(i, 1))
+        shape.append(dim)
+    return torch.zeros(shape, dtype=getattr(torch, DTYPES[spec["datatype"]]))
+
+
+def describe_outputs(torch, out):
+    if isinstance(out, torch.Tensor):
+        items = [("output__0", out)]
+    elif isinstance(out, dict):
+        items = list(out.items())
+    elif isinstance(out, list | tuple):
+        items = [(f"output__{i}", t) for i, t in enumerate(out)]
+    else:
+        raise ValueError(
+            f"the model returned {type(out).__name__}; return a tensor, or a tuple, list or dict of tensors"
+        )
+    outputs = []
+    for name, tensor in items:
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"output {name!r} is a {type(tensor).__name__}, not a tensor")
+        outputs.append({"name": str(name), "datatype": datatype_of(torch, tensor.dtype), "shape": list(tensor.shape)})
+    return outputs
+
+
+def mark_batch_dims(declared_inputs, outputs):
+    # An output's leading dimension follows the inputs' variable leading dimension.
+    if declared_inputs and all(spec["shape"][:1] == [-1] for spec in declared_inputs):
+        for out in outputs:
+            if out["shape"]:
+                out["shape"][0] = -1
+    return outputs
+
+
+def export_signature(torch, ep):
+    """Inputs as recorded in a torch.export program; symbolic dims become -1."""
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    ranges = getattr(ep, "range_constraints", {}) or {}
+    inputs, lower = [], []
+    for name in ep.graph_signature.user_inputs:
+        node = placeholders.get(name)
+        val = node.meta.get("val") if node is not None else None
+        if not isinstance(val, torch.Tensor):
+            raise ValueError(f"input {name!r} is not a tensor; only tensor inputs can be served")
+        shape, bounds = [], {}
+        for i, dim in enumerate(val.shape):
+            if isinstance(dim, int):
+                shape.append(dim)
+            else:
+                shape.append(-1)
+                expr = dim.node.expr
+                vr = ranges.get(expr)
+                if vr is not None:
+                    with contextlib.suppress(TypeError, ValueError):
+                        bounds[i] = int(vr.lower)
+        inputs.append({"name": name, "datatype": datatype_of(torch, val.dtype), "shape": shape})
+        lower.append(bounds)
+    return inputs, lower
+
+
+def check_declared(declared, recorded):
+    if [d["name"] for d in declared] != [r["name"] for r in recorded]:
+        raise SignatureMismatch(
+            f"the signature names inputs {[d['name'] for d in declared]}, "
+            f"the archive records {[r['name'] for r in recorded]}"
+        )
+    for d, r in zip(declared, recorded, strict=True):
+        if d["datatype"] != r["datatype"]:
+            raise SignatureMismatch(f"input {d['name']!r} is {r['datatype']} in the archive, not {d['datatype']}")
+        if len(d["shape"]) != len(r["shape"]) or any(
+            rd != -1 and dd != rd for dd, rd in zip(d["shape"], r["shape"], strict=True)
+        ):
+            raise SignatureMismatch(f"input {d['name']!r} has shape {r['shape']} in the archive, not {d['shape']}")
+
+
+class SignatureMismatch(Exception):
+    pass
+
+
+def validate(request):
+    import torch
+
+    torch.set_num_threads(1)
+    path, fmt, signature = request["path"], request["format"], request.get("signature")
+    started = time.perf_counter()
+    lower_bounds = None
+    try:
+        if fmt == "torchscript":
+            module = torch.jit.load(path, map_location="cpu")
+            module.eval()
+            parameter_count = sum(p.numel() for p in module.parameters())
+            inputs = signature["inputs"]
+        else:
+            ep = torch.export.load(path)
+            recorded, lower_bounds = export_signature(torch, ep)
+            if signature:
+                check_declared(signature["inputs"], recorded)
+            inputs = recorded if not signature else signature["inputs"]
+            module = ep.module()
+            params = set(ep.graph_signature.parameters)
+            parameter_count = sum(t.numel() for k, t in ep.state_dict.items() if k in params)
+    except SignatureMismatch as exc:
+        return {"ok": False, "reason": f"The signature does not match the archive: {exc}. Fix or omit the signature."}
+    except Exception as exc:
+        return {
+            "ok": False,
+            "reason": f"torch could not load the archive ({type(exc).__name__}: {str(exc)[:400]}). "
+            "Export it again with the same torch version as the runtime.",
+        }
+    load_ms = (time.perf_counter() - started) * 1000
+
+    try:
+        tensors = [zeros_for(torch, spec, (lower_bounds or [None] * len(inputs))[i]) for i, spec in enumerate(inputs)]
+        with torch.inference_mode():
+            out = module(*tensors)
+        outputs = mark_batch_dims(inputs, describe_outputs(torch, out))
+    except Exception as exc:
+        shapes = ", ".join(f"{s['name']}: {s['datatype']} {s['shape']}" for s in inputs)
+        return {
+            "ok": False,
+            "reason": f"The model does not accept its signature ({shapes}): {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ''}. "
+            "Check the input names, order, shapes and datatypes.",
+        }
+    return {
+        "ok": True,
+        "signature": {"inputs": inputs, "outputs": outputs},
+        "parameter_count": int(parameter_count),
+        "load_time_ms": round(load_ms, 2),
+    }
+
+
+def main():
+    try:
+        request = json.loads(sys.stdin.read())
+        result = validate(request)
+    except MemoryError:
+        result = {"ok": False, "reason": "The model needs more memory than the validator may use."}
+    except Exception:
+        result = {"ok": False, "reason": "The validator crashed: " + traceback.format_exc(limit=3)[-600:]}
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""The registry's verbs. Each writes its rows and its audit event in one transaction."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import unicodedata
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models.deletion import ProtectedError, RestrictedError
+from django.utils import timezone
+
+from controlplane.audit import Actor, record
+from controlplane.errors import Conflict, InvalidInput
+from registry.artifacts import ArtifactRejected, inspect_artifact
+from registry.models import (
+    VERSION_TRANSITIONS,
+    ArtifactFormat,
+    Model,
+    ModelVersion,
+    VersionStatus,
+    artifact_storage,
+    slug_validator,
+)
+from registry.signatures import parse_metadata, parse_signature
+
+log = logging.getLogger(__name__)
+
+_EXTENSIONS = {ArtifactFormat.TORCHSCRIPT: ".pt", ArtifactFormat.TORCH_EXPORT: ".pt2"}
+
+
+def create_model(name: str, description: str = "", *, actor: Actor) -> Model:
+    name = (name or "").strip()
+    try:
+        slug_validator(name)
+    except ValidationError as exc:
+        raise InvalidInput(
+            f"Model name {name!r} is not allowed. {exc.messages[0]}", fields={"name": exc.messages}
+        ) from None
+    try:
+        with transaction.atomic():
+            model = Model.objects.create(name=name, description=description or "", created_by=actor.user)
+            record("model.create", actor=actor, target=model, after={"name": name, "description": model.description})
+    except IntegrityError as exc:
+        raise Conflict(f"A model named {name!r} already exists; upload a new version to it instead.") from exc
+    return model
+
+
+def clean_filename(name: str) -> str:
+    """The uploaded file's base name, safe to show and to put in a header."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable() and ch not in '"<>|*?')
+    name = re.sub(r"\s+", " ", name).strip(" .")
+    return name[:200] or "artifact"
+
+
+def upload_version(
+    model: Model,
+    upload,
+    *,
+    actor: Actor,
+    sha256: str | None = None,
+    signature: Any = None,
+    metadata: Any = None,
+) -> ModelVersion:
+    """Keep an uploaded artifact as the model's next version, then validate it.
+
+    `upload` is a file streamed by StreamingArtifactUploadHandler (with .sha256).
+    Everything that can be checked without loading the model is checked here;
+    a refusal keeps nothing. Loading happens later, in the sandboxed validator.
+    """
+    try:
+        if sha256:
+            sha256 = sha256.strip().lower()
+            if sha256 != upload.sha256:
+                raise InvalidInput(
+                    f"The artifact's SHA-256 is {upload.sha256}, not {sha256} as sent: the file changed "
+                    "or was cut short on the way. Upload it again.",
+                    fields={"sha256": ["does not match the uploaded file"]},
+                )
+        parsed_signature = parse_signature(signature)
+        parsed_metadata = parse_metadata(metadata)
+        try:
+            info = inspect_artifact(
+                upload,
+                max_members=settings.SLIPWAY_ARCHIVE_MAX_MEMBERS,
+                max_uncompressed=settings.SLIPWAY_ARCHIVE_MAX_UNCOMPRESSED_BYTES,
+            )
+        except ArtifactRejected as exc:
+            raise InvalidInput(str(exc), fields={"artifact": [str(exc)]}) from exc
+        if info.format == ArtifactFormat.TORCHSCRIPT and parsed_signature is None:
+            raise InvalidInput(
+                "A TorchScript archive does not record its input shapes: send a signature with the upload, "
+                'for example signature={"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}.',
+                fields={"signature": ["required for TorchScript"]},
+            )
+
+        storage = artifact_storage()
+        stored_name = storage.save(f"{model.name}/{uuid.uuid4().hex}{_EXTENSIONS[info.format]}", upload)
+    finally:
+        upload.close()  # removes the temporary file unless storage moved it
+
+    try:
+        with transaction.atomic():
+            locked = Model.objects.select_for_update().get(pk=model.pk)
+            locked.latest_version += 1
+            locked.save(update_fields=["latest_version"])
+            version = ModelVersion.objects.create(
+                model=locked,
+                version=locked.latest_version,
+                artifact=stored_name,
+                filename=clean_filename(upload.name),
+                size=upload.size,
+                sha256=upload.sha256,
+                format=info.format,
+                signature=parsed_signature or {},
+                metadata=parsed_metadata,
+                uploaded_by=actor.user,
+            )
+            record(
+                "model_version.upload",
+                actor=actor,
+                target=version,
+                after={
+                    "version": version.version,
+                    "sha256": version.sha256,
+                    "size": version.size,
+                    "format": version.format,
+                    "filename": version.filename,
+                },
+            )
+            transaction.on_commit(lambda: _enqueue_validation(version.pk))
+    except BaseException:
+        storage.delete(stored_name)
+        raise
+    return version
+
+
+def _enqueue_validation(version_id: int) -> None:
+    from registry.tasks import validate_model_version
+
+    validate_model_version.delay(version_id)
+
+
+def _transition(version_id: int, expected: str, new: str, **fields) -> bool:
+    """Compare-and-set a version's status; False if someone else got there first."""
+    if new not in VERSION_TRANSITIONS[expected]:
+        raise ValueError(f"illegal version transition {expected} -> {new}")
+    return ModelVersion.objects.filter(pk=version_id, status=expected).update(status=new, **fields) == 1
+
+
+def start_validation(version_id: int) -> bool:
+    return _transition(
+        version_id, VersionStatus.PENDING, VersionStatus.VALIDATING, validation_started_at=timezone.now()
+    )
+
+
+def finish_validation(version_id: int, result: dict, *, actor: Actor) -> ModelVersion | None:
+    """Store the sandbox's verdict: ready with the measured facts, or rejected with a reason."""
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version_id)
+        if version.status != VersionStatus.VALIDATING:
+            return None
+        before = {"status": version.status}
+        version.validated_at = timezone.now()
+        if result.get("ok"):
+            version.status = VersionStatus.READY
+            version.signature = result["signature"]
+            version.parameter_count = result.get("parameter_count")
+            version.load_time_ms = result.get("load_time_ms")
+            action = "model_version.validated"
+            after = {
+                "status": version.status,
+                "parameter_count": version.parameter_count,
+                "load_time_ms": version.load_time_ms,
+                "isolation": result.get("isolation"),
+            }
+        else:
+            version.status = VersionStatus.REJECTED
+            version.rejection_reason = result.get("reason") or "Validation failed."
+            action = "model_version.rejected"
+            after = {"status": version.status, "reason": version.rejection_reason}
+        version.save()
+        record(action, actor=actor, target=version, before=before, after=after)
+    return version
+
+
+def requeue_stale_validations(*, older_than_s: float, actor: Actor) -> list[int]:
+    """Put validations whose worker died back in the queue (a lost message only delays)."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=older_than_s)
+    stale = list(
+        ModelVersion.objects.filter(status=VersionStatus.VALIDATING, validation_started_at__lt=cutoff).values_list(
+            "pk", flat=True
+        )
+    )
+    stale += list(
+        ModelVersion.objects.filter(status=VersionStatus.PENDING, created_at__lt=cutoff).values_list("pk", flat=True)
+    )
+    requeued = []
+    for pk in stale:
+        with transaction.atomic():
+            moved = ModelVersion.objects.filter(pk=pk, status=VersionStatus.VALIDATING).update(
+                status=VersionStatus.PENDING, validation_started_at=None
+            )
+            if moved:
+                record(
+                    "model_version.validation_requeued",
+                    actor=actor,
+                    target=("model_version", pk, f"version #{pk}"),
+                    message=f"no verdict after {older_than_s:.0f}s; the worker was probably lost",
+                )
+            transaction.on_commit(lambda pk=pk: _enqueue_validation(pk))
+        requeued.append(pk)
+    return requeued
+
+
+def delete_version(version: ModelVersion, *, actor: Actor) -> None:
+    """Delete a version and its artifact, unless something depends on it."""
+    name = version.artifact.name
+    try:
+        with transaction.atomic():
+            locked = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+            snapshot = {"version": locked.version, "sha256": locked.sha256, "status": locked.status}
+            record("model_version.delete", actor=actor, target=locked, before=snapshot)
+            locked.delete()
+            transaction.on_commit(lambda: artifact_storage().delete(name))
+    except (ProtectedError, RestrictedError) as exc:
+        objects = getattr(exc, "protected_objects", None) or getattr(exc, "restricted_objects", ())
+        users = sorted({str(obj) for obj in objects})
+        raise Conflict(
+            f"{version} cannot be deleted: it is used by {', '.join(users) or 'a deployment'}. Remove those first."
+        ) from exc
+
+
+def artifact_path(version: ModelVersion) -> str | None:
+    """The artifact's local path when the storage has one (FileSystemStorage)."""
+    try:
+        return os.fspath(version.artifact.path)
+    except NotImplementedError:
+        return None

@@ -1,0 +1,83 @@
+"""Input/output signatures in Open Inference Protocol style.
+
+`{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}], "outputs": [...]}`,
+where -1 marks a variable dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from controlplane.errors import InvalidInput
+
+# Datatypes a PyTorch tensor can carry (BYTES has no tensor equivalent).
+TENSOR_DATATYPES = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")
+_EXAMPLE = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}'
+
+
+def parse_signature(raw: Any, *, field: str = "signature") -> dict | None:
+    """Check a signature given by a client; return it normalised, or None if absent."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str | bytes):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{field} is not valid JSON ({exc.msg}). Example: {_EXAMPLE}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), list) or not raw["inputs"]:
+        raise InvalidInput(f"{field} must be an object with a non-empty list 'inputs'. Example: {_EXAMPLE}")
+    unknown = set(raw) - {"inputs", "outputs"}
+    if unknown:
+        raise InvalidInput(f"{field} has unknown keys {sorted(unknown)}; only 'inputs' and 'outputs' are read.")
+    result = {"inputs": _tensors(raw["inputs"], f"{field}.inputs")}
+    if raw.get("outputs") is not None:
+        if not isinstance(raw["outputs"], list):
+            raise InvalidInput(f"{field}.outputs must be a list of tensors like the inputs.")
+        result["outputs"] = _tensors(raw["outputs"], f"{field}.outputs")
+    return result
+
+
+def _tensors(items: list, where: str) -> list[dict]:
+    seen: set[str] = set()
+    tensors = []
+    for index, item in enumerate(items):
+        here = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{here} must be an object with name, datatype and shape.")
+        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise InvalidInput(f"{here}.name must be an identifier such as 'input__0' or 'x'.")
+        if name in seen:
+            raise InvalidInput(f"{here}.name {name!r} is used twice.")
+        seen.add(name)
+        if datatype not in TENSOR_DATATYPES:
+            raise InvalidInput(f"{here}.datatype {datatype!r} is not one of {', '.join(TENSOR_DATATYPES)}.")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 16
+            or not all(isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in shape)
+        ):
+            raise InvalidInput(f"{here}.shape must be a list of positive integers, with -1 for a variable dimension.")
+        tensors.append({"name": name, "datatype": datatype, "shape": shape})
+    return tensors
+
+
+def parse_metadata(raw: Any) -> dict:
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str | bytes):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(
+                f"metadata is not valid JSON ({exc.msg}). Example: "
+                '{"training_run": "https://...", "git_commit": "abc123", "metrics": {"accuracy": 0.93}}'
+            ) from exc
+    if not isinstance(raw, dict):
+        raise InvalidInput('metadata must be a JSON object, such as {"git_commit": "abc123"}.')
+    if len(json.dumps(raw)) > 64 * 1024:
+        raise InvalidInput("metadata is larger than 64 KiB; link to large documents instead of embedding them.")
+    return raw

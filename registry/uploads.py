@@ -1,0 +1,88 @@
+"""Streaming upload: the artifact goes to disk chunk by chunk, hashed on the way.
+
+The file is never held whole in memory. The size limit is enforced from the
+Content-Length before a byte of the body is read, and again while streaming
+(for chunked bodies). A refused or interrupted upload leaves no file behind:
+the temporary file is deleted when it is closed or dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler
+
+from controlplane.errors import PayloadTooLarge
+
+# Multipart framing around the file (boundaries, headers, small fields) is small;
+# this slack keeps a file of exactly the limit from being refused by Content-Length.
+_MULTIPART_SLACK = 256 * 1024
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The artifact is larger than the limit of {limit} bytes ({limit / 1024**3:.2f} GiB). "
+        "Ask an administrator to raise SLIPWAY_MAX_ARTIFACT_BYTES, or upload a smaller export."
+    )
+
+
+class HashedTemporaryUploadedFile(UploadedFile):
+    """A file streamed to FILE_UPLOAD_TEMP_DIR, with its SHA-256 computed on the way."""
+
+    def __init__(self, name, content_type, charset, content_type_extra=None):
+        os.makedirs(settings.FILE_UPLOAD_TEMP_DIR, exist_ok=True)
+        # Closed (and so deleted) by close(), by Django at the end of the request, or when dropped.
+        file = tempfile.NamedTemporaryFile(suffix=".upload", dir=settings.FILE_UPLOAD_TEMP_DIR)  # noqa: SIM115
+        super().__init__(file, name, content_type, 0, charset, content_type_extra)
+        self.sha256 = ""
+
+    def temporary_file_path(self) -> str:
+        # FileSystemStorage moves a file that has one, instead of copying it.
+        return self.file.name
+
+    def close(self):
+        try:
+            return self.file.close()
+        except FileNotFoundError:
+            pass  # already moved into storage
+
+
+class StreamingArtifactUploadHandler(FileUploadHandler):
+    chunk_size = 1024 * 1024
+
+    def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
+        self.limit = settings.SLIPWAY_MAX_ARTIFACT_BYTES
+        if content_length and content_length > self.limit + _MULTIPART_SLACK:
+            raise too_large(self.limit)
+
+    def new_file(self, *args, **kwargs):
+        super().new_file(*args, **kwargs)
+        self.limit = getattr(self, "limit", settings.SLIPWAY_MAX_ARTIFACT_BYTES)
+        self.digest = hashlib.sha256()
+        self.received = 0
+        self.file = HashedTemporaryUploadedFile(
+            self.file_name, self.content_type, self.charset, self.content_type_extra
+        )
+
+    def receive_data_chunk(self, raw_data, start):
+        self.received += len(raw_data)
+        if self.received > self.limit:
+            self.file.close()  # deletes the partial file now
+            raise too_large(self.limit)
+        self.digest.update(raw_data)
+        self.file.write(raw_data)
+        return None
+
+    def file_complete(self, file_size):
+        self.file.seek(0)
+        self.file.size = file_size
+        self.file.sha256 = self.digest.hexdigest()
+        return self.file
+
+    def upload_interrupted(self):
+        if hasattr(self, "file"):
+            self.file.close()

@@ -1,0 +1,188 @@
+"""Validate a stored artifact in an isolated child process.
+
+The worker never loads the model itself. It checks the bytes (SHA-256, archive
+structure), then starts `sandbox_child.py` with:
+- an empty environment (no database URL, no secrets), a fresh temporary HOME;
+- a new network namespace where the OS allows it (no network at all);
+- rlimits on address space, CPU time, file size and open files;
+- a wall-clock timeout, after which its whole process group is killed.
+The child answers one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from django.conf import settings
+
+from registry.artifacts import ArtifactRejected, inspect_artifact
+from registry.models import ModelVersion
+
+log = logging.getLogger(__name__)
+
+CHILD = Path(__file__).with_name("sandbox_child.py")
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def validate_stored_artifact(version: ModelVersion) -> dict:
+    """The verdict for one version: {"ok": True, ...facts} or {"ok": False, "reason": ...}."""
+    with _local_copy(version) as path:
+        digest = _sha256(path)
+        if digest != version.sha256:
+            return {
+                "ok": False,
+                "reason": f"The stored artifact's SHA-256 is {digest}, not {version.sha256} as uploaded: "
+                "storage corrupted it. Upload the version again.",
+            }
+        try:
+            with open(path, "rb") as fh:
+                inspect_artifact(
+                    fh,
+                    max_members=settings.SLIPWAY_ARCHIVE_MAX_MEMBERS,
+                    max_uncompressed=settings.SLIPWAY_ARCHIVE_MAX_UNCOMPRESSED_BYTES,
+                    test_crc=True,
+                )
+        except ArtifactRejected as exc:
+            return {"ok": False, "reason": str(exc)}
+        return run_sandboxed(path, version.format, version.signature or None)
+
+
+def run_sandboxed(path: str, fmt: str, signature: dict | None) -> dict:
+    request = json.dumps({"path": str(path), "format": fmt, "signature": signature})
+    timeout = settings.SLIPWAY_VALIDATION_TIMEOUT_S
+    with tempfile.TemporaryDirectory(prefix="slipway-sandbox-") as home:
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": home,
+            "TMPDIR": home,
+            "LANG": "C.UTF-8",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": "0",
+        }
+        isolation = {"network": "unknown"}
+        read_fd, write_fd = os.pipe()  # the child reports which isolation it got
+        python = settings.SLIPWAY_VALIDATION_PYTHON or sys.executable
+        proc = subprocess.Popen(
+            [python, "-I", str(CHILD)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=home,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(write_fd,),
+            preexec_fn=_confine(write_fd),
+        )
+        os.close(write_fd)
+        try:
+            out, err = proc.communicate(request.encode(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.communicate()
+            return {
+                "ok": False,
+                "reason": f"Loading and running the model took longer than {timeout:.0f}s. "
+                "Check that the forward pass terminates on small inputs, or ask an administrator "
+                "to raise SLIPWAY_VALIDATION_TIMEOUT_S.",
+            }
+        finally:
+            with os.fdopen(read_fd, "rb") as fh:
+                isolation["network"] = fh.read().decode() or "unavailable"
+    return _verdict(proc.returncode, out, err, isolation)
+
+
+def _verdict(returncode: int, out: bytes, err: bytes, isolation: dict) -> dict:
+    lines = out.decode(errors="replace").strip().splitlines()
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+            result["isolation"] = isolation
+            return result
+        except json.JSONDecodeError:
+            pass
+    tail = err.decode(errors="replace").strip()[-600:]
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name
+        limit = settings.SLIPWAY_VALIDATION_MEMORY_BYTES
+        return {
+            "ok": False,
+            "reason": f"The validator was killed by {sig} while loading the model: it probably exceeded its "
+            f"memory limit ({limit / 1024**3:.1f} GiB) or CPU-time limit ({settings.SLIPWAY_VALIDATION_CPU_S}s). "
+            "Check the model's size, or ask an administrator to raise SLIPWAY_VALIDATION_MEMORY_BYTES.",
+        }
+    if "MemoryError" in tail or "std::bad_alloc" in tail or "DefaultCPUAllocator" in tail:
+        return {
+            "ok": False,
+            "reason": "The model needs more memory than the validator may use "
+            f"({settings.SLIPWAY_VALIDATION_MEMORY_BYTES / 1024**3:.1f} GiB). "
+            "Ask an administrator to raise SLIPWAY_VALIDATION_MEMORY_BYTES.",
+        }
+    return {"ok": False, "reason": f"The validator failed (exit {returncode}): {tail or 'no output'}"}
+
+
+def _confine(report_fd: int):
+    memory = settings.SLIPWAY_VALIDATION_MEMORY_BYTES
+    cpu = settings.SLIPWAY_VALIDATION_CPU_S
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        libc = ctypes.CDLL(None, use_errno=True)
+        network = "namespace"
+        if libc.unshare(_CLONE_NEWNET) != 0 and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
+            network = "unavailable"
+        os.write(report_fd, network.encode())
+        os.close(report_fd)
+        libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024**2, 64 * 1024**2))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return preexec
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _local_copy(version: ModelVersion):
+    """A local path to the artifact: the file itself, or a temporary download."""
+    storage = version.artifact.storage
+    try:
+        path = storage.path(version.artifact.name)
+    except NotImplementedError:
+        path = None
+    if path is not None:
+        yield path
+        return
+    with tempfile.NamedTemporaryFile(suffix=Path(version.artifact.name).suffix) as tmp:
+        with storage.open(version.artifact.name, "rb") as src:
+            shutil.copyfileobj(src, tmp, 1024 * 1024)
+        tmp.flush()
+        yield tmp.name

@@ -1,0 +1,130 @@
+"""Shared fixtures: named people, API clients, real model files, a real worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from rest_framework.test import APIClient
+
+from controlplane.audit import Actor
+from controlplane.tokens import create_token
+from tests.factories import UserFactory
+from tests.models_zoo import write_models
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        pytest.exit("The suite runs on PostgreSQL, never SQLite: run 'make test', or set DATABASE_URL.", returncode=2)
+
+
+# --- In CI nothing may be skipped -------------------------------------------------
+def pytest_sessionfinish(session, exitstatus):
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if os.environ.get("SLIPWAY_FORBID_SKIPS") and skipped:
+        reporter.write_line(f"{skipped} test(s) skipped: in CI nothing may be skipped.", red=True)
+        session.exitstatus = 1
+
+
+# --- People ------------------------------------------------------------------------
+@pytest.fixture
+def admin(db):
+    return UserFactory(username="admin", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def alice(db):
+    """A data scientist who uploads models."""
+    return UserFactory(username="alice")
+
+
+@pytest.fixture
+def alice_token(alice):
+    return create_token(alice, "laptop", actor=Actor(user=alice)).raw
+
+
+@pytest.fixture
+def api(alice_token) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {alice_token}")
+    return client
+
+
+@pytest.fixture
+def anonymous_api() -> APIClient:
+    return APIClient()
+
+
+# --- Real model artifacts, made once per session ----------------------------------------
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    return write_models(tmp_path_factory.mktemp("models"))
+
+
+# --- The audit table refuses TRUNCATE; transactional tests flush with it -----------------
+@pytest.fixture
+def live_db(transactional_db):
+    """Committed data (for the worker and the browser), flushed after the test."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE controlplane_auditevent ENABLE TRIGGER audit_no_truncate")
+    yield
+    with connection.cursor() as cursor:
+        # Django flushes a transactional test's tables with TRUNCATE once it ends.
+        cursor.execute("ALTER TABLE controlplane_auditevent DISABLE TRIGGER audit_no_truncate")
+
+
+# --- A real Celery worker process on the test database -----------------------------------
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker):
+    db = settings.DATABASES["default"]
+    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+    log_path = Path(settings.VAR_DIR) / "worker.log"
+    subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "controlplane", "purge", "-f"], env=env, check=True, capture_output=True
+    )
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--pool", "solo", "--loglevel", "INFO"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while b"ready." not in log_path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the Celery worker did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def worker(celery_worker_process, live_db):
+    return celery_worker_process
+
+
+def wait_for(predicate, *, timeout: float = 60, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
