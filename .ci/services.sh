@@ -13,10 +13,16 @@ _cleanup_services=()
 _stop_services() { for cmd in "${_cleanup_services[@]}"; do eval "$cmd" >/dev/null 2>&1 || true; done; }
 trap _stop_services EXIT
 
+_ensure_database() {
+  psql -h 127.0.0.1 -p "$1" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'slipway'" | grep -q 1 ||
+    psql -h 127.0.0.1 -p "$1" -U postgres -qc "CREATE DATABASE slipway" >/dev/null
+}
+
 ensure_postgres() {
   if [ -n "${DATABASE_URL:-}" ]; then return; fi
   if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then
     export DATABASE_URL="postgres://postgres@127.0.0.1:5432/slipway"
+    _ensure_database 5432
     return
   fi
   local initdb; initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -n1)
@@ -28,6 +34,7 @@ ensure_postgres() {
   "${run[@]}" "$bindir/pg_ctl" -s -D "$dir/data" -o "-p 55432 -k $dir -c listen_addresses=127.0.0.1" -w start >/dev/null
   _cleanup_services+=("${run[*]} $bindir/pg_ctl -s -D $dir/data -m immediate stop; rm -rf $dir")
   export DATABASE_URL="postgres://postgres@127.0.0.1:55432/slipway"
+  _ensure_database 55432
   echo "Started a throwaway PostgreSQL on 127.0.0.1:55432" >&2
 }
 

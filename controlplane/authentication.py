@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from controlplane.tokens import authenticate_token
@@ -28,3 +29,15 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="slipway"'
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "controlplane.authentication.BearerTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API token from the web UI (API tokens) or `manage.py create_api_token`.",
+        }

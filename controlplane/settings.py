@@ -229,6 +229,9 @@ if env_bool("SLIPWAY_HTTPS", False):
     SECURE_HSTS_SECONDS = env_int("SLIPWAY_HSTS_SECONDS", 31536000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = env_bool("SLIPWAY_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading is a commitment for the whole domain: opt in with SLIPWAY_HSTS_PRELOAD.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
 

@@ -50,7 +50,11 @@ class ModelVersionViewSet(
             self._model = get_object_or_404(Model, name=self.kwargs["model_name"])
         return self._model
 
+    queryset = ModelVersion.objects.none()  # for the schema
+
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
         return (
             ModelVersion.objects.filter(model=self.get_model())
             .select_related("model", "uploaded_by")
@@ -58,7 +62,7 @@ class ModelVersionViewSet(
         )
 
     def get_parsers(self):
-        if getattr(self, "action", None) == "create" or self.request.method == "POST":
+        if getattr(self, "action", None) == "create" or (self.request is not None and self.request.method == "POST"):
             return [MultiPartParser()]
         return super().get_parsers()
 
