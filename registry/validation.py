@@ -61,7 +61,7 @@ def validate_stored_artifact(version: ModelVersion) -> dict:
         return run_sandboxed(path, version.format, version.signature or None)
 
 
-def run_sandboxed(path: str, fmt: str, signature: dict | None) -> dict:
+def run_sandboxed(path: str, fmt: str, signature: dict | None, *, child: Path = CHILD) -> dict:
     request = json.dumps({"path": str(path), "format": fmt, "signature": signature})
     timeout = settings.SLIPWAY_VALIDATION_TIMEOUT_S
     with tempfile.TemporaryDirectory(prefix="slipway-sandbox-") as home:
@@ -79,7 +79,7 @@ def run_sandboxed(path: str, fmt: str, signature: dict | None) -> dict:
         read_fd, write_fd = os.pipe()  # the child reports which isolation it got
         python = settings.SLIPWAY_VALIDATION_PYTHON or sys.executable
         proc = subprocess.Popen(
-            [python, "-I", str(CHILD)],
+            [python, "-I", str(child)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,0 +1,77 @@
+"""The validator child's confinement, probed by running scripts under it.
+
+`run_sandboxed(..., child=probe)` starts the probe exactly as it starts the real
+validator: same interpreter flags, environment, namespaces and limits.
+"""
+
+import json
+import textwrap
+
+from registry.validation import run_sandboxed
+
+
+def _probe(tmp_path, body: str):
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import json, os, sys\nrequest = json.loads(sys.stdin.read())\n"
+        + textwrap.dedent(body)
+        + "\nprint(json.dumps(result))\n"
+    )
+    return run_sandboxed(str(tmp_path / "model.pt"), "torchscript", None, child=script)
+
+
+def test_the_child_sees_no_database_url_or_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgres://secret@db/slipway")
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "hunter2")
+    result = _probe(tmp_path, "result = {'ok': True, 'env': dict(os.environ)}")
+    assert result["ok"]
+    assert not {"DATABASE_URL", "DJANGO_SECRET_KEY", "CELERY_BROKER_URL"} & set(result["env"])
+    assert all("hunter2" not in value and "secret@" not in value for value in result["env"].values())
+
+
+def test_the_child_has_no_network(tmp_path):
+    result = _probe(
+        tmp_path,
+        """
+        import socket
+        try:
+            socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+            reached = True
+        except OSError as exc:
+            reached = str(exc)
+        result = {"ok": True, "reached": reached, "interfaces": sorted(n for _, n in socket.if_nameindex())}
+        """,
+    )
+    assert result["isolation"]["network"] == "namespace", "this machine should allow a network namespace"
+    assert result["reached"] is not True, "the sandbox reached PostgreSQL on the host"
+    assert result["interfaces"] == ["lo"]
+
+
+def test_the_child_is_killed_past_its_memory_limit(tmp_path, settings):
+    settings.SLIPWAY_VALIDATION_MEMORY_BYTES = 512 * 1024**2
+    result = _probe(tmp_path, "hog = bytearray(1024 ** 3)\nresult = {'ok': True}")
+    assert result["ok"] is False
+    assert "memory" in result["reason"] and "SLIPWAY_VALIDATION_MEMORY_BYTES" in result["reason"]
+
+
+def test_the_child_is_stopped_at_the_wall_clock_timeout(tmp_path, settings):
+    settings.SLIPWAY_VALIDATION_TIMEOUT_S = 2
+    result = _probe(tmp_path, "import time\ntime.sleep(60)\nresult = {'ok': True}")
+    assert result["ok"] is False
+    assert "longer than 2s" in result["reason"]
+
+
+def test_the_child_works_in_a_fresh_empty_home(tmp_path):
+    result = _probe(
+        tmp_path, "result = {'ok': True, 'cwd': os.getcwd(), 'files': os.listdir('.'), 'home': os.environ['HOME']}"
+    )
+    assert result["files"] == []
+    assert result["cwd"] == result["home"] != str(tmp_path)
+
+
+def test_the_real_validator_reports_its_verdict_as_json(tmp_path, model_files):
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    result = run_sandboxed(str(model_files["torchscript"]), "torchscript", signature)
+    assert result["ok"], result
+    assert json.dumps(result)  # the verdict is stored as JSON
+    assert result["signature"]["outputs"] == [{"name": "output__0", "datatype": "FP32", "shape": [-1, 3]}]
