@@ -128,7 +128,7 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 ARTIFACT_ROOT = Path(env_str("SLIPWAY_ARTIFACT_ROOT") or VAR_DIR / "artifacts").resolve()
 FILE_UPLOAD_TEMP_DIR = str(Path(env_str("SLIPWAY_UPLOAD_TEMP_DIR") or VAR_DIR / "uploads").resolve())
 # Local directories the embedded default writes to exist from the start.
-for _dir in (ARTIFACT_ROOT, Path(FILE_UPLOAD_TEMP_DIR)):
+for _dir in (ARTIFACT_ROOT, Path(FILE_UPLOAD_TEMP_DIR), STATIC_ROOT):
     _dir.mkdir(parents=True, exist_ok=True)
 FILE_UPLOAD_HANDLERS = ["registry.uploads.StreamingArtifactUploadHandler"]
 FILE_UPLOAD_PERMISSIONS = 0o640
@@ -141,16 +141,11 @@ STORAGES = {
         "BACKEND": env_str("SLIPWAY_ARTIFACT_STORAGE") or "django.core.files.storage.FileSystemStorage",
         "OPTIONS": env_json_object("SLIPWAY_ARTIFACT_STORAGE_OPTIONS", {"location": str(ARTIFACT_ROOT)}),
     },
-    "staticfiles": {
-        "BACKEND": (
-            "django.contrib.staticfiles.storage.StaticFilesStorage"
-            if DEBUG
-            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        ),
-    },
+    # No manifest: pages render without a collectstatic step (make run, tests);
+    # WhiteNoise serves the files (compressed after collectstatic) either way.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
-WHITENOISE_MANIFEST_STRICT = False
 
 SLIPWAY_MAX_ARTIFACT_BYTES = env_int("SLIPWAY_MAX_ARTIFACT_BYTES", 4 * 1024**3, minimum=1)
 SLIPWAY_ARCHIVE_MAX_MEMBERS = env_int("SLIPWAY_ARCHIVE_MAX_MEMBERS", 100_000, minimum=1)
@@ -166,6 +161,8 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "celery" / "queue"
+    for _dir in (_queue_dir, VAR_DIR / "celery" / "processed"):
+        _dir.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),

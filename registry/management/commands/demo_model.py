@@ -29,7 +29,7 @@ class Command(BaseCommand):
         signature = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [-1, 4]}]}
         self.stderr.write(f"Wrote {path} ({path.stat().st_size} bytes). Upload it with the signature:")
         self.stderr.write(
-            f"  curl -H 'Authorization: Bearer $TOKEN' -F artifact=@{path} "
+            f'  curl -H "Authorization: Bearer $TOKEN" -F artifact=@{path} '
             f"-F 'signature={json.dumps(signature)}' http://127.0.0.1:8000/api/v1/models/iris/versions/"
         )
         self.stdout.write(json.dumps(signature))
