@@ -16,6 +16,7 @@ from registry import services
 from registry.filtersets import ModelFilterSet, ModelVersionFilterSet
 from registry.models import Model, ModelVersion
 from registry.serializers import ModelSerializer, ModelVersionSerializer, VersionUploadSerializer
+from registry.uploads import raise_if_too_large
 
 
 class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
@@ -74,6 +75,7 @@ class ModelVersionViewSet(
     def create(self, request, *args, **kwargs):
         model = self.get_model()
         upload = request.FILES.get("artifact")
+        raise_if_too_large(request)
         if upload is None:
             raise InvalidInput(
                 "Send the model file in the multipart field 'artifact'.", fields={"artifact": ["required"]}

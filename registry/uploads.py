@@ -4,6 +4,10 @@ The file is never held whole in memory. The size limit is enforced from the
 Content-Length before a byte of the body is read, and again while streaming
 (for chunked bodies). A refused or interrupted upload leaves no file behind:
 the temporary file is deleted when it is closed or dropped.
+
+Going over the limit stops the parse quietly and marks the request, because the
+body may first be read by middleware (CSRF reads request.POST) where an exception
+would become a 500; views then call `raise_if_too_large(request)`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import tempfile
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
-from django.core.files.uploadhandler import FileUploadHandler
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+from django.http import QueryDict
+from django.utils.datastructures import MultiValueDict
 
 from controlplane.errors import PayloadTooLarge
 
@@ -28,6 +34,12 @@ def too_large(limit: int) -> PayloadTooLarge:
         f"The artifact is larger than the limit of {limit} bytes ({limit / 1024**3:.2f} GiB). "
         "Ask an administrator to raise SLIPWAY_MAX_ARTIFACT_BYTES, or upload a smaller export."
     )
+
+
+def raise_if_too_large(request) -> None:
+    limit = getattr(request, "upload_too_large", None)
+    if limit is not None:
+        raise too_large(limit)
 
 
 class HashedTemporaryUploadedFile(UploadedFile):
@@ -57,7 +69,9 @@ class StreamingArtifactUploadHandler(FileUploadHandler):
     def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
         self.limit = settings.SLIPWAY_MAX_ARTIFACT_BYTES
         if content_length and content_length > self.limit + _MULTIPART_SLACK:
-            raise too_large(self.limit)
+            self.request.upload_too_large = self.limit
+            return QueryDict(), MultiValueDict()  # "parsed": nothing, without reading the body
+        return None
 
     def new_file(self, *args, **kwargs):
         super().new_file(*args, **kwargs)
@@ -72,7 +86,8 @@ class StreamingArtifactUploadHandler(FileUploadHandler):
         self.received += len(raw_data)
         if self.received > self.limit:
             self.file.close()  # deletes the partial file now
-            raise too_large(self.limit)
+            self.request.upload_too_large = self.limit
+            raise StopUpload(connection_reset=True)
         self.digest.update(raw_data)
         self.file.write(raw_data)
         return None

@@ -13,6 +13,7 @@ from controlplane.web import HTMX_STOP_POLLING, paginate, refuse
 from registry import services
 from registry.api import artifact_response
 from registry.models import VERSION_TERMINAL, Model, ModelVersion
+from registry.uploads import raise_if_too_large
 
 
 @login_required
@@ -67,6 +68,7 @@ def upload(request, name):
     template = "registry/htmx/upload_result.html"
     try:
         artifact = request.FILES.get("artifact")  # streams the body through our handler
+        raise_if_too_large(request)
         if artifact is None:
             raise InvalidInput("Choose a model file to upload.")
         version = services.upload_version(

@@ -1,0 +1,87 @@
+"""Browser uploads: the size limit and login are enforced before anything is kept."""
+
+import os
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from registry.models import Model, ModelVersion
+from tests.models_zoo import MLP_SIGNATURE
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def browser(alice) -> Client:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    client.get("/models/")  # sets the CSRF cookie, as a page view does
+    return client
+
+
+@pytest.fixture
+def iris(alice):
+    return Model.objects.create(name="iris", created_by=alice)
+
+
+def _csrf(client: Client) -> dict:
+    return {"HTTP_X_CSRFTOKEN": client.cookies["csrftoken"].value}
+
+
+def _leftovers() -> list[str]:
+    found = []
+    for root in (django_settings.ARTIFACT_ROOT, django_settings.FILE_UPLOAD_TEMP_DIR):
+        for dirpath, _dirs, files in os.walk(root):
+            found += [os.path.join(dirpath, f) for f in files]
+    return found
+
+
+def test_an_upload_over_the_limit_answers_413_and_keeps_nothing(browser, iris, model_files, settings):
+    settings.SLIPWAY_MAX_ARTIFACT_BYTES = 1000
+    before = _leftovers()
+    artifact = SimpleUploadedFile("mlp.pt", model_files["torchscript"].read_bytes())
+    response = browser.post("/models/iris/versions/upload/", {"artifact": artifact}, **_csrf(browser))
+    assert response.status_code == 413
+    assert "SLIPWAY_MAX_ARTIFACT_BYTES" in response.content.decode()
+    assert ModelVersion.objects.count() == 0
+    assert _leftovers() == before
+
+
+def test_a_browser_upload_is_kept_and_shows_its_sha256(browser, iris, model_files):
+    artifact = SimpleUploadedFile("mlp.pt", model_files["torchscript"].read_bytes())
+    data = {"artifact": artifact, "signature": '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}'}
+    response = browser.post("/models/iris/versions/upload/", data, **_csrf(browser))
+    assert response.status_code == 201, response.content
+    version = ModelVersion.objects.get()
+    assert version.signature == MLP_SIGNATURE
+    assert version.sha256 in response.content.decode()
+    assert response["HX-Trigger"] == "versions-changed"
+
+
+def test_an_upload_without_the_csrf_token_is_refused(browser, iris, model_files):
+    artifact = SimpleUploadedFile("mlp.pt", model_files["torchscript"].read_bytes())
+    response = browser.post("/models/iris/versions/upload/", {"artifact": artifact})
+    assert response.status_code == 403
+    assert ModelVersion.objects.count() == 0
+
+
+def test_an_anonymous_upload_is_sent_to_log_in_before_its_body_is_read(iris, model_files):
+    client = Client(enforce_csrf_checks=True)
+    before = _leftovers()
+    artifact = SimpleUploadedFile("mlp.pt", model_files["torchscript"].read_bytes())
+    response = client.post("/models/iris/versions/upload/", {"artifact": artifact})
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+    assert ModelVersion.objects.count() == 0
+    assert _leftovers() == before
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(browser, iris, settings):
+    settings.SLIPWAY_MAX_ARTIFACT_BYTES = 1000
+    before = _leftovers()
+    artifact = SimpleUploadedFile("big.pt", b"\0" * (512 * 1024))
+    response = browser.post("/models/iris/versions/upload/", {"artifact": artifact}, **_csrf(browser))
+    assert response.status_code == 413
+    assert ModelVersion.objects.count() == 0
+    assert _leftovers() == before
