@@ -58,3 +58,64 @@ ensure_chromium() {
   if [ -x /usr/bin/chromium ]; then return; fi
   _apt_install chromium
 }
+
+# --- Docker engine, image registry, base image and wheelhouse for the build tests ---
+SLIPWAY_CACHE="${SLIPWAY_CACHE:-/var/cache/slipway}"
+
+ensure_docker() {
+  if [ -n "${DOCKER_HOST:-}" ] || docker info >/dev/null 2>&1; then return; fi
+  command -v dockerd >/dev/null || _apt_install docker.io
+  command -v docker >/dev/null || _apt_install docker.io
+  echo "Starting the Docker daemon..." >&2
+  _as_root sh -c 'nohup dockerd --data-root /var/lib/docker --host unix:///var/run/docker.sock >/var/log/slipway-dockerd.log 2>&1 &'
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && return; sleep 0.5; done
+  echo "The Docker daemon did not start; see /var/log/slipway-dockerd.log" >&2
+  return 1
+}
+
+ensure_registry() {
+  if [ -n "${SLIPWAY_REGISTRY:-}" ]; then return; fi
+  command -v docker-registry >/dev/null || _apt_install docker-registry
+  local dir; dir=$(mktemp -d /tmp/slipway-registry.XXXXXX)
+  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%s\n' \
+    "$dir" "$port" > "$dir/config.yml"
+  docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
+  _cleanup_services+=("kill $!; rm -rf $dir")
+  for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+  export SLIPWAY_REGISTRY="127.0.0.1:$port"
+  echo "Started a throwaway image registry on $SLIPWAY_REGISTRY" >&2
+}
+
+# A Debian base image with Python 3.11, made locally (no image can be pulled here).
+ensure_base_image() {
+  local image=slipway-base/debian-python:bookworm
+  if ! docker image inspect "$image" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null || _apt_install debootstrap
+    local root="$SLIPWAY_CACHE/rootfs-bookworm"
+    if [ ! -x "$root/usr/bin/python3" ]; then
+      echo "Making the base image with debootstrap (about a minute, once)..." >&2
+      _as_root rm -rf "$root"
+      _as_root debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root" >/dev/null
+    fi
+    _as_root tar -C "$root" -c . | docker import - "$image" >/dev/null
+  fi
+  export SLIPWAY_BASE_IMAGE_CPU="$image"
+}
+
+# The runtime's wheels, so test builds install offline (and the CPU torch wheel).
+ensure_wheelhouse() {
+  local key; key=$(cat inference_runtime/requirements.txt 2>/dev/null | sha256sum | cut -c1-12)
+  local dir="$SLIPWAY_CACHE/wheelhouse-$key"
+  if [ ! -f "$dir/.complete" ]; then
+    mkdir -p "$dir"
+    echo "Downloading the runtime's wheels into $dir (once)..." >&2
+    if .venv/bin/python -m pip download --quiet --dest "$dir" --only-binary=:all: \
+        -r inference_runtime/requirements.txt >"$dir/.log" 2>&1; then
+      touch "$dir/.complete"
+    else
+      grep -v "is ignored" "$dir/.log" >&2; return 1
+    fi
+  fi
+  export SLIPWAY_WHEELHOUSE="$dir" SLIPWAY_PIP_OFFLINE=1
+}

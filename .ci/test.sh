@@ -6,11 +6,16 @@ source .ci/services.sh
 ensure_postgres
 ensure_redis
 ensure_chromium
+ensure_docker
+ensure_registry
+ensure_base_image
+ensure_wheelhouse
 
 export SLIPWAY_VAR_DIR="${SLIPWAY_VAR_DIR:-$(mktemp -d /tmp/slipway-test.XXXXXX)}"
 export DJANGO_SECRET_KEY="${DJANGO_SECRET_KEY:-test-only-$(head -c 24 /dev/urandom | base64)}"
 BIN=.venv/bin
 echo "== database: ${DATABASE_URL%%@*}@…  broker: $CELERY_BROKER_URL  var: $SLIPWAY_VAR_DIR"
+echo "== docker: $(docker version --format '{{.Server.Version}}')  registry: $SLIPWAY_REGISTRY  base: $SLIPWAY_BASE_IMAGE_CPU"
 
 echo "== ruff"
 $BIN/ruff check .

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from controlplane.env import env_bool, env_float, env_int, env_json_object, env_list, env_str
+from controlplane.env import env_bool, env_choice, env_float, env_int, env_json_object, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SLIPWAY_VAR_DIR") or BASE_DIR / "var").resolve()
@@ -157,6 +157,23 @@ SLIPWAY_VALIDATION_CPU_S = env_int("SLIPWAY_VALIDATION_CPU_S", 120, minimum=1)
 SLIPWAY_VALIDATION_MEMORY_BYTES = env_int("SLIPWAY_VALIDATION_MEMORY_BYTES", 8 * 1024**3, minimum=256 * 1024**2)
 SLIPWAY_VALIDATION_PYTHON = env_str("SLIPWAY_VALIDATION_PYTHON")  # default: this interpreter
 
+# --- Image builds (Docker SDK; DOCKER_HOST as usual) -------------------------
+SLIPWAY_REGISTRY = env_str("SLIPWAY_REGISTRY") or ""  # e.g. registry.example.com or 127.0.0.1:5000
+SLIPWAY_REGISTRY_USERNAME = env_str("SLIPWAY_REGISTRY_USERNAME") or ""
+SLIPWAY_REGISTRY_PASSWORD = env_str("SLIPWAY_REGISTRY_PASSWORD") or ""  # or SLIPWAY_REGISTRY_PASSWORD_FILE
+SLIPWAY_BASE_IMAGE_GPU = env_str("SLIPWAY_BASE_IMAGE_GPU") or "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
+SLIPWAY_BASE_IMAGE_CPU = env_str("SLIPWAY_BASE_IMAGE_CPU") or "python:3.11-slim-bookworm"
+SLIPWAY_BUILD_VARIANT = env_choice("SLIPWAY_BUILD_VARIANT", "gpu", ("gpu", "cpu"))
+SLIPWAY_BUILD_NETWORK_MODE = env_str("SLIPWAY_BUILD_NETWORK_MODE") or ""  # "host" behind a proxy
+SLIPWAY_BUILD_CA_BUNDLE = env_str("SLIPWAY_BUILD_CA_BUNDLE") or ""  # extra CA bundle for pip in the build
+SLIPWAY_PIP_INDEX_URL = env_str("SLIPWAY_PIP_INDEX_URL") or ""
+SLIPWAY_PIP_EXTRA_INDEX_URL = env_str("SLIPWAY_PIP_EXTRA_INDEX_URL") or ""
+SLIPWAY_WHEELHOUSE = env_str("SLIPWAY_WHEELHOUSE") or ""  # a directory of wheels offered to pip
+SLIPWAY_PIP_OFFLINE = env_bool("SLIPWAY_PIP_OFFLINE", False)  # install from the wheelhouse alone
+SLIPWAY_BUILD_TIMEOUT_S = env_float("SLIPWAY_BUILD_TIMEOUT_S", 1800.0, minimum=10)
+SLIPWAY_BUILD_STALE_S = env_float("SLIPWAY_BUILD_STALE_S", 120.0, minimum=10)
+SLIPWAY_BUILD_MAX_ATTEMPTS = env_int("SLIPWAY_BUILD_MAX_ATTEMPTS", 3, minimum=1)
+
 # --- Celery ----------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
@@ -180,10 +197,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("SLIPWAY_CELERY_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
-    "requeue-stale-validations": {
-        "task": "registry.tasks.requeue_stale_validations",
-        "schedule": 60.0,
-    },
+    "requeue-stale-validations": {"task": "registry.tasks.requeue_stale_validations", "schedule": 60.0},
+    "recover-stale-builds": {"task": "deployments.tasks.recover_stale_builds", "schedule": 30.0},
 }
 
 # --- API -------------------------------------------------------------------

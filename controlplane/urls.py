@@ -6,11 +6,18 @@ from rest_framework.routers import DefaultRouter
 
 from controlplane import api as controlplane_api
 from controlplane import views as controlplane_views
+from deployments import api as deployments_api
 from registry import api as registry_api
 
 router = DefaultRouter()
 router.register("models", registry_api.ModelViewSet, basename="model")
 router.register(r"models/(?P<model_name>[^/]+)/versions", registry_api.ModelVersionViewSet, basename="model-version")
+router.register(
+    r"models/(?P<model_name>[^/]+)/versions/(?P<version>[0-9]+)/builds",
+    deployments_api.VersionBuildViewSet,
+    basename="version-build",
+)
+router.register("builds", deployments_api.ImageBuildViewSet, basename="build")
 router.register("audit", controlplane_api.AuditEventViewSet, basename="audit")
 router.register("tokens", controlplane_api.APITokenViewSet, basename="token")
 
@@ -24,5 +31,6 @@ urlpatterns = [
     path("audit/", controlplane_views.audit_log, name="audit-log"),
     path("healthz", controlplane_views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("", include("deployments.urls")),
     path("", include("registry.urls")),
 ]

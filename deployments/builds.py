@@ -1,0 +1,278 @@
+"""Build a runtime image for one model version with the Docker SDK, and push it.
+
+The steps are small functions so the task can stream each one's log into the
+build row, notice a cancellation between log lines, and turn every failure into
+a message a person can act on. Registry credentials go to the engine in the
+push call only: never into the build context, build arguments or log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+from django.conf import settings
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "docker" / "runtime.Dockerfile"
+RUNTIME_PACKAGE = ROOT / "inference_runtime"
+_MODEL_FILES = {"torchscript": "model.pt", "torch_export": "model.pt2"}
+
+
+class BuildFailed(Exception):
+    """A build step failed; the message says what to do about it."""
+
+
+class BuildCancelled(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    registry: str
+    username: str = ""
+    password: str = field(default="", repr=False)
+    network_mode: str = ""
+    ca_bundle: str = ""
+    pip_index_url: str = ""
+    pip_extra_index_url: str = ""
+    wheelhouse: str = ""
+    pip_offline: bool = False
+    timeout_s: float = 3600.0
+
+    @classmethod
+    def from_settings(cls) -> BuildConfig:
+        return cls(
+            registry=settings.SLIPWAY_REGISTRY,
+            username=settings.SLIPWAY_REGISTRY_USERNAME,
+            password=settings.SLIPWAY_REGISTRY_PASSWORD,
+            network_mode=settings.SLIPWAY_BUILD_NETWORK_MODE,
+            ca_bundle=settings.SLIPWAY_BUILD_CA_BUNDLE,
+            pip_index_url=settings.SLIPWAY_PIP_INDEX_URL,
+            pip_extra_index_url=settings.SLIPWAY_PIP_EXTRA_INDEX_URL,
+            wheelhouse=settings.SLIPWAY_WHEELHOUSE,
+            pip_offline=settings.SLIPWAY_PIP_OFFLINE,
+            timeout_s=settings.SLIPWAY_BUILD_TIMEOUT_S,
+        )
+
+    @property
+    def auth_config(self) -> dict | None:
+        if not self.username:
+            return None
+        return {"username": self.username, "password": self.password}
+
+
+def image_ref(registry: str, model_name: str, version: int, sha256: str, variant: str) -> str:
+    """Content-addressed: the artifact's digest is in the tag; the CPU variant says so."""
+    suffix = "-cpu" if variant == "cpu" else ""
+    return f"{registry}/slipway/{model_name}:v{version}-{sha256[:12]}{suffix}"
+
+
+def connect(timeout_s: float) -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=int(min(timeout_s, 600)))
+        client.ping()
+        return client
+    except DockerException as exc:
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        raise BuildFailed(
+            f"Cannot reach the Docker engine at {where} ({_short(exc)}). "
+            "Start the Docker daemon, or point DOCKER_HOST at one, then retry the build."
+        ) from exc
+
+
+def registry_digest(client: docker.DockerClient, ref: str, config: BuildConfig) -> str | None:
+    """The digest the registry holds for `ref`, or None when it has no such tag."""
+    try:
+        data = client.api.inspect_distribution(ref, auth_config=config.auth_config)
+    except NotFound:
+        return None
+    except APIError as exc:
+        text = str(exc).lower()
+        if "not found" in text or "manifest unknown" in text or "does not exist" in text:
+            return None
+        raise BuildFailed(_registry_problem(config, exc)) from exc
+    return data.get("Descriptor", {}).get("digest") or None
+
+
+def assemble_context(
+    dest: Path,
+    *,
+    artifact_open: Callable,
+    artifact_sha256: str,
+    artifact_format: str,
+    config: BuildConfig,
+) -> str:
+    """Lay out exactly what the Dockerfile needs, and nothing else. Returns the model file name."""
+    shutil.copy(DOCKERFILE, dest / "Dockerfile")
+    shutil.copytree(
+        RUNTIME_PACKAGE,
+        dest / "inference_runtime",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"),
+    )
+    (dest / "wheelhouse").mkdir()
+    if config.wheelhouse:
+        for wheel in Path(config.wheelhouse).glob("*.whl"):
+            target = dest / "wheelhouse" / wheel.name
+            if _same_fs(wheel, dest):
+                os.link(wheel, target)  # torch wheels are large: a link, not a copy
+            else:
+                shutil.copy(wheel, target)
+    (dest / "certs").mkdir()
+    if config.ca_bundle:
+        shutil.copy(config.ca_bundle, dest / "certs" / "extra-ca.crt")
+    (dest / "model").mkdir()
+    name = _MODEL_FILES[artifact_format]
+    digest = hashlib.sha256()
+    with artifact_open() as src, open(dest / "model" / name, "wb") as out:
+        while chunk := src.read(1024 * 1024):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != artifact_sha256:
+        raise BuildFailed(
+            f"The stored artifact's SHA-256 is {digest.hexdigest()}, not {artifact_sha256} as uploaded: "
+            "storage corrupted it. Upload the version again."
+        )
+    return name
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def build_image(
+    client: docker.DockerClient,
+    context: Path,
+    *,
+    tag: str,
+    buildargs: dict[str, str],
+    config: BuildConfig,
+    emit: Callable[[str], None],
+) -> str:
+    """Run the build, streaming its output to `emit`. Returns the image id."""
+    deadline = time.monotonic() + config.timeout_s
+    try:
+        stream = client.api.build(
+            path=str(context),
+            dockerfile="Dockerfile",
+            tag=tag,
+            buildargs=buildargs,
+            network_mode=config.network_mode or None,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+            labels={"io.slipway.built-by": "slipway"},
+        )
+        image_id = None
+        for chunk in stream:
+            if time.monotonic() > deadline:
+                raise BuildFailed(
+                    f"The build took longer than {config.timeout_s:.0f}s and was stopped. "
+                    "Raise SLIPWAY_BUILD_TIMEOUT_S, or use a wheelhouse or a closer pip index."
+                )
+            if "error" in chunk:
+                message = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                emit(message)
+                raise BuildFailed(_build_problem(message))
+            if "stream" in chunk:
+                emit(chunk["stream"])
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+    except (APIError, DockerException) as exc:
+        raise BuildFailed(_build_problem(_short(exc))) from exc
+    if image_id is None:
+        try:
+            image_id = client.images.get(tag).id
+        except ImageNotFound as exc:
+            raise BuildFailed("The build ended without producing an image; see the log.") from exc
+    return image_id
+
+
+_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
+
+
+def push_image(client: docker.DockerClient, ref: str, *, config: BuildConfig, emit: Callable[[str], None]) -> str:
+    """Push `ref`; return the digest the registry reports."""
+    repository, tag = ref.rsplit(":", 1)
+    digest = None
+    try:
+        for chunk in client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=config.auth_config):
+            if "error" in chunk:
+                message = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                emit(message)
+                raise BuildFailed(_registry_problem(config, message))
+            line = _progress_line(chunk)
+            if line:
+                emit(line)
+            found = _DIGEST.search(chunk.get("status", ""))
+            if found:
+                digest = found.group(1)
+            elif chunk.get("aux", {}).get("Digest"):
+                digest = chunk["aux"]["Digest"]
+    except (APIError, DockerException) as exc:
+        raise BuildFailed(_registry_problem(config, _short(exc))) from exc
+    if digest is None:
+        raise BuildFailed(f"The registry {config.registry} did not confirm the push with a digest; retry the build.")
+    return digest
+
+
+def _progress_line(chunk: dict) -> str:
+    # Per-layer byte counters would flood the log; keep the state changes.
+    status = chunk.get("status", "")
+    if not status or chunk.get("progressDetail"):
+        return ""
+    return f"{chunk['id']}: {status}" if chunk.get("id") else status
+
+
+def _build_problem(message: str) -> str:
+    lower = message.lower()
+    if "no space left on device" in lower:
+        return (
+            "The Docker host ran out of disk space during the build. Free space (for example "
+            "`docker image prune`), then retry."
+        )
+    if "pull access denied" in lower or "manifest unknown" in lower or ("not found" in lower and "image" in lower):
+        return (
+            f"The base image is not available to the Docker engine ({message.strip()}). Pull or build it on the "
+            "Docker host, or set SLIPWAY_BASE_IMAGE_GPU / SLIPWAY_BASE_IMAGE_CPU to one it has."
+        )
+    return f"A build step failed: {message.strip()[:500]}. The log above shows the step and its output."
+
+
+def _registry_problem(config: BuildConfig, exc_or_message) -> str:
+    message = str(exc_or_message).strip()
+    lower = message.lower()
+    if "unauthorized" in lower or "authentication required" in lower or "denied" in lower:
+        return (
+            f"The registry {config.registry} refused the credentials ({message[:200]}). Check "
+            "SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD, then retry."
+        )
+    if "no space left" in lower:
+        return f"The registry {config.registry} is out of disk space ({message[:200]}). Free space, then retry."
+    return (
+        f"Cannot push to the registry {config.registry} ({message[:300]}). Check that it is running and that "
+        "SLIPWAY_REGISTRY is right, then retry the build."
+    )
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def image_size(client: docker.DockerClient, ref: str) -> int | None:
+    try:
+        return int(client.images.get(ref).attrs.get("Size") or 0) or None
+    except (ImageNotFound, APIError):
+        return None

@@ -1,0 +1,139 @@
+"""Thin tasks: load the build by id and run its steps through builds.py and services.py."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from celery import shared_task
+
+from controlplane.audit import Actor
+from deployments import builds, services
+from deployments.models import BuildStatus, ImageBuild
+
+log = logging.getLogger(__name__)
+
+
+class _LogSink:
+    """Collects build output and writes it to the row about twice a second.
+
+    Each flush also beats the build's heart and reads its status back, so a
+    cancellation is noticed within a flush interval.
+    """
+
+    def __init__(self, build_id: int, interval: float = 0.5):
+        self.build_id = build_id
+        self.interval = interval
+        self.pending: list[str] = []
+        self.last = 0.0
+
+    def __call__(self, text: str) -> None:
+        self.pending.append(text if text.endswith("\n") else text + "\n")
+        if time.monotonic() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        text, self.pending = "".join(self.pending), []
+        self.last = time.monotonic()
+        if services.append_log(self.build_id, text) == BuildStatus.CANCELLED:
+            raise builds.BuildCancelled()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def run_image_build(build_id: int) -> str:
+    build = ImageBuild.objects.select_related("model_version__model").get(pk=build_id)
+    if build.status != BuildStatus.QUEUED:
+        return f"skipped: {build.status}"
+    system = Actor.system()
+    config = builds.BuildConfig.from_settings()
+    emit = _LogSink(build_id)
+    status = BuildStatus.QUEUED
+    try:
+        client = builds.connect(config.timeout_s)
+        digest = builds.registry_digest(client, build.image_ref, config)
+        if digest is not None:
+            emit(f"{build.image_ref} is already in the registry ({digest}): nothing to build.")
+            emit.flush()
+            services.finish_build(build_id, BuildStatus.QUEUED, actor=system, cache_hit=True, digest=digest)
+            return "cache hit"
+        if not services.claim(build_id):
+            return "skipped: claimed elsewhere"
+        status = BuildStatus.BUILDING
+        emit(f"Building {build.image_ref} from {build.base_image} (runtime {build.runtime_version})")
+        version = build.model_version
+        with tempfile.TemporaryDirectory(prefix="slipway-build-") as context:
+            model_file = builds.assemble_context(
+                Path(context),
+                artifact_open=lambda: version.artifact.open("rb"),
+                artifact_sha256=version.sha256,
+                artifact_format=version.format,
+                config=config,
+            )
+            builds.build_image(
+                client,
+                Path(context),
+                tag=build.image_ref,
+                buildargs=_buildargs(build, model_file, config),
+                config=config,
+                emit=emit,
+            )
+        emit.flush()
+        if not services.transition(build_id, BuildStatus.BUILDING, BuildStatus.PUSHING):
+            raise builds.BuildCancelled()
+        status = BuildStatus.PUSHING
+        emit(f"Pushing {build.image_ref}")
+        digest = builds.push_image(client, build.image_ref, config=config, emit=emit)
+        emit(f"Pushed {build.image_ref}@{digest}")
+        emit.flush()
+        size = builds.image_size(client, build.image_ref)
+        services.finish_build(build_id, BuildStatus.PUSHING, actor=system, digest=digest, size_bytes=size)
+        return "succeeded"
+    except builds.BuildCancelled:
+        log.info("build %s was cancelled", build_id)
+        return "cancelled"
+    except builds.BuildFailed as exc:
+        _finish_log(emit, f"FAILED: {exc}")
+        services.fail_build(build_id, status, str(exc), actor=system)
+        return "failed"
+    except Exception as exc:
+        log.exception("build %s crashed", build_id)
+        _finish_log(emit, f"FAILED: {type(exc).__name__}: {exc}")
+        services.fail_build(
+            build_id, status, f"The build crashed ({type(exc).__name__}: {exc}); retry it.", actor=system
+        )
+        return "failed"
+
+
+def _finish_log(emit: _LogSink, line: str) -> None:
+    emit.pending.append(line + "\n")
+    with contextlib.suppress(builds.BuildCancelled):
+        emit.flush()
+
+
+def _buildargs(build: ImageBuild, model_file: str, config: builds.BuildConfig) -> dict[str, str]:
+    version = build.model_version
+    args = {
+        "BASE_IMAGE": build.base_image,
+        "RUNTIME_VERSION": build.runtime_version,
+        "MODEL_NAME": version.model.name,
+        "MODEL_VERSION": str(version.version),
+        "MODEL_SHA256": version.sha256,
+        "MODEL_FILE": model_file,
+        "MODEL_SIGNATURE": json.dumps(version.signature, separators=(",", ":")) if version.signature else "",
+    }
+    if config.pip_index_url:
+        args["PIP_INDEX_URL"] = config.pip_index_url
+    if config.pip_extra_index_url:
+        args["PIP_EXTRA_INDEX_URL"] = config.pip_extra_index_url
+    if config.pip_offline:
+        args["PIP_OFFLINE"] = "1"
+    return args
+
+
+@shared_task
+def recover_stale_builds() -> list[int]:
+    return services.recover_stale_builds(actor=Actor.system())

@@ -1,0 +1,276 @@
+"""Image builds on a real Docker engine, pushed to a real registry, run for real."""
+
+import socket
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from django.conf import settings
+from django.utils import timezone
+
+from controlplane.audit import Actor
+from controlplane.models import AuditEvent
+from deployments import builds, services
+from deployments.models import BuildStatus, ImageBuild
+from deployments.tasks import run_image_build
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.docker, pytest.mark.worker, pytest.mark.slow]
+
+
+def _request(api, version, variant="cpu"):
+    url = f"/api/v1/models/{version.model.name}/versions/{version.version}/builds/"
+    return api.post(url, {"variant": variant}, format="json")
+
+
+def _settled(build_id, timeout=600) -> ImageBuild:
+    def done():
+        build = ImageBuild.objects.get(pk=build_id)
+        return build if build.is_terminal else None
+
+    return wait_for(done, timeout=timeout, interval=0.5, what=f"build {build_id} to finish")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_ready_version_is_built_pushed_and_serves_inference(api, ready_version, docker_client, model_files):
+    response = _request(api, ready_version)
+    assert response.status_code == 201, response.json()
+    build = _settled(response.json()["id"])
+    assert build.status == BuildStatus.SUCCEEDED, build.error + build.log[-3000:]
+    assert build.image_ref.endswith(f"/slipway/{ready_version.model.name}:v1-{ready_version.sha256[:12]}-cpu")
+    assert build.digest.startswith("sha256:") and build.size_bytes > 0 and not build.cache_hit
+    detail = api.get(f"/api/v1/builds/{build.pk}/").json()
+    assert detail["digest"] == build.digest and "Successfully built" in detail["log"]
+
+    # Pull the digest back from the registry and run it.
+    repository = build.image_ref.rsplit(":", 1)[0]
+    docker_client.images.remove(build.image_ref, force=True)
+    image = docker_client.images.pull(f"{repository}@{build.digest}")
+    assert image.labels["io.slipway.model.sha256"] == ready_version.sha256
+    assert image.attrs["Config"]["User"] == "10001:10001"
+    port = _free_port()
+    container = docker_client.containers.run(
+        image.id, detach=True, network_mode="host", environment={"RUNTIME_PORT": str(port)}
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def ready():
+            try:
+                return requests.get(f"{base}/v2/health/ready", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                container.reload()
+                assert container.status == "running", container.logs().decode()[-2000:]
+                return False
+
+        wait_for(ready, timeout=120, interval=0.5, what="the container to be ready")
+        x = torch.arange(8, dtype=torch.float32).reshape(2, 4) / 10
+        body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": x.flatten().tolist()}]}
+        answer = requests.post(f"{base}/v2/models/{ready_version.model.name}/infer", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        expected = torch.jit.load(str(model_files["torchscript"]))(x)
+        got = torch.tensor(answer.json()["outputs"][0]["data"]).reshape(expected.shape)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    finally:
+        started = time.monotonic()
+        container.stop(timeout=20)
+        stopped_after = time.monotonic() - started
+        container.reload()
+        exit_code = container.attrs["State"]["ExitCode"]
+        container.remove(force=True)
+    assert exit_code == 0, "the runtime should exit cleanly on SIGTERM"
+    assert stopped_after < 15, "the runtime should drain and exit on SIGTERM, not be killed"
+
+
+def test_an_image_already_in_the_registry_is_a_cache_hit(api, ready_version, docker_client):
+    first = _settled(_request(api, ready_version).json()["id"])
+    assert first.status == BuildStatus.SUCCEEDED, first.error
+    # A build whose push landed but whose worker died before recording it.
+    ImageBuild.objects.filter(pk=first.pk).update(status=BuildStatus.FAILED)
+
+    started = time.monotonic()
+    response = _request(api, ready_version)
+    assert response.status_code == 201
+    again = _settled(response.json()["id"], timeout=60)
+    assert time.monotonic() - started < 5
+    assert again.status == BuildStatus.SUCCEEDED and again.cache_hit
+    assert again.digest == first.digest
+
+
+def test_identical_requests_share_one_build(api, ready_version, docker_client):
+    answers = []
+
+    def ask():
+        answers.append(_request(api, ready_version))
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [201]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert ImageBuild.objects.count() == 1
+    assert _settled(answers[0].json()["id"]).status == BuildStatus.SUCCEEDED
+
+
+def test_a_build_starts_and_finishes_with_audit_events(api, ready_version, docker_client):
+    build = _settled(_request(api, ready_version).json()["id"])
+    actions = list(
+        AuditEvent.objects.filter(target_type="image_build", target_id=str(build.pk)).values_list("action", "actor")
+    )
+    assert ("image_build.start", "alice (token: laptop)") in actions
+    assert ("image_build.finish", "system") in actions
+
+
+def test_only_a_ready_version_can_be_built(api, alice, worker, model_files):
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    with open(model_files["torchscript"], "rb") as fh:
+        bad = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 7]}]}'
+        api.post("/api/v1/models/iris/versions/", {"artifact": fh, "signature": bad}, format="multipart")
+    wait_for(lambda: api.get("/api/v1/models/iris/versions/1/").json()["status"] == "rejected", timeout=90)
+    response = api.post("/api/v1/models/iris/versions/1/builds/", {"variant": "cpu"}, format="json")
+    assert response.status_code == 409
+    assert "only a ready version can be built" in response.json()["error"]
+
+
+# --- Failure paths: the task runs in this process against real engines -------------------
+
+
+def _queued(version, **overrides) -> ImageBuild:
+    return ImageBuild.objects.create(
+        model_version=version,
+        variant="cpu",
+        base_image=overrides.get("base_image", services.base_image_for("cpu")),
+        runtime_version=services.runtime_version(),
+        image_ref=builds.image_ref(
+            overrides.get("registry", settings.SLIPWAY_REGISTRY),
+            version.model.name,
+            version.version,
+            version.sha256,
+            "cpu",
+        )
+        + overrides.get("tag_suffix", ""),
+    )
+
+
+def test_an_unreachable_registry_fails_the_build_with_its_log_kept(ready_version, docker_client, settings):
+    settings.SLIPWAY_REGISTRY = "127.0.0.1:1"
+    build = _queued(ready_version, registry="127.0.0.1:1")
+    assert run_image_build(build.pk) == "failed"
+    build.refresh_from_db()
+    assert build.status == BuildStatus.FAILED and build.digest == ""
+    assert "127.0.0.1:1" in build.error and "SLIPWAY_REGISTRY" in build.error
+    assert "FAILED" in build.log
+    assert AuditEvent.objects.filter(action="image_build.finish", outcome="failed", target_id=str(build.pk)).exists()
+
+
+def test_a_dead_docker_host_fails_the_build_with_what_to_do(ready_version, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
+    build = _queued(ready_version)
+    assert run_image_build(build.pk) == "failed"
+    build.refresh_from_db()
+    assert "Cannot reach the Docker engine at tcp://127.0.0.1:1" in build.error
+    assert "DOCKER_HOST" in build.error
+
+
+def test_a_failing_build_step_fails_the_build_and_a_retry_is_possible(api, ready_version, docker_client, settings):
+    settings.SLIPWAY_WHEELHOUSE = str(Path(settings.VAR_DIR) / "empty-wheelhouse")
+    Path(settings.SLIPWAY_WHEELHOUSE).mkdir(exist_ok=True)
+    settings.SLIPWAY_PIP_OFFLINE = True  # nothing to install from: pip fails
+    build = _queued(ready_version, tag_suffix="-broken")
+    assert run_image_build(build.pk) == "failed"
+    build.refresh_from_db()
+    assert "A build step failed" in build.error
+    assert "pip install" in build.log
+    # The failed attempt does not block asking again.
+    assert _request(api, ready_version).status_code == 201
+
+
+def test_a_missing_base_image_says_which_setting_to_change(ready_version, docker_client, settings):
+    build = _queued(ready_version, base_image="slipway-base/does-not-exist:1")
+    assert run_image_build(build.pk) == "failed"
+    build.refresh_from_db()
+    assert "SLIPWAY_BASE_IMAGE" in build.error
+
+
+def test_a_corrupted_artifact_is_caught_before_it_is_copied_in(ready_version, tmp_path):
+    path = Path(ready_version.artifact.path)
+    original = path.read_bytes()
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        with pytest.raises(builds.BuildFailed, match="storage corrupted it"):
+            builds.assemble_context(
+                tmp_path,
+                artifact_open=lambda: ready_version.artifact.open("rb"),
+                artifact_sha256=ready_version.sha256,
+                artifact_format=ready_version.format,
+                config=builds.BuildConfig(registry="r"),
+            )
+    finally:
+        path.write_bytes(original)
+
+
+def test_the_build_context_holds_only_what_the_dockerfile_needs(ready_version, tmp_path, settings):
+    config = builds.BuildConfig(registry="r", wheelhouse=settings.SLIPWAY_WHEELHOUSE)
+    builds.assemble_context(
+        tmp_path,
+        artifact_open=lambda: ready_version.artifact.open("rb"),
+        artifact_sha256=ready_version.sha256,
+        artifact_format=ready_version.format,
+        config=config,
+    )
+    top = sorted(p.name for p in tmp_path.iterdir())
+    assert top == ["Dockerfile", "certs", "inference_runtime", "model", "wheelhouse"]
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["model.pt"]
+    everything = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")]
+    assert not [p for p in everything if "var" in Path(p).parts or "secret" in p or p.endswith((".env", ".sqlite3"))]
+    assert all(Path(p).suffix == ".whl" for p in (tmp_path / "wheelhouse").iterdir())
+
+
+def test_a_running_build_can_be_cancelled(api, ready_version, docker_client, settings):
+    # An index that refuses connections keeps pip retrying (and logging) for a few seconds.
+    settings.SLIPWAY_PIP_OFFLINE = False
+    settings.SLIPWAY_PIP_INDEX_URL = "http://127.0.0.1:9/simple"
+    settings.SLIPWAY_WHEELHOUSE = ""
+    build = _queued(ready_version, tag_suffix="-cancelled")
+    outcome = []
+    runner = threading.Thread(target=lambda: outcome.append(run_image_build(build.pk)))
+    runner.start()
+    wait_for(lambda: "Retrying" in ImageBuild.objects.get(pk=build.pk).log, timeout=120, what="pip to be retrying")
+    response = api.post(f"/api/v1/builds/{build.pk}/cancel/")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    runner.join(timeout=30)
+    assert outcome == ["cancelled"]
+    build.refresh_from_db()
+    assert build.status == BuildStatus.CANCELLED and build.digest == ""
+    assert AuditEvent.objects.filter(action="image_build.cancel", target_id=str(build.pk)).exists()
+    assert api.post(f"/api/v1/builds/{build.pk}/cancel/").status_code == 409
+
+
+def test_a_build_whose_worker_died_is_taken_up_again(ready_version, docker_client, settings):
+    build = _queued(ready_version)
+    stale = timezone.now() - timedelta(seconds=settings.SLIPWAY_BUILD_STALE_S + 60)
+    ImageBuild.objects.filter(pk=build.pk).update(status=BuildStatus.BUILDING, heartbeat_at=stale, attempts=1)
+    assert services.recover_stale_builds(actor=Actor.system()) == [build.pk]
+    assert _settled(build.pk).status == BuildStatus.SUCCEEDED
+    assert AuditEvent.objects.filter(action="image_build.requeued", target_id=str(build.pk)).exists()
+
+
+def test_a_build_lost_too_often_fails_instead_of_looping(ready_version, settings):
+    build = _queued(ready_version)
+    stale = timezone.now() - timedelta(seconds=settings.SLIPWAY_BUILD_STALE_S + 60)
+    attempts = settings.SLIPWAY_BUILD_MAX_ATTEMPTS
+    ImageBuild.objects.filter(pk=build.pk).update(status=BuildStatus.PUSHING, heartbeat_at=stale, attempts=attempts)
+    services.recover_stale_builds(actor=Actor.system())
+    build.refresh_from_db()
+    assert build.status == BuildStatus.FAILED and "lost" in build.error
