@@ -1,0 +1,52 @@
+"""Asking for builds: what is refused before any engine is involved."""
+
+import hashlib
+
+import pytest
+
+from deployments.models import ImageBuild
+from registry.models import Model, ModelVersion
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def version(alice):
+    model = Model.objects.create(name="iris", created_by=alice, latest_version=1)
+    return ModelVersion.objects.create(
+        model=model,
+        version=1,
+        artifact="iris/x.pt",
+        filename="x.pt",
+        size=3,
+        sha256=hashlib.sha256(b"abc").hexdigest(),
+        format="torchscript",
+        status="ready",
+        uploaded_by=alice,
+    )
+
+
+URL = "/api/v1/models/iris/versions/1/builds/"
+
+
+def test_a_build_without_a_registry_configured_says_which_setting_to_set(api, version, settings):
+    settings.SLIPWAY_REGISTRY = ""
+    response = api.post(URL, {}, format="json")
+    assert response.status_code == 400
+    assert "SLIPWAY_REGISTRY" in response.json()["error"]
+    assert not ImageBuild.objects.exists()
+
+
+def test_an_unknown_variant_is_refused(api, version, settings):
+    settings.SLIPWAY_REGISTRY = "127.0.0.1:5000"
+    response = api.post(URL, {"variant": "tpu"}, format="json")
+    assert response.status_code == 400
+    assert "variant" in response.json()["error"]
+
+
+def test_a_version_with_a_build_cannot_be_deleted(api, version):
+    ImageBuild.objects.create(model_version=version, base_image="b", runtime_version="r", image_ref="r/slipway/iris:v1")
+    response = api.delete("/api/v1/models/iris/versions/1/")
+    assert response.status_code == 409
+    assert "cannot be deleted" in response.json()["error"] and "build #" in response.json()["error"]
+    assert ModelVersion.objects.filter(pk=version.pk).exists()
