@@ -146,6 +146,8 @@ def _from_json(data: Any, name: str, datatype: str, dtype: np.dtype, shape: list
     except (ValueError, TypeError):
         raise InvalidInput(f"input {name!r}: data is ragged; give a flat list or evenly nested lists") from None
     kind = array.dtype.kind
+    if datatype == "UINT64" and kind in "fO":
+        array, kind = _uint64_from_json(data), "u"  # numpy reads ints past 2**63 as floats
     if kind not in datatypes.JSON_KINDS[datatype]:
         what = _KIND_NAMES.get(kind, "values of mixed or unsupported types")
         raise InvalidInput(f"input {name!r} is {datatype}, but its data holds {what}")
@@ -157,6 +159,13 @@ def _from_json(data: Any, name: str, datatype: str, dtype: np.dtype, shape: list
             raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}")
     array = datatypes.bf16_bits_from_float(array) if datatype == "BF16" else array.astype(dtype, copy=False)
     return array.reshape(shape)
+
+
+def _uint64_from_json(data: Any) -> np.ndarray:
+    flat = np.array(data, dtype=object).reshape(-1)
+    if not all(type(v) is int and 0 <= v < 2**64 for v in flat):
+        raise InvalidInput("a UINT64 input holds something other than integers from 0 to 2**64-1")
+    return np.array(flat.tolist(), dtype=np.uint64)
 
 
 def _requested_outputs(raw: Any, model: Any, binary_default: bool) -> list[tuple[str, bool]] | None:

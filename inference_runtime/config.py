@@ -144,7 +144,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         "Every option can also be set through the environment variable shown.",
     )
     for option, dest, env, _, help_text in OPTIONS:
-        parser.add_argument(option, dest=dest, default=None, metavar=env, help=f"{help_text} [{env}]")
+        parser.add_argument(option, dest=dest, default=None, help=f"{help_text} [{env}]")
     args = parser.parse_args(argv)
 
     values: dict[str, Any] = {}

@@ -7,6 +7,7 @@ archive is most of a test's cost.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.runtime.zoo import Entry, write_zoo
 
@@ -70,15 +72,12 @@ class Server:
     def wait_exit(self, timeout: float = 30) -> int:
         return self.proc.wait(timeout=timeout)
 
-    def metric(self, name: str) -> float:
-        """The sum of a metric's samples (all label values) in /metrics."""
-        total, found = 0.0, False
-        for line in self.client.get("/metrics").text.splitlines():
-            if line.startswith(name) and line[len(name)] in " {":
-                total += float(line.rsplit(" ", 1)[1])
-                found = True
-        assert found, f"{name} not in /metrics"
-        return total
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include `labels`, read from /metrics."""
+        text = self.client.get("/metrics").text
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+        assert samples, f"{name} not in /metrics"
+        return sum(s.value for s in samples if labels.items() <= s.labels.items())
 
     def stop(self) -> None:
         self.client.close()
@@ -122,12 +121,12 @@ def servers(zoo, tmp_path_factory):
     """One ready runtime per model, started in parallel and shared by the session."""
     logs = tmp_path_factory.mktemp("runtime-logs")
     settings = {
-        "mlp": ("--max-batch-size", "32", "--max-delay-ms", "5"),
+        "mlp": ("--max-batch-size", "32", "--max-delay-ms", "5", "--max-body-bytes", "1048576"),
         "cnn": (),
         "two_inputs": (),
         "sequence": (),
         "datatypes": (),
-        "mlp_pt2": (),
+        "mlp_pt2": ("--sha256", hashlib.sha256(zoo["mlp_pt2"].path.read_bytes()).hexdigest()),
     }
     started = {
         name: start_runtime(logs, name, zoo[name].path, *args, entry=zoo[name]) for name, args in settings.items()
