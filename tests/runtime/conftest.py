@@ -127,10 +127,16 @@ def servers(zoo, tmp_path_factory):
         "sequence": (),
         "datatypes": (),
         "mlp_pt2": ("--sha256", hashlib.sha256(zoo["mlp_pt2"].path.read_bytes()).hexdigest()),
+        "mlp_bf16": ("--dtype", "bfloat16"),
     }
     started = {
-        name: start_runtime(logs, name, zoo[name].path, *args, entry=zoo[name]) for name, args in settings.items()
+        name: start_runtime(
+            logs, name, zoo[name.removesuffix("_bf16")].path, *args, entry=zoo[name.removesuffix("_bf16")]
+        )
+        for name, args in settings.items()
     }
+    # TorchScript records no shapes: served without a signature, inputs go unchecked and unbatched.
+    started["mlp_unsigned"] = start_runtime(logs, "mlp_unsigned", zoo["mlp"].path)
     try:
         for server in started.values():
             server.wait_ready()

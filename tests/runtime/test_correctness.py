@@ -152,3 +152,30 @@ def test_model_metadata_reports_the_real_signature(servers):
         {"name": "output__0", "datatype": "FP64", "shape": [-1, 2]},
         {"name": "output__1", "datatype": "INT64", "shape": [-1]},
     ]
+
+
+def test_reduced_precision_computes_in_bfloat16_and_answers_fp32(servers, zoo):
+    inputs = sample_inputs("mlp", 4)
+    response = servers["mlp_bf16"].client.post("/v2/models/mlp_bf16/infer", content=json_request(inputs))
+    assert response.json()["outputs"][0]["datatype"] == "FP32"
+    got = parse_response(response)["output__0"]
+    want = expected_outputs(zoo["mlp"].module, inputs)["output__0"]
+    np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05)
+    assert not np.allclose(got, want, rtol=1e-6, atol=1e-7), "not computed in bfloat16"
+
+
+def test_a_torchscript_model_without_a_signature_is_served_unbatched(servers, zoo):
+    server = servers["mlp_unsigned"]
+    metadata = server.client.get("/v2/models/mlp_unsigned").json()
+    assert [spec["name"] for spec in metadata["inputs"]] == ["x"]
+    for _ in range(2):  # the first request teaches the runtime its outputs
+        inputs = sample_inputs("mlp", 2)
+        body, headers = binary_request(inputs)
+        response = server.client.post("/v2/models/mlp_unsigned/infer", content=body, headers=headers)
+        assert_outputs_equal(parse_response(response), expected_outputs(zoo["mlp"].module, inputs))
+    assert server.client.get("/v2/models/mlp_unsigned").json()["outputs"][0]["datatype"] == "FP32"
+    bad = json_request({"x": np.zeros((1, 5), dtype=np.float32)})
+    response = server.client.post("/v2/models/mlp_unsigned/infer", content=bad)
+    assert response.status_code == 500  # unchecked: the model itself refuses it
+    assert "inference failed" in response.json()["error"]
+    assert server.client.get("/v2/health/ready").status_code == 200
