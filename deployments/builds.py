@@ -113,8 +113,11 @@ def assemble_context(
     artifact_sha256: str,
     artifact_format: str,
     config: BuildConfig,
-) -> str:
-    """Lay out exactly what the Dockerfile needs, and nothing else. Returns the model file name."""
+) -> dict[str, str]:
+    """Lay out exactly what the Dockerfile needs, and nothing else.
+
+    Returns the build arguments that point the Dockerfile at this layout.
+    """
     shutil.copy(DOCKERFILE, dest / "Dockerfile")
     shutil.copytree(
         RUNTIME_PACKAGE,
@@ -133,9 +136,9 @@ def assemble_context(
     if config.ca_bundle:
         shutil.copy(config.ca_bundle, dest / "certs" / "extra-ca.crt")
     (dest / "model").mkdir()
-    name = _MODEL_FILES[artifact_format]
+    model_file = f"model/{_MODEL_FILES[artifact_format]}"
     digest = hashlib.sha256()
-    with artifact_open() as src, open(dest / "model" / name, "wb") as out:
+    with artifact_open() as src, open(dest / model_file, "wb") as out:
         while chunk := src.read(1024 * 1024):
             digest.update(chunk)
             out.write(chunk)
@@ -144,7 +147,14 @@ def assemble_context(
             f"The stored artifact's SHA-256 is {digest.hexdigest()}, not {artifact_sha256} as uploaded: "
             "storage corrupted it. Upload the version again."
         )
-    return name
+    args = {"MODEL_FILE": model_file, "WHEELHOUSE": "wheelhouse", "EXTRA_CA_DIR": "certs"}
+    if config.pip_index_url:
+        args["PIP_INDEX_URL"] = config.pip_index_url
+    if config.pip_extra_index_url:
+        args["PIP_EXTRA_INDEX_URL"] = config.pip_extra_index_url
+    if config.pip_offline:
+        args["PIP_NO_INDEX"] = "1"
+    return args
 
 
 def _same_fs(a: Path, b: Path) -> bool:

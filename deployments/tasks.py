@@ -66,7 +66,7 @@ def run_image_build(build_id: int) -> str:
         emit(f"Building {build.image_ref} from {build.base_image} (runtime {build.runtime_version})")
         version = build.model_version
         with tempfile.TemporaryDirectory(prefix="slipway-build-") as context:
-            model_file = builds.assemble_context(
+            layout_args = builds.assemble_context(
                 Path(context),
                 artifact_open=lambda: version.artifact.open("rb"),
                 artifact_sha256=version.sha256,
@@ -77,7 +77,7 @@ def run_image_build(build_id: int) -> str:
                 client,
                 Path(context),
                 tag=build.image_ref,
-                buildargs=_buildargs(build, model_file, config),
+                buildargs={**_buildargs(build), **layout_args},
                 config=config,
                 emit=emit,
             )
@@ -114,24 +114,16 @@ def _finish_log(emit: _LogSink, line: str) -> None:
         emit.flush()
 
 
-def _buildargs(build: ImageBuild, model_file: str, config: builds.BuildConfig) -> dict[str, str]:
+def _buildargs(build: ImageBuild) -> dict[str, str]:
     version = build.model_version
-    args = {
+    return {
         "BASE_IMAGE": build.base_image,
         "RUNTIME_VERSION": build.runtime_version,
         "MODEL_NAME": version.model.name,
         "MODEL_VERSION": str(version.version),
         "MODEL_SHA256": version.sha256,
-        "MODEL_FILE": model_file,
         "MODEL_SIGNATURE": json.dumps(version.signature, separators=(",", ":")) if version.signature else "",
     }
-    if config.pip_index_url:
-        args["PIP_INDEX_URL"] = config.pip_index_url
-    if config.pip_extra_index_url:
-        args["PIP_EXTRA_INDEX_URL"] = config.pip_extra_index_url
-    if config.pip_offline:
-        args["PIP_OFFLINE"] = "1"
-    return args
 
 
 @shared_task

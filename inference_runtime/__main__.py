@@ -1,0 +1,5 @@
+import sys
+
+from inference_runtime.cli import main
+
+sys.exit(main())

@@ -1,0 +1,187 @@
+"""Dynamic batching: stack concurrent requests along dim 0, one forward pass, split back.
+
+The queue and the decision of what goes into a batch live on the event loop (no
+locks); the forward pass runs on one dedicated model thread, so the loop keeps
+decoding and answering requests meanwhile. A batch starts when it is full
+(max_batch_size rows) or when its oldest request has waited max_delay_ms: requests
+that queued while the previous batch ran therefore wait no longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any
+
+import numpy as np
+
+from inference_runtime.errors import InferenceFailed, RequestTimeout, ServerBusy
+from inference_runtime.metrics import Metrics
+
+log = logging.getLogger("inference_runtime")
+
+
+@dataclass(slots=True)
+class Item:
+    arrays: list[np.ndarray]
+    rows: int
+    key: Any
+    future: asyncio.Future
+    enqueued: float
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: Any,
+        executor: Executor,
+        metrics: Metrics,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+    ):
+        self._model = model
+        self._executor = executor
+        self._metrics = metrics
+        self._max_rows = max_batch_size if model.batchable else 1
+        self._max_delay = max_delay_s
+        self._max_queue = max_queue
+        self._queue: deque[Item] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._flushing = False
+        self._loop = asyncio.get_running_loop()
+
+    async def infer(self, arrays: list[np.ndarray], rows: int, key: Any, deadline: float) -> list[np.ndarray]:
+        """Queue one request and wait for its own rows of every output."""
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            raise ServerBusy(f"the queue is full ({self._max_queue} requests waiting); retry shortly")
+        loop = self._loop
+        future = loop.create_future()
+        queue.append(Item(arrays, rows, key, future, loop.time()))
+        self._queued_rows += rows
+        # Wake the batcher only when there is something new for it to decide.
+        if len(queue) == 1 or self._queued_rows >= self._max_rows:
+            self._wakeup.set()
+        timer = loop.call_at(deadline, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def flush(self) -> None:
+        """Stop waiting for batches to fill (draining)."""
+        self._flushing = True
+        self._wakeup.set()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def run(self) -> None:
+        loop, queue, wakeup = self._loop, self._queue, self._wakeup
+        while True:
+            if not queue:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            if not self._flushing and self._queued_rows < self._max_rows:
+                deadline = queue[0].enqueued + self._max_delay
+                if deadline > loop.time():
+                    wakeup.clear()
+                    timer = loop.call_at(deadline, wakeup.set)
+                    await wakeup.wait()
+                    timer.cancel()
+                    continue
+            batch = self._take()
+            if batch:
+                await self._execute(batch)
+
+    def _take(self) -> list[Item]:
+        """The oldest live request and the queued requests it can be stacked with, in order."""
+        queue, batch, skipped, rows, key = self._queue, [], [], 0, None
+        while queue:
+            item = queue.popleft()
+            self._queued_rows -= item.rows
+            if item.future.done():  # timed out while queued
+                continue
+            if not batch:
+                batch.append(item)
+                rows, key = item.rows, item.key
+                if key is None:
+                    break
+            elif item.key == key and rows + item.rows <= self._max_rows:
+                batch.append(item)
+                rows += item.rows
+            else:
+                skipped.append(item)
+            if rows >= self._max_rows:
+                break
+        if skipped:
+            queue.extendleft(reversed(skipped))
+            self._queued_rows += sum(item.rows for item in skipped)
+        return batch
+
+    async def _execute(self, batch: list[Item]) -> None:
+        now = self._loop.time()
+        metrics = self._metrics
+        for item in batch:
+            metrics.queue_wait.observe(now - item.enqueued)
+        metrics.batch_size.observe(sum(item.rows for item in batch))
+        inputs = [item.arrays for item in batch]
+        try:
+            results = await self._loop.run_in_executor(self._executor, run_batch, self._model, inputs)
+        except Exception as exc:  # run_batch reports per request; this is a bug in it
+            log.exception("a batch failed")
+            results = [exc] * len(batch)
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+
+def run_batch(model: Any, inputs: list[list[np.ndarray]]) -> list[list[np.ndarray] | BaseException]:
+    """On the model thread: stack, forward, check, split. A failed batch is retried one by one."""
+    if len(inputs) == 1:
+        try:
+            return [model.forward(inputs[0])]
+        except Exception as exc:
+            return [_failure(exc)]
+    stacked = [np.concatenate(parts, axis=0) for parts in zip(*inputs, strict=True)]
+    sizes = [arrays[0].shape[0] for arrays in inputs]
+    total = sum(sizes)
+    try:
+        outputs = model.forward(stacked)
+        for output in outputs:
+            if output.ndim == 0 or output.shape[0] != total:
+                raise InferenceFailed(
+                    f"the model returned {output.shape[0] if output.ndim else 'a scalar'} rows for a batch of "
+                    f"{total}: its outputs must follow its inputs' first dimension to be batched"
+                )
+    except Exception:
+        # One bad request must not fail its neighbours: run each on its own.
+        return [run_batch(model, [arrays])[0] for arrays in inputs]
+    ends = list(accumulate(sizes))
+    return [[output[end - size : end] for output in outputs] for size, end in zip(sizes, ends, strict=True)]
+
+
+def _failure(exc: Exception) -> Exception:
+    if isinstance(exc, InferenceFailed):
+        return exc
+    text = str(exc).strip().splitlines()
+    log.warning("inference failed: %s: %s", type(exc).__name__, text[0] if text else "")
+    return InferenceFailed(f"inference failed: {type(exc).__name__}: {text[0][:500] if text else ''}")
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeout("the request timed out before the model could answer it"))

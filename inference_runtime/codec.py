@@ -1,0 +1,231 @@
+"""Open Inference Protocol bodies ⇄ numpy arrays: JSON and the binary tensor extension.
+
+The hot path: one orjson parse, one numpy conversion per input (np.frombuffer for
+binary data, a zero-copy view of the body), one orjson dump with numpy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from inference_runtime import datatypes
+from inference_runtime.errors import InvalidInput
+
+_NUMPY_OPTION = orjson.OPT_SERIALIZE_NUMPY
+_KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers with a fraction", "U": "strings"}
+
+
+@dataclass(slots=True)
+class Request:
+    id: Any
+    arrays: list[np.ndarray]  # in the model's input order
+    rows: int  # first dimension, shared by every input when the model batches
+    key: Any  # requests with equal keys can be stacked; None: never stacked
+    outputs: list[tuple[str, bool]] | None  # requested (name, binary), or None: all
+    binary_default: bool
+
+
+def decode_request(body: bytes, header_length: int | None, model: Any) -> Request:
+    """Parse and check an infer request against the model's inputs. Raises InvalidInput."""
+    if header_length is None:
+        header, binary = body, None
+    else:
+        if not 0 < header_length <= len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length is {header_length}, but the body has {len(body)} bytes"
+            )
+        view = memoryview(body)
+        header, binary = view[:header_length], view[header_length:]
+    try:
+        request = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        where = " (check Inference-Header-Content-Length)" if binary is not None else ""
+        raise InvalidInput(f"the request is not valid JSON{where}: {exc}") from None
+    if not isinstance(request, dict):
+        raise InvalidInput("the request must be a JSON object with an 'inputs' list")
+    items = request.get("inputs")
+    if not isinstance(items, list) or not items:
+        raise InvalidInput("the request must have a non-empty 'inputs' list")
+
+    specs = model.inputs
+    index_of = model.input_index
+    arrays: list[np.ndarray | None] = [None] * len(specs)
+    offset = 0
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidInput("each input must be an object with name, shape, datatype and data")
+        name = item.get("name")
+        index = index_of.get(name) if isinstance(name, str) else None
+        if index is None:
+            expected = ", ".join(spec.describe() for spec in specs)
+            raise InvalidInput(f"unexpected input {name!r}: the model takes {expected}")
+        if arrays[index] is not None:
+            raise InvalidInput(f"input {name!r} is given twice")
+        spec = specs[index]
+        datatype = item.get("datatype")
+        if spec.datatype is not None and datatype != spec.datatype:
+            raise InvalidInput(f"input {name!r} must be {spec.datatype}, not {datatype!r}")
+        if datatype not in datatypes.NUMPY:
+            if datatype == "BYTES":
+                raise InvalidInput(f"input {name!r} is BYTES; a PyTorch model takes numeric tensors only")
+            raise InvalidInput(f"input {name!r} has an unknown datatype {datatype!r}")
+        shape = item.get("shape")
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or not all(type(d) is int and d > 0 for d in shape)  # bool is not an int here
+        ):
+            raise InvalidInput(f"input {name!r} needs a shape: a list of positive integers, such as [1, 4]")
+        if spec.shape is not None and (
+            len(shape) != len(spec.shape)
+            or any(want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True))
+        ):
+            raise InvalidInput(f"input {name!r} has shape {shape}; the model takes {list(spec.shape)} (-1: any)")
+        count = math.prod(shape)
+        dtype = datatypes.NUMPY[datatype]
+        parameters = item.get("parameters")
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is not None:
+            if binary is None:
+                raise InvalidInput(
+                    f"input {name!r} has binary_data_size but the request has no Inference-Header-Content-Length"
+                )
+            if type(size) is not int or size != count * dtype.itemsize:
+                raise InvalidInput(
+                    f"input {name!r}: binary_data_size is {size!r}, but shape {shape} of {datatype} "
+                    f"takes {count * dtype.itemsize} bytes"
+                )
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"input {name!r} needs bytes {offset}..{offset + size} of the binary data, "
+                    f"but only {len(binary)} follow the JSON header"
+                )
+            array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+            offset += size
+        else:
+            if "data" not in item:
+                raise InvalidInput(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+            array = _from_json(item["data"], name, datatype, dtype, shape, count)
+        arrays[index] = array
+    if binary is not None and offset != len(binary):
+        raise InvalidInput(
+            f"{len(binary)} bytes of binary data follow the JSON header, but the inputs' binary_data_size "
+            f"add up to {offset} (check Inference-Header-Content-Length)"
+        )
+    missing = [spec.describe() for spec, array in zip(specs, arrays, strict=True) if array is None]
+    if missing:
+        raise InvalidInput(f"missing input(s): {', '.join(missing)}")
+
+    rows, key = 1, None
+    if model.batchable:
+        rows = arrays[0].shape[0]
+        if any(array.shape[0] != rows for array in arrays):
+            raise InvalidInput("every input must have the same first (batch) dimension")
+        key = tuple((array.shape[1:], array.dtype.str) for array in arrays)
+
+    parameters = request.get("parameters")
+    binary_default = bool(parameters.get("binary_data_output")) if isinstance(parameters, dict) else False
+    return Request(
+        id=request.get("id"),
+        arrays=arrays,
+        rows=rows,
+        key=key,
+        outputs=_requested_outputs(request.get("outputs"), model, binary_default),
+        binary_default=binary_default,
+    )
+
+
+def _from_json(data: Any, name: str, datatype: str, dtype: np.dtype, shape: list[int], count: int) -> np.ndarray:
+    try:
+        array = np.asarray(data)  # nested or flat; no dtype, so that strings or nulls show up as such
+    except (ValueError, TypeError):
+        raise InvalidInput(f"input {name!r}: data is ragged; give a flat list or evenly nested lists") from None
+    kind = array.dtype.kind
+    if datatype == "UINT64" and kind in "fO":
+        array, kind = _uint64_from_json(data), "u"  # numpy reads ints past 2**63 as floats
+    if kind not in datatypes.JSON_KINDS[datatype]:
+        what = _KIND_NAMES.get(kind, "values of mixed or unsupported types")
+        raise InvalidInput(f"input {name!r} is {datatype}, but its data holds {what}")
+    if array.size != count:
+        raise InvalidInput(f"input {name!r} has shape {shape} ({count} elements), but its data holds {array.size}")
+    if kind in "iu" and dtype.kind in "iu" and array.dtype != dtype:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}")
+    array = datatypes.bf16_bits_from_float(array) if datatype == "BF16" else array.astype(dtype, copy=False)
+    return array.reshape(shape)
+
+
+def _uint64_from_json(data: Any) -> np.ndarray:
+    flat = np.array(data, dtype=object).reshape(-1)
+    if not all(type(v) is int and 0 <= v < 2**64 for v in flat):
+        raise InvalidInput("a UINT64 input holds something other than integers from 0 to 2**64-1")
+    return np.array(flat.tolist(), dtype=np.uint64)
+
+
+def _requested_outputs(raw: Any, model: Any, binary_default: bool) -> list[tuple[str, bool]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise InvalidInput("'outputs' must be a list of objects with a name")
+    requested = []
+    for item in raw:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            raise InvalidInput("each requested output must be an object with a name")
+        if model.output_index is not None and name not in model.output_index:
+            raise InvalidInput(f"unknown output {name!r}: the model returns {', '.join(model.output_index)}")
+        parameters = item.get("parameters")
+        binary = parameters.get("binary_data", binary_default) if isinstance(parameters, dict) else binary_default
+        requested.append((name, bool(binary)))
+    return requested
+
+
+def encode_response(
+    request: Request, arrays: list[np.ndarray], model: Any, model_name: str, model_version: str
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of an infer response; binary outputs follow the JSON header."""
+    specs = model.outputs  # known after warm-up, or after the first batch without a signature
+    names = [spec.name for spec in specs]
+    if request.outputs is None:
+        selected = [(i, request.binary_default) for i in range(len(arrays))]
+    else:
+        position = {name: i for i, name in enumerate(names)}
+        selected = []
+        for name, binary in request.outputs:
+            if name not in position:
+                raise InvalidInput(f"unknown output {name!r}: the model returns {', '.join(names)}")
+            selected.append((position[name], binary))
+
+    outputs, chunks = [], []
+    for i, binary in selected:
+        array = arrays[i]
+        datatype = specs[i].datatype
+        entry: dict[str, Any] = {"name": names[i], "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            chunk = np.ascontiguousarray(array)
+            entry["parameters"] = {"binary_data_size": chunk.nbytes}
+            chunks.append(chunk)
+        else:
+            flat = array.reshape(-1)
+            entry["data"] = datatypes.float_from_bf16_bits(flat) if datatype == "BF16" else flat
+        outputs.append(entry)
+
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        response["id"] = request.id
+    response["outputs"] = outputs
+    header = orjson.dumps(response, option=_NUMPY_OPTION)
+    if not chunks:
+        return [(b"content-type", b"application/json"), (b"content-length", str(len(header)).encode())], header
+    body = b"".join([header, *chunks])
+    return [
+        (b"content-type", b"application/octet-stream"),
+        (b"inference-header-content-length", str(len(header)).encode()),
+        (b"content-length", str(len(body)).encode()),
+    ], body

@@ -1,0 +1,374 @@
+"""Loading one model: checksum, format by content, device and precision, signature, warm-up.
+
+Everything here runs on the model thread (see batching.py): loading, warm-up and every
+forward pass, so CUDA state and torch's thread-local modes stay on one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from inference_runtime import datatypes
+from inference_runtime.config import Config
+from inference_runtime.errors import ModelLoadError
+
+log = logging.getLogger("inference_runtime")
+
+PLATFORMS = {"torchscript": "pytorch_torchscript", "torch_export": "pytorch_torch_export"}
+COMPUTE_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# The runtime hands torch read-only views of request bodies; the model never writes to
+# its inputs, so torch's one-time warning about it is noise.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str | None  # None: not known (a TorchScript model served without a signature)
+    shape: tuple[int, ...] | None
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype or "FP32", "shape": list(self.shape or (-1,))}
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.datatype or 'any datatype'} {list(self.shape) if self.shape else 'any shape'})"
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def detect_format(path: str) -> str:
+    """'torchscript' or 'torch_export', from the archive's members (never the file name)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(
+            f"{path} is not a TorchScript or torch.export archive ({exc}). "
+            "Save the model with torch.jit.save(torch.jit.script(model), ...) or torch.export.save(...)."
+        ) from None
+    roots = {name.split("/", 1)[0] for name in names if "/" in name}
+    for root in sorted(roots):
+        if f"{root}/archive_format" in names and any(n.startswith(f"{root}/models/") for n in names):
+            return "torch_export"
+        if (
+            f"{root}/constants.pkl" in names
+            and f"{root}/data.pkl" in names
+            and any(n.startswith(f"{root}/code/") for n in names)
+        ):
+            return "torchscript"
+    raise ModelLoadError(
+        f"{path} is a zip archive but neither TorchScript nor torch.export (a torch.save() pickle?). "
+        "Slipway serves self-contained programs: use torch.jit.save or torch.export.save."
+    )
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but torch sees no CUDA device. Use --device auto or cpu.")
+    return torch.device(requested)
+
+
+def _export_inputs(program: Any) -> tuple[list[TensorSpec], list[dict[int, tuple[int, int | None]]]]:
+    """Inputs recorded in a torch.export program (symbolic dims become -1) and their ranges."""
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    ranges = getattr(program, "range_constraints", {}) or {}
+    specs, bounds = [], []
+    for name in program.graph_signature.user_inputs:
+        node = placeholders.get(name)
+        value = node.meta.get("val") if node is not None else None
+        if not isinstance(value, torch.Tensor):
+            raise ModelLoadError(f"input {name!r} of the program is not a tensor; only tensor inputs can be served")
+        shape, dims = [], {}
+        for i, dim in enumerate(value.shape):
+            if isinstance(dim, int):
+                shape.append(dim)
+                continue
+            shape.append(-1)
+            constraint = ranges.get(dim.node.expr)
+            low, high = 1, None
+            if constraint is not None:
+                # sympy bounds; an unbounded one is sympy's infinity, which int() refuses
+                with contextlib.suppress(Exception):
+                    low = max(1, int(constraint.lower))
+                with contextlib.suppress(Exception):
+                    high = int(constraint.upper) if constraint.upper.is_finite else None
+            dims[i] = (low, high)
+        try:
+            datatype = datatypes.datatype_of(value.dtype)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        specs.append(TensorSpec(name, datatype, tuple(shape)))
+        bounds.append(dims)
+    return specs, bounds
+
+
+def _declared(specs: list[dict] | None) -> list[TensorSpec] | None:
+    if not specs:
+        return None
+    result = []
+    for spec in specs:
+        if spec["datatype"] not in datatypes.TORCH:
+            raise ModelLoadError(
+                f"the signature gives {spec['name']!r} the datatype {spec['datatype']!r}; "
+                f"a PyTorch model takes one of {', '.join(datatypes.TORCH)}"
+            )
+        result.append(TensorSpec(spec["name"], spec["datatype"], tuple(spec["shape"])))
+    return result
+
+
+def _check_declared(declared: list[TensorSpec], recorded: list[TensorSpec]) -> None:
+    if [d.name for d in declared] != [r.name for r in recorded]:
+        raise ModelLoadError(
+            f"the signature names the inputs {[d.name for d in declared]}, "
+            f"the archive takes {[r.name for r in recorded]} (in this order)"
+        )
+    for d, r in zip(declared, recorded, strict=True):
+        if r.datatype is not None and d.datatype != r.datatype:
+            raise ModelLoadError(f"input {d.name!r} is {r.datatype} in the archive, the signature says {d.datatype}")
+        if r.shape is not None and (
+            len(d.shape) != len(r.shape) or any(rd != -1 and dd != rd for dd, rd in zip(d.shape, r.shape, strict=True))
+        ):
+            raise ModelLoadError(f"input {d.name!r} has shape {list(r.shape)} in the archive, not {list(d.shape)}")
+
+
+def _outputs_as_list(out: Any) -> tuple[list[str] | None, list[torch.Tensor]]:
+    """A model's return value as (names if it had any, tensors)."""
+    if isinstance(out, torch.Tensor):
+        return None, [out]
+    if isinstance(out, dict):
+        return [str(k) for k in out], list(out.values())
+    if isinstance(out, list | tuple):
+        return None, list(out)
+    raise TypeError(f"the model returned {type(out).__name__}; return a tensor, or a tuple, list or dict of tensors")
+
+
+class LoadedModel:
+    """A model ready for forward passes on numpy batches."""
+
+    def __init__(self, *, config: Config, module: Any, fmt: str, device: torch.device, inputs: list[TensorSpec]):
+        self.config = config
+        self.module = module
+        self.format = fmt
+        self.platform = PLATFORMS[fmt]
+        self.device = device
+        self.compute_dtype = COMPUTE_DTYPES[config.dtype]
+        self.inputs = inputs
+        self.input_index = {spec.name: i for i, spec in enumerate(inputs)}
+        # A batch stacks requests along dim 0: only when every input declares a variable first dimension.
+        self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in inputs)
+        self.outputs: list[TensorSpec] | None = None
+        self.output_index: dict[str, int] | None = None
+        self._out_cast: list[torch.dtype | None] = []
+        self.load_seconds = 0.0
+        self.parameter_count = 0
+
+    # --- the hot path (model thread) ---------------------------------------------------
+    def forward(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass; inputs are numpy arrays in the model's input order."""
+        device, compute = self.device, self.compute_dtype
+        tensors = []
+        with torch.inference_mode():
+            for array, spec in zip(arrays, self.inputs, strict=True):
+                tensor = torch.from_numpy(array)
+                if spec.datatype == "BF16":
+                    tensor = tensor.view(torch.bfloat16)
+                if device.type != "cpu":
+                    tensor = tensor.to(device)
+                if compute is not None and tensor.is_floating_point():
+                    tensor = tensor.to(compute)
+                tensors.append(tensor)
+            names, outs = _outputs_as_list(self.module(*tensors))
+            if self.outputs is None:
+                self._learn_outputs(names, outs)
+            results = []
+            for i, tensor in enumerate(outs):
+                if not isinstance(tensor, torch.Tensor):
+                    raise TypeError(f"output {i} is a {type(tensor).__name__}, not a tensor")
+                cast = self._out_cast[i] if i < len(self._out_cast) else None
+                if cast is not None and tensor.dtype != cast:
+                    tensor = tensor.to(cast)
+                if tensor.device.type != "cpu":
+                    tensor = tensor.cpu()
+                results.append(datatypes.to_numpy(tensor.contiguous()))
+        return results
+
+    # --- start-up ----------------------------------------------------------------------
+    def warm_up(self, declared_outputs: list[TensorSpec] | None, bounds: list[dict] | None) -> None:
+        """Run the model on zeros (batch 1, then a full batch) and learn its outputs from it."""
+        if any(spec.shape is None or spec.datatype is None for spec in self.inputs):
+            # A TorchScript model without a signature: nothing to make zeros from.
+            log.warning("no signature: skipping warm-up; outputs are learnt from the first request")
+            self.outputs = declared_outputs
+            self._index_outputs()
+            return
+        bounds = bounds or [{} for _ in self.inputs]
+
+        def zeros(rows: int, bump: int) -> list[np.ndarray]:
+            arrays = []
+            for spec, dims in zip(self.inputs, bounds, strict=True):
+                shape = []
+                for i, dim in enumerate(spec.shape):
+                    if dim != -1:
+                        shape.append(dim)
+                        continue
+                    low, high = dims.get(i, (1, None))
+                    want = rows if (i == 0 and self.batchable) else low + bump
+                    shape.append(max(low, want if high is None else min(want, high)))
+                arrays.append(np.zeros(shape, dtype=datatypes.NUMPY[spec.datatype]))
+            return arrays
+
+        try:
+            first = self._forward_raw(zeros(1, 0))
+        except Exception as exc:
+            shapes = ", ".join(spec.describe() for spec in self.inputs)
+            raise ModelLoadError(
+                f"the model does not run on its signature ({shapes}): {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
+        names, tensors = first
+        second = None
+        rows = self.config.max_batch_size if self.batchable else 1
+        try:
+            second = self._forward_raw(zeros(rows, 1))
+        except Exception as exc:
+            if self.batchable:
+                log.warning("the model failed on a batch of %d rows (%s): batching is off", rows, _first_line(exc))
+                self.batchable = False
+
+        if declared_outputs is not None and len(declared_outputs) != len(tensors):
+            raise ModelLoadError(
+                f"the signature declares {len(declared_outputs)} outputs, the model returns {len(tensors)}"
+            )
+        outputs, casts = [], []
+        for i, tensor in enumerate(tensors):
+            if not isinstance(tensor, torch.Tensor):
+                raise ModelLoadError(f"output {i} of the model is a {type(tensor).__name__}, not a tensor")
+            try:
+                actual = datatypes.datatype_of(tensor.dtype)
+            except ValueError as exc:
+                raise ModelLoadError(str(exc)) from None
+            if declared_outputs is not None:
+                spec = declared_outputs[i]
+            else:
+                name = names[i] if names else f"output__{i}"
+                datatype = "FP32" if (self.compute_dtype is not None and tensor.is_floating_point()) else actual
+                shape = list(tensor.shape)
+                if second is not None:
+                    other = second[1][i].shape
+                    shape = [d if len(other) == len(shape) and other[j] == d else -1 for j, d in enumerate(shape)]
+                spec = TensorSpec(name, datatype, tuple(shape))
+            casts.append(datatypes.TORCH[spec.datatype] if spec.datatype != actual else None)
+            outputs.append(spec)
+        self.outputs = outputs
+        self._out_cast = casts
+        self._index_outputs()
+
+    def _forward_raw(self, arrays: list[np.ndarray]) -> tuple[list[str] | None, list[torch.Tensor]]:
+        with torch.inference_mode():
+            tensors = []
+            for array, spec in zip(arrays, self.inputs, strict=True):
+                tensor = datatypes.to_tensor(array, spec.datatype).to(self.device)
+                if self.compute_dtype is not None and tensor.is_floating_point():
+                    tensor = tensor.to(self.compute_dtype)
+                tensors.append(tensor)
+            return _outputs_as_list(self.module(*tensors))
+
+    def _learn_outputs(self, names: list[str] | None, tensors: list[Any]) -> None:
+        """Without a signature or a warm-up, the first batch tells what the model returns."""
+        specs, casts = [], []
+        for i, tensor in enumerate(tensors):
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"output {i} is a {type(tensor).__name__}, not a tensor")
+            reduced = self.compute_dtype is not None and tensor.is_floating_point()
+            datatype = "FP32" if reduced else datatypes.datatype_of(tensor.dtype)
+            specs.append(TensorSpec(names[i] if names else f"output__{i}", datatype, None))
+            casts.append(torch.float32 if reduced else None)
+        self._out_cast = casts
+        self.output_index = {spec.name: i for i, spec in enumerate(specs)}
+        self.outputs = specs
+
+    def _index_outputs(self) -> None:
+        self.output_index = {spec.name: i for i, spec in enumerate(self.outputs)} if self.outputs else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:400] if text else ""
+
+
+def load_model(config: Config) -> LoadedModel:
+    """Verify, load, place and warm up the model; raises ModelLoadError with a reason a person can act on."""
+    started = time.perf_counter()
+    path = config.model_path
+    try:
+        if config.sha256:
+            actual = sha256_of(path)
+            if actual != config.sha256:
+                raise ModelLoadError(
+                    f"SHA-256 mismatch for {path}: expected {config.sha256}, the file has {actual}. "
+                    "Refusing to serve a file that is not the validated artifact."
+                )
+        fmt = detect_format(path)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the model file {path}: {exc.strerror or exc}") from None
+    device = resolve_device(config.device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+
+    bounds = None
+    declared = config.signature or {}
+    try:
+        if fmt == "torchscript":
+            module = torch.jit.load(path, map_location=device)
+            module.eval()
+            names = [arg.name for arg in module.forward.schema.arguments[1:]]
+            recorded = [TensorSpec(name, None, None) for name in names]
+            parameter_count = sum(p.numel() for p in module.parameters())
+        else:
+            program = torch.export.load(path)
+            recorded, bounds = _export_inputs(program)
+            params = set(program.graph_signature.parameters)
+            parameter_count = sum(t.numel() for k, t in program.state_dict.items() if k in params)
+            module = program.module()
+            module.to(device)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"torch could not load {path} as {fmt} ({type(exc).__name__}: {_first_line(exc)}). "
+            f"Export it again with torch {torch.__version__.split('+')[0]}."
+        ) from None
+
+    declared_inputs = _declared(declared.get("inputs"))
+    if declared_inputs is not None:
+        _check_declared(declared_inputs, recorded)
+        if fmt == "torch_export":
+            declared_inputs = recorded  # the program is the authority on what it accepts
+    inputs = declared_inputs or recorded
+
+    compute = COMPUTE_DTYPES[config.dtype]
+    if compute is not None:
+        module = module.to(compute)
+    model = LoadedModel(config=config, module=module, fmt=fmt, device=device, inputs=inputs)
+    model.parameter_count = int(parameter_count)
+    model.warm_up(_declared(declared.get("outputs")), bounds)
+    model.load_seconds = time.perf_counter() - started
+    return model

@@ -1,0 +1,73 @@
+"""uvicorn around the runtime, with SIGTERM meaning "drain"."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+
+from inference_runtime.config import Config
+from inference_runtime.server import Runtime, create_app
+
+log = logging.getLogger("inference_runtime")
+
+
+class RuntimeServer(uvicorn.Server):
+    """On SIGTERM or SIGINT readiness turns 503 and in-flight requests finish; then it exits 0.
+
+    A second signal stops at once. (Plain uvicorn closes its sockets at once and
+    re-raises the signal once it has shut down.)
+    """
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime):
+        super().__init__(config)
+        self.runtime = runtime
+        self.exit_code = 0
+        self.signalled = False
+
+    def request_exit(self, code: int) -> None:
+        self.exit_code = code
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.signalled:
+            log.warning("second %s: stopping now", signal.Signals(sig).name)
+            self.should_exit = self.force_exit = True
+            return
+        self.signalled = True
+        log.info("%s received", signal.Signals(sig).name)
+        if not self.runtime.begin_drain_threadsafe():
+            self.should_exit = True
+
+
+def build_server(config: Config) -> RuntimeServer:
+    runtime = Runtime(config)
+    uv_config = uvicorn.Config(
+        create_app(runtime),
+        host=config.host,
+        port=config.port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        lifespan="on",
+        access_log=False,  # a log line per request costs more than a small model's forward pass
+        server_header=False,
+        log_config=None,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=5,
+        backlog=4096,
+    )
+    server = RuntimeServer(uv_config, runtime)
+    runtime.request_exit = server.request_exit
+    return server
+
+
+def serve(config: Config) -> int:
+    """Serve until drained; the exit status: 0 after a drain, 2 when the model was refused."""
+    server = build_server(config)
+    server.run()
+    if server.runtime.state == "loading" and not server.signalled:
+        return 2  # uvicorn gave up before the model loaded (e.g. the port is taken)
+    return server.exit_code

@@ -1,0 +1,365 @@
+"""The HTTP side: Open Inference Protocol v2 REST, readiness, draining, metrics.
+
+Infer requests take a lean raw-ASGI path (decode → batch → predict → unbatch →
+encode) because at thousands of requests per second a framework's routing,
+request objects and validation cost more than a small model's forward pass.
+Everything else (health, metadata, metrics) goes through FastAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inference_runtime import __version__
+from inference_runtime.batching import Batcher
+from inference_runtime.codec import decode_request, encode_response
+from inference_runtime.config import Config
+from inference_runtime.errors import (
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    NotReady,
+    PayloadTooLarge,
+    RuntimeFailure,
+    Unsupported,
+    error_response,
+    outcome_of,
+)
+from inference_runtime.metrics import Metrics
+from inference_runtime.model import LoadedModel, load_model
+
+log = logging.getLogger("inference_runtime")
+
+LOADING, READY, DRAINING, FAILED = "loading", "ready", "draining", "failed"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+class ClientGone(Exception):
+    pass
+
+
+class Runtime:
+    """One model's lifecycle: loading → ready → draining, and the infer hot path."""
+
+    def __init__(self, config: Config, *, request_exit: Callable[[int], None] = lambda code: None):
+        self.config = config
+        self.state = LOADING
+        self.model: LoadedModel | None = None
+        self.batcher: Batcher | None = None
+        self.metrics = Metrics(config.model_name, config.model_version)
+        # One model thread: loading, warm-up and every forward pass.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.in_flight = 0
+        self.request_exit = request_exit
+        self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin loading in the background: the server answers health checks meanwhile."""
+        self._loop = asyncio.get_running_loop()
+        self._spawn(self._load())
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load(self) -> None:
+        config = self.config
+        log.info("loading %s as %s version %s", config.model_path, config.model_name, config.model_version)
+        try:
+            model = await asyncio.get_running_loop().run_in_executor(self.executor, load_model, config)
+        except ModelLoadError as exc:
+            self._fail(f"refusing to start: {exc}")
+            return
+        except Exception as exc:
+            log.exception("loading failed")
+            self._fail(f"refusing to start: the model could not be loaded: {type(exc).__name__}: {exc}")
+            return
+        if self.state != LOADING:  # SIGTERM arrived while loading
+            return
+        self.model = model
+        self.batcher = Batcher(
+            model,
+            self.executor,
+            self.metrics,
+            max_batch_size=config.max_batch_size,
+            max_delay_s=config.max_delay_ms / 1000,
+            max_queue=config.max_queue,
+        )
+        self._spawn(self.batcher.run())
+        self.metrics.load_seconds.set(model.load_seconds)
+        if model.device.type == "cuda":
+            self.metrics.watch_gpu(model.device)
+        self.state = READY
+        self.metrics.ready.set(1)
+        log.info(
+            "ready: %s (%s, %d parameters) on %s%s in %.2fs; batching %s",
+            config.model_name,
+            model.platform,
+            model.parameter_count,
+            model.device,
+            f" in {config.dtype}" if model.compute_dtype is not None else "",
+            model.load_seconds,
+            f"up to {config.max_batch_size} rows or {config.max_delay_ms} ms" if model.batchable else "off",
+        )
+
+    def _fail(self, message: str) -> None:
+        log.error(message)
+        self.state = FAILED
+        self.request_exit(2)
+
+    def begin_drain(self) -> None:
+        """SIGTERM: readiness turns 503, new requests are refused, in-flight ones finish."""
+        if self.state in (DRAINING, FAILED):
+            return
+        was_loading = self.state == LOADING
+        self.state = DRAINING
+        self.metrics.ready.set(0)
+        if was_loading:
+            log.info("stopping while the model loads")
+            self.request_exit(0)
+            return
+        log.info("draining: %d request(s) in flight, up to %.1fs", self.in_flight, self.config.drain_timeout_s)
+        if self.batcher is not None:
+            self.batcher.flush()
+        self._spawn(self._drain())
+
+    def begin_drain_threadsafe(self) -> bool:
+        if self._loop is None:
+            return False
+        self._loop.call_soon_threadsafe(self.begin_drain)
+        return True
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.in_flight:
+            log.warning("drain timeout: %d request(s) still in flight", self.in_flight)
+        else:
+            log.info("drained")
+        self.request_exit(0)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- protocol ----------------------------------------------------------------------
+    def check_model(self, name: str, version: str | None) -> None:
+        config = self.config
+        if name != config.model_name or (version is not None and version != config.model_version):
+            asked = name if version is None else f"{name} version {version}"
+            raise ModelNotFound(
+                f"model {asked!r} is not served here; this server serves {config.model_name!r} "
+                f"version {config.model_version!r}"
+            )
+
+    def ready_model(self, name: str, version: str | None) -> LoadedModel:
+        self.check_model(name, version)
+        if self.state != READY:
+            reason = "shutting down" if self.state == DRAINING else "loading"
+            raise NotReady(f"model {name!r} is not ready: the server is {reason}", headers={"retry-after": "1"})
+        return self.model
+
+    async def infer_asgi(self, scope: dict, receive: Callable, send: Callable, name: str, version: str | None) -> None:
+        """POST /v2/models/{name}[/versions/{v}]/infer: the hot path."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        metrics = self.metrics
+        self.in_flight += 1
+        metrics.in_flight.inc()
+        try:
+            try:
+                model = self.ready_model(name, version)
+                header_length, body = await self._read_body(scope, receive)
+                request = decode_request(body, header_length, model)
+                arrays = await self.batcher.infer(
+                    request.arrays, request.rows, request.key, started + self.config.request_timeout_s
+                )
+                headers, payload = encode_response(
+                    request, arrays, model, self.config.model_name, self.config.model_version
+                )
+                status, outcome = 200, "success"
+            except ClientGone:
+                metrics.requests["error"].inc()
+                return
+            except Exception as exc:
+                status, headers, payload = error_response(exc)
+                outcome = outcome_of(exc)
+                if not isinstance(exc, RuntimeFailure):
+                    log.exception("unexpected error in an infer request")
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            metrics.requests[outcome].inc()
+            metrics.latency.observe(loop.time() - started)
+        finally:
+            self.in_flight -= 1
+            metrics.in_flight.dec()
+
+    async def _read_body(self, scope: dict, receive: Callable) -> tuple[int | None, bytes]:
+        limit = self.config.max_body_bytes
+        header_length = encoding = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    raise PayloadTooLarge(f"the body is {int(value)} bytes; this server takes at most {limit}")
+            elif key == b"inference-header-content-length":
+                if not value.isdigit():
+                    raise InvalidInput(f"Inference-Header-Content-Length {value.decode('latin-1')!r} is not a number")
+                header_length = int(value)
+            elif key == b"content-encoding":
+                encoding = value.decode("latin-1").strip().lower()
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is more than {limit} bytes, the most this server takes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if encoding and encoding != "identity":
+            body = _decompress(body, encoding, limit)
+        return header_length, body
+
+    # --- the rest of the protocol, for FastAPI ---------------------------------------------
+    def model_metadata(self, name: str, version: str | None) -> dict:
+        model = self.ready_model(name, version)
+        return {
+            "name": self.config.model_name,
+            "versions": [self.config.model_version],
+            "platform": model.platform,
+            "inputs": [spec.as_json() for spec in model.inputs],
+            "outputs": [spec.as_json() for spec in model.outputs or []],
+        }
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    wbits = {"gzip": 31, "deflate": 15}.get(encoding)
+    if wbits is None:
+        raise Unsupported(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"the body decompresses to more than {limit} bytes, the most this server takes")
+    return data
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(exc: BaseException) -> Response:
+    status, headers, body = error_response(exc)
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
+
+
+def create_app(runtime: Runtime) -> Callable:
+    """The ASGI application: the infer fast path in front of a FastAPI app."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.start()
+        yield
+        await runtime.stop()
+
+    api = FastAPI(
+        title="Slipway inference runtime",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @api.exception_handler(RuntimeFailure)
+    async def runtime_failure(_: Request, exc: RuntimeFailure) -> Response:
+        return _error(exc)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+        message = f"no such endpoint: {request.method} {request.url.path}" if exc.status_code == 404 else exc.detail
+        return _json({"error": message}, exc.status_code, getattr(exc, "headers", None))
+
+    @api.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return _json({"error": str(exc)}, 400)
+
+    @api.get("/v2/health/live")
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @api.get("/v2/health/ready")
+    async def ready() -> Response:
+        is_ready = runtime.state == READY
+        return _json({"ready": is_ready}, 200 if is_ready else 503)
+
+    @api.get("/v2")
+    async def server_metadata() -> Response:
+        return _json({"name": "slipway-inference-runtime", "version": __version__, "extensions": EXTENSIONS})
+
+    @api.get("/v2/models/{name}")
+    async def model_metadata(name: str) -> Response:
+        return _json(runtime.model_metadata(name, None))
+
+    @api.get("/v2/models/{name}/versions/{version}")
+    async def model_version_metadata(name: str, version: str) -> Response:
+        return _json(runtime.model_metadata(name, version))
+
+    @api.get("/v2/models/{name}/ready")
+    async def model_ready(name: str) -> Response:
+        runtime.ready_model(name, None)
+        return _json({"name": name, "ready": True})
+
+    @api.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_version_ready(name: str, version: str) -> Response:
+        runtime.ready_model(name, version)
+        return _json({"name": name, "ready": True})
+
+    @api.get("/metrics")
+    async def metrics() -> Response:
+        return Response(runtime.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @api.post("/v2/models/{name}/infer", include_in_schema=False)
+    @api.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False)
+    async def infer_unreachable() -> Response:  # the fast path answers these; kept so GET gives 405
+        raise Unsupported("unreachable")
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            parts = scope["path"].split("/")
+            # ['', 'v2', 'models', name, 'infer'] or ['', 'v2', 'models', name, 'versions', v, 'infer']
+            if parts[-1] == "infer" and len(parts) in (5, 7) and parts[1] == "v2" and parts[2] == "models":
+                if len(parts) == 5:
+                    await runtime.infer_asgi(scope, receive, send, parts[3], None)
+                    return
+                if parts[4] == "versions":
+                    await runtime.infer_asgi(scope, receive, send, parts[3], parts[5])
+                    return
+        await api(scope, receive, send)
+
+    app.runtime = runtime  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,97 @@
+"""Dynamic batching: concurrent requests share forward passes, and each gets its own rows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.runtime.oip import binary_request, expected_outputs, json_request, parse_response
+
+pytestmark = pytest.mark.runtime
+
+
+async def _fire(url: str, bodies: list[tuple[bytes, dict]], path: str) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        return await asyncio.gather(*(client.post(path, content=body, headers=headers) for body, headers in bodies))
+
+
+def fire(server, bodies: list[tuple[bytes, dict]], path: str) -> list[httpx.Response]:
+    return asyncio.run(_fire(server.url, bodies, path))
+
+
+def test_concurrent_clients_share_batches_and_get_their_own_rows(servers, zoo):
+    server, module = servers["mlp"], zoo["mlp"].module
+    batches_before = server.metric("slipway_inference_batch_size_count")
+    singles_before = server.metric("slipway_inference_batch_size_bucket", le="1.0")
+    rows_before = server.metric("slipway_inference_batch_size_sum")
+
+    rng = np.random.default_rng(1)
+    inputs, bodies = [], []
+    for i in range(96):
+        x = rng.standard_normal((1 + i % 3, 16)).astype(np.float32)  # 1, 2 or 3 rows per client
+        x[:, 0] = i  # every client's rows are recognisable
+        inputs.append({"x": x})
+        bodies.append(binary_request({"x": x}) if i % 2 else (json_request({"x": x}), {}))
+    responses = fire(server, bodies, "/v2/models/mlp/infer")
+
+    for request, response in zip(inputs, responses, strict=True):
+        got = parse_response(response)["output__0"]
+        np.testing.assert_allclose(got, expected_outputs(module, request)["output__0"], rtol=1e-5, atol=1e-5)
+
+    batches = server.metric("slipway_inference_batch_size_count") - batches_before
+    singles = server.metric("slipway_inference_batch_size_bucket", le="1.0") - singles_before
+    rows = server.metric("slipway_inference_batch_size_sum") - rows_before
+    assert rows == sum(x["x"].shape[0] for x in inputs)
+    assert batches < len(inputs), "no request shared a forward pass"
+    assert singles < batches, "every batch had one row"
+    assert server.metric("slipway_inference_queue_wait_seconds_count") >= len(inputs)
+
+
+def test_requests_whose_shapes_differ_are_batched_separately(servers, zoo):
+    server, module = servers["sequence"], zoo["sequence"].module
+    rng = np.random.default_rng(2)
+    inputs = [{"tokens": rng.integers(0, 50, size=(1 + i % 2, 3 + i % 4), dtype=np.int64)} for i in range(40)]
+    responses = fire(server, [(json_request(x), {}) for x in inputs], "/v2/models/sequence/infer")
+    for request, response in zip(inputs, responses, strict=True):
+        got, want = parse_response(response), expected_outputs(module, request)
+        for name in ("hidden", "pooled"):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+
+
+def test_full_queue_is_503_with_retry_after_and_a_late_request_is_504(spawn, zoo):
+    entry = zoo["mlp"]
+    # A batch waits up to 1.5 s to fill, longer than a request may wait: queued requests time out.
+    server = spawn(
+        "mlp",
+        entry.path,
+        *("--max-batch-size", "64", "--max-delay-ms", "1500", "--max-queue", "2", "--request-timeout-s", "0.5"),
+        entry=entry,
+    ).wait_ready()
+    body = json_request({"x": np.zeros((1, 16), dtype=np.float32)})
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            queued = [asyncio.create_task(client.post("/v2/models/mlp/infer", content=body)) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            refused = await client.post("/v2/models/mlp/infer", content=body)
+            refused_after = time.monotonic() - started
+            return refused, refused_after, await asyncio.gather(*queued)
+
+    refused, refused_after, late = asyncio.run(scenario())
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert "queue is full" in refused.json()["error"]
+    assert refused_after < 0.4, "a full queue must answer at once"
+    for response in late:
+        assert response.status_code == 504
+        assert "timed out" in response.json()["error"]
+
+    assert server.metric("slipway_inference_requests_total", outcome="busy") == 1
+    assert server.metric("slipway_inference_requests_total", outcome="timeout") == 2
+    assert server.client.get("/v2/health/ready").status_code == 200

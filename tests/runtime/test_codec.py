@@ -1,0 +1,141 @@
+"""The wire format, in-process: every datatype in JSON and binary, and the checks on it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from inference_runtime.codec import decode_request, encode_response
+from inference_runtime.errors import InvalidInput
+from inference_runtime.model import TensorSpec
+
+pytestmark = pytest.mark.runtime
+
+ALL = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
+
+
+class FakeModel:
+    """What the codec reads from a loaded model."""
+
+    def __init__(self, datatype: str, outputs: list[TensorSpec] | None = None):
+        self.inputs = [TensorSpec("x", datatype, (-1, 2))]
+        self.input_index = {"x": 0}
+        self.batchable = True
+        self.outputs = outputs or [TensorSpec("y", datatype, (-1, 2))]
+        self.output_index = {spec.name: i for i, spec in enumerate(self.outputs)}
+
+
+def values_for(datatype: str) -> np.ndarray:
+    if datatype == "BOOL":
+        return np.array([[True, False], [False, True]])
+    dtype = np.dtype({"FP16": "f2", "FP32": "f4", "FP64": "f8"}.get(datatype, datatype.lower()))
+    if dtype.kind == "f":
+        return np.array([[0.5, -1.25], [3.0, 1e-3]], dtype=dtype)
+    info = np.iinfo(dtype)
+    return np.array([[info.min, info.max], [0, 1]], dtype=dtype)
+
+
+@pytest.mark.parametrize("datatype", ALL)
+def test_every_datatype_decodes_from_json_and_binary_alike(datatype):
+    values = values_for(datatype)
+    model = FakeModel(datatype)
+    as_json = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": datatype, "data": values.reshape(-1).tolist()}]}
+    from_json = decode_request(json.dumps(as_json).encode(), None, model).arrays[0]
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 2],
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": 4 * values.itemsize},
+                }
+            ]
+        }
+    )
+    from_binary = decode_request(header + values.tobytes(), len(header), model).arrays[0]
+    assert from_json.dtype == from_binary.dtype == values.dtype
+    np.testing.assert_array_equal(from_json, values)
+    np.testing.assert_array_equal(from_binary, values)
+
+
+@pytest.mark.parametrize("datatype", ALL)
+def test_every_datatype_encodes_to_json_and_binary_alike(datatype):
+    values = values_for(datatype)
+    model = FakeModel(datatype)
+    request = decode_request(
+        orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": datatype, "data": values.tolist()}]}),
+        None,
+        model,
+    )
+    _, body = encode_response(request, [values], model, "m", "1")
+    output = orjson.loads(body)["outputs"][0]
+    assert output["shape"] == [2, 2]
+    np.testing.assert_array_equal(np.asarray(output["data"], dtype=values.dtype).reshape(2, 2), values)
+
+    request.binary_default = True
+    headers, body = encode_response(request, [values], model, "m", "1")
+    length = int(dict(headers)[b"inference-header-content-length"])
+    assert body[length:] == values.tobytes()
+
+
+def test_bf16_is_sent_as_floats_in_json_and_raw_bits_in_binary():
+    model = FakeModel("BF16")
+    floats = [0.5, -1.25, 3.0, 1.0 / 3]
+    request = decode_request(
+        orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "BF16", "data": floats}]}), None, model
+    )
+    bits = request.arrays[0]
+    expected = torch.tensor(floats).to(torch.bfloat16)
+    assert bits.tobytes() == expected.view(torch.int16).numpy().tobytes()
+
+    _, body = encode_response(request, [bits], model, "m", "1")
+    sent = np.asarray(orjson.loads(body)["outputs"][0]["data"], dtype=np.float32)
+    np.testing.assert_array_equal(sent, expected.float().numpy())
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([1.5, 2, 3, 4], "holds numbers with a fraction"),
+        ([True, False, True, False], "holds booleans"),
+        ([300, 0, 0, 0], "out of range for INT8"),
+        ([[1, 2], [3]], "ragged"),
+        ([1, 2, 3], "4 elements"),
+    ],
+)
+def test_integer_inputs_refuse_what_would_be_silently_mangled(data, message):
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "INT8", "data": data}]})
+    with pytest.raises(InvalidInput, match=message):
+        decode_request(body, None, FakeModel("INT8"))
+
+
+def test_inputs_of_one_request_must_share_their_first_dimension():
+    model = FakeModel("FP32")
+    model.inputs.append(TensorSpec("z", "FP32", (-1, 2)))
+    model.input_index["z"] = 1
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [0.0] * 4},
+                {"name": "z", "shape": [1, 2], "datatype": "FP32", "data": [0.0] * 2},
+            ]
+        }
+    )
+    with pytest.raises(InvalidInput, match="same first"):
+        decode_request(body, None, model)
+
+
+def test_binary_data_must_be_used_exactly():
+    model = FakeModel("FP32")
+    header = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]}
+    )
+    with pytest.raises(InvalidInput, match="add up to 8"):
+        decode_request(header + b"\0" * 12, len(header), model)
+    with pytest.raises(InvalidInput, match="only 4 follow"):
+        decode_request(header + b"\0" * 4, len(header), model)

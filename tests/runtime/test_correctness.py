@@ -1,0 +1,181 @@
+"""Outputs through a real runtime process equal a direct model(x), in JSON and binary."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import np_to_triton_dtype
+
+from tests.runtime.oip import BF16, assert_outputs_equal, binary_request, expected_outputs, json_request, parse_response
+
+pytestmark = pytest.mark.runtime
+
+rng = np.random.default_rng(7)
+
+
+def sample_inputs(model: str, rows: int) -> dict:
+    if model in ("mlp", "mlp_pt2"):
+        return {"x": rng.standard_normal((rows, 16)).astype(np.float32)}
+    if model == "cnn":
+        return {"image": rng.standard_normal((rows, 1, 8, 8)).astype(np.float32)}
+    if model == "two_inputs":
+        return {"features": rng.standard_normal((rows, 3)), "mask": rng.random((rows, 3)) > 0.5}
+    if model == "sequence":
+        return {"tokens": rng.integers(0, 50, size=(rows, 7), dtype=np.int64)}
+    if model == "datatypes":
+        return {
+            "u8": rng.integers(0, 100, (rows, 3), dtype=np.uint8),
+            "i8": rng.integers(-60, 60, (rows, 3), dtype=np.int8),
+            "i16": rng.integers(-9000, 9000, (rows, 3), dtype=np.int16),
+            "i32": rng.integers(-(2**30), 2**30, (rows, 3), dtype=np.int32),
+            "f16": (rng.integers(-512, 512, (rows, 3)) / 8).astype(np.float16),
+            "bf16": BF16(rng.integers(-64, 64, (rows, 3)) / 4),  # exact in bfloat16
+            "flag": rng.random((rows, 3)) > 0.5,
+        }
+    raise AssertionError(model)
+
+
+MODELS = ["mlp", "mlp_pt2", "cnn", "two_inputs", "sequence", "datatypes"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_json_outputs_equal_the_model_called_directly(servers, zoo, model, rows):
+    server = servers[model]
+    inputs = sample_inputs(model, rows)
+    response = server.client.post(f"/v2/models/{model}/infer", content=json_request(inputs, id="req-1"))
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["id"] == "req-1"
+    assert response.json()["model_name"] == model
+    assert_outputs_equal(parse_response(response), expected_outputs(zoo[model].module, inputs))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_binary_outputs_equal_the_model_called_directly(servers, zoo, model):
+    server = servers[model]
+    inputs = sample_inputs(model, 2)
+    body, headers = binary_request(inputs)
+    response = server.client.post(f"/v2/models/{model}/versions/1/infer", content=body, headers=headers)
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert_outputs_equal(parse_response(response), expected_outputs(zoo[model].module, inputs))
+
+
+def test_binary_inputs_can_ask_for_json_outputs(servers, zoo):
+    inputs = sample_inputs("two_inputs", 2)
+    body, headers = binary_request(inputs, binary_output=False)
+    response = servers["two_inputs"].client.post("/v2/models/two_inputs/infer", content=body, headers=headers)
+    assert "inference-header-content-length" not in response.headers
+    assert_outputs_equal(parse_response(response), expected_outputs(zoo["two_inputs"].module, inputs))
+
+
+def test_requested_outputs_are_the_only_ones_returned_each_in_its_own_format(servers, zoo):
+    inputs = sample_inputs("sequence", 2)
+    request = json_request(inputs, outputs=[{"name": "pooled", "parameters": {"binary_data": True}}])
+    response = servers["sequence"].client.post("/v2/models/sequence/infer", content=request)
+    got = parse_response(response)
+    want = expected_outputs(zoo["sequence"].module, inputs)
+    assert list(got) == ["pooled"]
+    np.testing.assert_allclose(got["pooled"], want["pooled"], rtol=1e-5, atol=1e-6)
+
+
+def test_nested_json_data_is_accepted(servers, zoo):
+    x = sample_inputs("mlp", 2)["x"]
+    body = {"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32", "data": x.tolist()}]}
+    response = servers["mlp"].client.post("/v2/models/mlp/infer", json=body)
+    assert_outputs_equal(parse_response(response), expected_outputs(zoo["mlp"].module, {"x": x}))
+
+
+@pytest.mark.parametrize("model", ["mlp", "datatypes"])
+def test_tritonclient_speaks_the_binary_extension(servers, zoo, model):
+    server = servers[model]
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    try:
+        assert client.is_server_live()
+        assert client.is_server_ready()
+        assert client.is_model_ready(model)
+        metadata = client.get_model_metadata(model)
+        assert [i["name"] for i in metadata["inputs"]] == [s["name"] for s in zoo[model].signature["inputs"]]
+
+        inputs = sample_inputs(model, 3)
+        tensors = []
+        for name, value in inputs.items():
+            # tritonclient takes BF16 as ml_dtypes.bfloat16 (its own dependency)
+            array = value.values.astype(ml_dtypes.bfloat16) if isinstance(value, BF16) else value
+            tensor = triton.InferInput(name, list(array.shape), triton_datatype(array))
+            tensor.set_data_from_numpy(array, binary_data=True)
+            tensors.append(tensor)
+        want = expected_outputs(zoo[model].module, inputs)
+
+        # No outputs named: the client asks for every output in binary.
+        result = client.infer(model, tensors, request_id="t-1")
+        assert result.get_response()["id"] == "t-1"
+        assert_outputs_equal({name: as_numpy(result, name) for name in want}, want)
+
+        # Outputs named, one in JSON and the others in binary.
+        names = list(want)
+        outputs = [triton.InferRequestedOutput(name, binary_data=i != 0) for i, name in enumerate(names)]
+        result = client.infer(model, tensors, outputs=outputs, model_version="1")
+        assert_outputs_equal({name: as_numpy(result, name) for name in names}, want)
+    finally:
+        client.close()
+
+
+def triton_datatype(array: np.ndarray) -> str:
+    return "BF16" if array.dtype == ml_dtypes.bfloat16 else np_to_triton_dtype(array.dtype)
+
+
+def as_numpy(result, name: str) -> np.ndarray:
+    array = result.as_numpy(name)
+    return array.astype(np.float32) if array.dtype == ml_dtypes.bfloat16 else array
+
+
+def test_model_metadata_reports_the_real_signature(servers):
+    mlp = servers["mlp"].client.get("/v2/models/mlp").json()
+    assert mlp == {
+        "name": "mlp",
+        "versions": ["1"],
+        "platform": "pytorch_torchscript",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}],
+        "outputs": [{"name": "output__0", "datatype": "FP32", "shape": [-1, 4]}],
+    }
+    sequence = servers["sequence"].client.get("/v2/models/sequence/versions/1").json()
+    assert sequence["platform"] == "pytorch_torch_export"
+    assert sequence["inputs"] == [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}]
+    assert sequence["outputs"] == [
+        {"name": "hidden", "datatype": "FP32", "shape": [-1, -1, 8]},
+        {"name": "pooled", "datatype": "FP32", "shape": [-1, 5]},
+    ]
+    two = servers["two_inputs"].client.get("/v2/models/two_inputs").json()
+    assert two["outputs"] == [
+        {"name": "output__0", "datatype": "FP64", "shape": [-1, 2]},
+        {"name": "output__1", "datatype": "INT64", "shape": [-1]},
+    ]
+
+
+def test_reduced_precision_computes_in_bfloat16_and_answers_fp32(servers, zoo):
+    inputs = sample_inputs("mlp", 4)
+    response = servers["mlp_bf16"].client.post("/v2/models/mlp_bf16/infer", content=json_request(inputs))
+    assert response.json()["outputs"][0]["datatype"] == "FP32"
+    got = parse_response(response)["output__0"]
+    want = expected_outputs(zoo["mlp"].module, inputs)["output__0"]
+    np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05)
+    assert not np.allclose(got, want, rtol=1e-6, atol=1e-7), "not computed in bfloat16"
+
+
+def test_a_torchscript_model_without_a_signature_is_served_unbatched(servers, zoo):
+    server = servers["mlp_unsigned"]
+    metadata = server.client.get("/v2/models/mlp_unsigned").json()
+    assert [spec["name"] for spec in metadata["inputs"]] == ["x"]
+    for _ in range(2):  # the first request teaches the runtime its outputs
+        inputs = sample_inputs("mlp", 2)
+        body, headers = binary_request(inputs)
+        response = server.client.post("/v2/models/mlp_unsigned/infer", content=body, headers=headers)
+        assert_outputs_equal(parse_response(response), expected_outputs(zoo["mlp"].module, inputs))
+    assert server.client.get("/v2/models/mlp_unsigned").json()["outputs"][0]["datatype"] == "FP32"
+    bad = json_request({"x": np.zeros((1, 5), dtype=np.float32)})
+    response = server.client.post("/v2/models/mlp_unsigned/infer", content=bad)
+    assert response.status_code == 500  # unchecked: the model itself refuses it
+    assert "inference failed" in response.json()["error"]
+    assert server.client.get("/v2/health/ready").status_code == 200

@@ -1,0 +1,164 @@
+"""Start-up, health, metadata, metrics, refusal to start, and draining on SIGTERM."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.runtime.oip import json_request, parse_response
+
+pytestmark = pytest.mark.runtime
+
+
+def test_health_and_server_metadata(servers):
+    client = servers["cnn"].client
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    metadata = client.get("/v2").json()
+    assert metadata["name"] == "slipway-inference-runtime"
+    assert "binary_tensor_data" in metadata["extensions"]
+    assert client.get("/v2/models/cnn/ready").json() == {"name": "cnn", "ready": True}
+    assert client.get("/v2/models/cnn/versions/1/ready").json() == {"name": "cnn", "ready": True}
+
+
+def test_metrics_cover_requests_latency_batches_queue_in_flight_and_load_time(servers):
+    server = servers["two_inputs"]
+    body = json_request({"features": np.ones((1, 3)), "mask": np.ones((1, 3), dtype=bool)})
+    assert server.client.post("/v2/models/two_inputs/infer", content=body).status_code == 200
+    assert server.metric("slipway_inference_requests_total", outcome="success") >= 1
+    assert server.metric("slipway_inference_request_duration_seconds_count") >= 1
+    assert server.metric("slipway_inference_batch_size_count") >= 1
+    assert server.metric("slipway_inference_queue_wait_seconds_count") >= 1
+    assert server.metric("slipway_inference_in_flight_requests") == 0
+    assert server.metric("slipway_model_load_seconds") > 0
+    assert server.metric("slipway_model_ready") == 1
+
+
+def test_a_matching_sha256_starts(servers, zoo):
+    # The mlp_pt2 server of the session was started with its --sha256.
+    assert "--sha256" in servers["mlp_pt2"].proc.args
+
+
+@pytest.fixture(scope="module")
+def refusals(zoo, tmp_path_factory):
+    """Runtimes that must refuse to start, launched side by side."""
+    from tests.runtime.conftest import start_runtime
+
+    tmp = tmp_path_factory.mktemp("refusals")
+    not_a_model = tmp / "notes.pt"
+    not_a_model.write_text("not a model\n")
+    wrong_signature = '{"inputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 16]}]}'
+    started = {
+        "sha256": start_runtime(tmp, "mlp", zoo["mlp"].path, "--sha256", "0" * 64, entry=zoo["mlp"]),
+        "not a model": start_runtime(tmp, "notes", not_a_model),
+        "signature": start_runtime(tmp, "mlp", zoo["mlp"].path, "--signature", wrong_signature),
+    }
+    for server in started.values():
+        server.wait_exit(timeout=90)
+    yield started
+    for server in started.values():
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("sha256", "SHA-256 mismatch"),
+        ("not a model", "is not a TorchScript or torch.export archive"),
+        ("signature", "the signature names the inputs ['y'], the archive takes ['x']"),
+    ],
+)
+def test_refuses_to_start_with_a_clear_message(refusals, case, message):
+    server = refusals[case]
+    assert server.proc.returncode == 2
+    assert "refusing to start" in server.log()
+    assert message in server.log()
+
+
+def test_bad_options_exit_2_before_loading(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_runtime", "--model", "m.pt", "--name", "m", "--max-batch-size", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--max-batch-size '0': must be at least 1" in result.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_under_load_finishes_in_flight_requests_refuses_new_ones_and_exits(spawn, zoo):
+    entry = zoo["slow"]
+    server = spawn("slow", entry.path, "--drain-timeout-s", "20", entry=entry).wait_ready()
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+    def request(spin: int) -> bytes:
+        return json_request({"x": x, "spin": np.full((2, 1), spin, dtype=np.int64)})
+
+    started = time.monotonic()
+    assert server.client.post("/v2/models/slow/infer", content=request(2000)).status_code == 200
+    # Requests that take about a second each, however fast this machine is.
+    one_pass = 1.0
+    slow, quick = request(max(2000, int(2000 * one_pass / (time.monotonic() - started)))), request(1)
+
+    results: list[httpx.Response] = []
+
+    def client():
+        with httpx.Client(base_url=server.url, timeout=60) as own:
+            results.append(own.post("/v2/models/slow/infer", content=slow))
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while server.metric("slipway_inference_in_flight_requests") < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+
+    ready = server.client.get("/v2/health/ready")
+    assert ready.status_code == 503, "readiness must turn 503 at once"
+    refused = server.client.post("/v2/models/slow/infer", content=quick)
+    assert refused.status_code == 503
+    assert "shutting down" in refused.json()["error"]
+
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 6
+    for response in results:
+        np.testing.assert_allclose(parse_response(response)["output__0"], x * 2)
+    assert server.wait_exit(timeout=10 + 6 * one_pass) == 0
+    assert "drained" in server.log()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{server.url}/v2/health/live", timeout=2)
+
+
+def test_sigterm_while_loading_exits_at_once(spawn, zoo):
+    entry = zoo["sequence"]  # a torch.export archive: the slowest to load
+    server = spawn("sequence", entry.path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if server.client.get("/v2/health/ready").status_code == 503:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    assert server.client.get("/v2/health/live").status_code == 200
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=15) == 0
+
+
+def test_file_hash_helper_matches_sha256(zoo):
+    from inference_runtime.model import sha256_of
+
+    path = zoo["mlp"].path
+    assert sha256_of(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
