@@ -186,6 +186,7 @@ def build_image(
             labels={"io.slipway.built-by": "slipway"},
         )
         image_id = None
+        step = ""
         for chunk in stream:
             if time.monotonic() > deadline:
                 raise BuildFailed(
@@ -195,9 +196,13 @@ def build_image(
             if "error" in chunk:
                 message = chunk.get("errorDetail", {}).get("message") or chunk["error"]
                 emit(message)
+                if " : FROM " in step:
+                    raise BuildFailed(_base_image_problem(message))
                 raise BuildFailed(_build_problem(message))
             if "stream" in chunk:
                 emit(chunk["stream"])
+                if chunk["stream"].startswith("Step "):
+                    step = chunk["stream"]
             if "aux" in chunk and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
     except (APIError, DockerException) as exc:
@@ -253,12 +258,14 @@ def _build_problem(message: str) -> str:
             "The Docker host ran out of disk space during the build. Free space (for example "
             "`docker image prune`), then retry."
         )
-    if "pull access denied" in lower or "manifest unknown" in lower or ("not found" in lower and "image" in lower):
-        return (
-            f"The base image is not available to the Docker engine ({message.strip()}). Pull or build it on the "
-            "Docker host, or set SLIPWAY_BASE_IMAGE_GPU / SLIPWAY_BASE_IMAGE_CPU to one it has."
-        )
     return f"A build step failed: {message.strip()[:500]}. The log above shows the step and its output."
+
+
+def _base_image_problem(message: str) -> str:
+    return (
+        f"The base image could not be had ({message.strip()[:300]}). Pull or build it on the Docker host, or set "
+        "SLIPWAY_BASE_IMAGE_GPU / SLIPWAY_BASE_IMAGE_CPU to an image it has or can pull."
+    )
 
 
 def _registry_problem(config: BuildConfig, exc_or_message) -> str:
