@@ -3,8 +3,9 @@
 The queue and the decision of what goes into a batch live on the event loop (no
 locks); the forward pass runs on one dedicated model thread, so the loop keeps
 decoding and answering requests meanwhile. A batch starts when it is full
-(max_batch_size rows) or when its oldest request has waited max_delay_ms: requests
-that queued while the previous batch ran therefore wait no longer.
+(max_batch_size rows), when its oldest request has waited max_delay_ms (requests that
+queued while the previous batch ran therefore wait no longer), or when every request
+the server holds is already queued or running: waiting then could only add latency.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from itertools import accumulate
@@ -44,6 +46,7 @@ class Batcher:
         max_batch_size: int,
         max_delay_s: float,
         max_queue: int,
+        in_flight: Callable[[], int],
     ):
         self._model = model
         self._executor = executor
@@ -55,6 +58,8 @@ class Batcher:
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._flushing = False
+        self._in_flight = in_flight  # requests received and not yet answered, queued or not
+        self._running = 0  # requests in the forward pass now
         self._loop = asyncio.get_running_loop()
 
     async def infer(self, arrays: list[np.ndarray], rows: int, key: Any, deadline: float) -> list[np.ndarray]:
@@ -67,7 +72,7 @@ class Batcher:
         queue.append(Item(arrays, rows, key, future, loop.time()))
         self._queued_rows += rows
         # Wake the batcher only when there is something new for it to decide.
-        if len(queue) == 1 or self._queued_rows >= self._max_rows:
+        if len(queue) == 1 or self._queued_rows >= self._max_rows or self._nobody_else_coming():
             self._wakeup.set()
         timer = loop.call_at(deadline, _expire, future)
         try:
@@ -91,7 +96,7 @@ class Batcher:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            if not self._flushing and self._queued_rows < self._max_rows:
+            if not self._flushing and self._queued_rows < self._max_rows and not self._nobody_else_coming():
                 deadline = queue[0].enqueued + self._max_delay
                 if deadline > loop.time():
                     wakeup.clear()
@@ -102,6 +107,10 @@ class Batcher:
             batch = self._take()
             if batch:
                 await self._execute(batch)
+
+    def _nobody_else_coming(self) -> bool:
+        """True when no request is being received or decoded: none could join this batch soon."""
+        return self._in_flight() <= len(self._queue) + self._running
 
     def _take(self) -> list[Item]:
         """The oldest live request and the queued requests it can be stacked with, in order."""
@@ -135,11 +144,14 @@ class Batcher:
             metrics.queue_wait.observe(now - item.enqueued)
         metrics.batch_size.observe(sum(item.rows for item in batch))
         inputs = [item.arrays for item in batch]
+        self._running = len(batch)
         try:
             results = await self._loop.run_in_executor(self._executor, run_batch, self._model, inputs)
         except Exception as exc:  # run_batch reports per request; this is a bug in it
             log.exception("a batch failed")
             results = [exc] * len(batch)
+        finally:
+            self._running = 0
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue

@@ -64,6 +64,12 @@ class Metrics:
             names,
             registry=self.registry,
         ).labels(**labels)
+        self.queue_depth = Gauge(
+            "slipway_inference_queue_depth",
+            "Requests waiting in the batching queue.",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
         self.load_seconds = Gauge(
             "slipway_model_load_seconds",
             "Time to verify, load and warm up the model.",

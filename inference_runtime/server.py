@@ -100,8 +100,10 @@ class Runtime:
             max_batch_size=config.max_batch_size,
             max_delay_s=config.max_delay_ms / 1000,
             max_queue=config.max_queue,
+            in_flight=lambda: self.in_flight,
         )
         self._spawn(self.batcher.run())
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.metrics.load_seconds.set(model.load_seconds)
         if model.device.type == "cuda":
             self.metrics.watch_gpu(model.device)

@@ -104,11 +104,7 @@ def test_sigterm_under_load_finishes_in_flight_requests_refuses_new_ones_and_exi
     def request(spin: int) -> bytes:
         return json_request({"x": x, "spin": np.full((2, 1), spin, dtype=np.int64)})
 
-    started = time.monotonic()
-    assert server.client.post("/v2/models/slow/infer", content=request(2000)).status_code == 200
-    # Requests that take about a second each, however fast this machine is.
-    one_pass = 1.0
-    slow, quick = request(max(2000, int(2000 * one_pass / (time.monotonic() - started)))), request(1)
+    slow, quick = request(100_000), request(1)  # 100,000 steps: about a second per forward pass
 
     results: list[httpx.Response] = []
 
@@ -136,7 +132,7 @@ def test_sigterm_under_load_finishes_in_flight_requests_refuses_new_ones_and_exi
     assert len(results) == 6
     for response in results:
         np.testing.assert_allclose(parse_response(response)["output__0"], x * 2)
-    assert server.wait_exit(timeout=10 + 6 * one_pass) == 0
+    assert server.wait_exit(timeout=60) == 0
     assert "drained" in server.log()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/v2/health/live", timeout=2)
