@@ -76,7 +76,14 @@ def log_in(page: Page, user) -> None:
     expect(page.get_by_role("heading", name="Models", level=1)).to_be_visible()
 
 
-def shoot(page: Page, name: str) -> None:
+def shoot(page: Page, name: str, *, full_page: bool = True) -> None:
     if SHOTS is not None:
         SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
+        page.screenshot(path=SHOTS / f"{name}.png", full_page=full_page)
+
+
+def watch_polls(page: Page, path_part: str) -> list[int]:
+    """The status codes of htmx refreshes whose URL contains path_part, as they arrive."""
+    statuses: list[int] = []
+    page.on("response", lambda response: path_part in response.url and statuses.append(response.status))
+    return statuses

@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect
 
 from controlplane.audit import Actor
 from registry import services
-from tests.e2e.conftest import log_in
+from tests.e2e.conftest import log_in, shoot, watch_polls
 from tests.models_zoo import MLP_SIGNATURE
 
 pytestmark = pytest.mark.e2e
@@ -21,13 +21,6 @@ VALIDATION_TIMEOUT_MS = 90_000
 
 def version_row(page: Page, version: int):
     return page.locator("#versions tbody tr", has=page.get_by_role("link", name=f"v{version}", exact=True))
-
-
-def watch_version_polls(page: Page) -> list[int]:
-    """The status codes of the versions table's htmx refreshes, as they arrive."""
-    statuses: list[int] = []
-    page.on("response", lambda response: "/versions/rows/" in response.url and statuses.append(response.status))
-    return statuses
 
 
 def stay_on_this_page(page: Page) -> list[str]:
@@ -52,13 +45,15 @@ def test_a_user_uploads_a_model_sees_it_become_ready_without_a_reload_and_downlo
     expect(page).to_have_url(re.compile(r"/models/iris-classifier/$"))
     expect(page.get_by_role("heading", name="iris-classifier", level=1)).to_be_visible()
     expect(page.get_by_text("No versions yet")).to_be_visible()
+    shoot(page, "24-upload-refused")
 
     navigations = stay_on_this_page(page)
-    polls = watch_version_polls(page)
+    polls = watch_polls(page, "/versions/rows/")
     artifact = model_files["torchscript"].read_bytes()
     page.locator("#artifact-input").set_input_files(model_files["torchscript"])
     expect(page.locator("#dropzone")).to_contain_text("mlp.pt")
     page.get_by_label("Input signature").fill(json.dumps(MLP_SIGNATURE))
+    shoot(page, "21-upload-chosen")
     page.get_by_role("button", name="Upload").click()
 
     result = page.locator("#upload-result")
@@ -73,6 +68,7 @@ def test_a_user_uploads_a_model_sees_it_become_ready_without_a_reload_and_downlo
     expect(row.locator(".badge")).to_have_text("ready", timeout=VALIDATION_TIMEOUT_MS)
     assert page.evaluate("window.slipwayMark") == "not reloaded"
     assert navigations == []
+    shoot(page, "22-upload-ready")
 
     # Once every version is settled the table answers 286 and htmx stops asking.
     assert polls and polls[-1] == 286, polls
@@ -139,6 +135,7 @@ def test_a_signature_the_model_does_not_accept_shows_the_rejection_reason_live(p
     row = version_row(page, 1)
     expect(row.locator(".badge")).to_have_text("rejected", timeout=VALIDATION_TIMEOUT_MS)
     expect(row).to_contain_text("does not accept its signature")
+    shoot(page, "23-upload-rejected")
     assert page.evaluate("window.slipwayMark") == "not reloaded"
     assert navigations == []
 
@@ -158,4 +155,24 @@ def test_a_pickle_is_refused_with_a_message_in_the_page_and_no_version(page: Pag
     error = page.locator("#upload-result").get_by_role("alert")
     expect(error).to_contain_text(re.compile(r"pickled .* Slipway refuses it"))
     expect(error).to_contain_text("torch.jit.save")  # says how to export it properly
+    expect(page.get_by_text("No versions yet")).to_be_visible()
+    shoot(page, "24-upload-refused")
+
+
+def test_a_file_over_the_size_limit_is_refused_with_a_message_in_the_page(
+    page: Page, alice, live_db, settings, tmp_path
+):
+    settings.SLIPWAY_MAX_ARTIFACT_BYTES = 100_000  # the live server runs in this process, so it sees this
+    big = tmp_path / "big.pt"
+    big.write_bytes(b"\0" * 2_000_000)
+    services.create_model("iris", actor=Actor(user=alice))
+    log_in(page, alice)
+    page.goto("/models/iris/")
+
+    page.locator("#artifact-input").set_input_files(big)
+    page.get_by_role("button", name="Upload").click()
+
+    error = page.locator("#upload-result").get_by_role("alert")
+    expect(error).to_contain_text("larger than the limit of 100000 bytes")
+    expect(error).to_contain_text("SLIPWAY_MAX_ARTIFACT_BYTES")
     expect(page.get_by_text("No versions yet")).to_be_visible()
