@@ -330,3 +330,21 @@ def test_the_api_docs_load_without_the_internet(page: Page, alice, live_db):
     # The schema behind the docs parses and names the contract's paths.
     schema = page.request.get("/api/schema/?format=json")
     assert "/api/v1/models/{model_name}/versions/{version}/artifact/" in json.loads(schema.body())["paths"]
+
+
+@pytest.mark.parametrize(
+    "asset, content_type",
+    [
+        ("vendor/pico/pico.min.css", "text/css"),
+        ("slipway/slipway.css", "text/css"),
+        ("vendor/htmx/htmx.min.js", "text/javascript"),
+        ("slipway/slipway.js", "text/javascript"),
+        ("slipway/favicon.svg", "image/svg+xml"),
+    ],
+)
+def test_the_app_itself_serves_the_pages_assets_as_gunicorn_runs_it(client, asset, content_type):
+    # The live server above answers /static/ with its own handler; `make run` (gunicorn) relies on WhiteNoise.
+    response = client.get(f"/static/{asset}")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith(content_type)
+    assert "max-age" in response["Cache-Control"]
