@@ -45,7 +45,6 @@ def test_a_user_uploads_a_model_sees_it_become_ready_without_a_reload_and_downlo
     expect(page).to_have_url(re.compile(r"/models/iris-classifier/$"))
     expect(page.get_by_role("heading", name="iris-classifier", level=1)).to_be_visible()
     expect(page.get_by_text("No versions yet")).to_be_visible()
-    shoot(page, "24-upload-refused")
 
     navigations = stay_on_this_page(page)
     polls = watch_polls(page, "/versions/rows/")
