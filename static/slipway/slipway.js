@@ -1,13 +1,44 @@
-// Drag-and-drop and the progress bar of the upload form.
+// The upload form's drop zone and progress bar, and "Copy" buttons.
 document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("[data-copy]").forEach((button) => {
+    button.addEventListener("click", async () => {
+      const text = document.querySelector(button.dataset.copy).textContent.trim();
+      try {
+        await navigator.clipboard.writeText(text);
+        button.textContent = "Copied";
+      } catch {
+        // No clipboard (an insecure origin): select the text so Ctrl-C works.
+        window.getSelection().selectAllChildren(document.querySelector(button.dataset.copy));
+        button.textContent = "Selected: press Ctrl-C";
+      }
+    });
+  });
+
   const form = document.getElementById("upload-form");
   if (!form) return;
   const zone = document.getElementById("dropzone");
   const input = document.getElementById("artifact-input");
   const text = document.getElementById("dropzone-text");
   const progress = document.getElementById("upload-progress");
+  const percent = document.getElementById("upload-percent");
+  const idle = text.textContent;
 
-  const show = () => { if (input.files.length) text.textContent = `${input.files[0].name} (${input.files[0].size} bytes)`; };
+  const size = (bytes) => {
+    const units = ["bytes", "KB", "MB", "GB", "TB"];
+    let i = 0;
+    while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i += 1; }
+    return `${i ? bytes.toFixed(1) : bytes} ${units[i]}`;
+  };
+  const show = () => {
+    const file = input.files[0];
+    zone.classList.toggle("chosen", Boolean(file));
+    text.textContent = file ? `${file.name} (${size(file.size)})` : idle;
+  };
+  const setProgress = (value) => {
+    progress.value = value;
+    percent.textContent = `${Math.round(value)}%`;
+  };
+
   input.addEventListener("change", show);
   ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (event) => {
     event.preventDefault();
@@ -22,12 +53,15 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
 
-  form.addEventListener("htmx:beforeRequest", () => { progress.hidden = false; progress.value = 0; });
+  form.addEventListener("htmx:beforeRequest", () => { progress.hidden = false; setProgress(0); });
   form.addEventListener("htmx:xhr:progress", (event) => {
-    if (event.detail.lengthComputable) progress.value = (event.detail.loaded / event.detail.total) * 100;
+    if (event.detail.lengthComputable) setProgress((event.detail.loaded / event.detail.total) * 100);
   });
   form.addEventListener("htmx:afterRequest", (event) => {
-    progress.value = 100;
-    if (event.detail.successful) { form.reset(); text.textContent = "Drop another file here, or click to choose one."; }
+    setProgress(100);
+    if (event.detail.successful) {
+      form.reset();
+      show();
+    }
   });
 });
