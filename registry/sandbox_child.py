@@ -111,6 +111,20 @@ def check_declared(declared, recorded):
             raise SignatureMismatch(f"input {d['name']!r} has shape {r['shape']} in the archive, not {d['shape']}")
 
 
+def error_summary(exc: Exception) -> str:
+    """The line of an error that says what went wrong.
+
+    TorchScript wraps the real error after a generic first line and a traceback of
+    the scripted code; the real message is its last line.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1] if len(lines) > 1 and "TorchScript interpreter" in lines[0] else lines[0]
+    prefix = f"{type(exc).__name__}: "
+    return (line[len(prefix) :] if line.startswith(prefix) else line)[:400]
+
+
 class SignatureMismatch(Exception):
     pass
 
@@ -157,8 +171,7 @@ def validate(request):
         return {
             "ok": False,
             "reason": f"The model does not accept its signature ({shapes}): {type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ''}. "
-            "Check the input names, order, shapes and datatypes.",
+            f"{error_summary(exc)}. Check the input names, order, shapes and datatypes.",
         }
     return {
         "ok": True,

@@ -250,6 +250,8 @@ def test_pages_poll_while_a_version_validates_and_stop_once_it_settles(page: Pag
     )
     expect(page.locator("#version-facts .badge")).to_have_text("ready")
     expect(page.locator("#version-facts")).to_contain_text("output__0")
+    # Settled and ready: the build form appears without a reload.
+    expect(page.get_by_role("button", name="Build image")).to_be_visible()
     assert facts_polls[-1] == 286, facts_polls
     asked = len(facts_polls)
     page.wait_for_timeout(2200)
