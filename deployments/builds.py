@@ -199,8 +199,8 @@ def build_image(
                 if " : FROM " in step:
                     raise BuildFailed(_base_image_problem(message))
                 raise BuildFailed(_build_problem(message))
-            if "stream" in chunk:
-                emit(chunk["stream"])
+            if "stream" in chunk and chunk["stream"].strip():
+                emit(chunk["stream"].rstrip("\n"))
                 if chunk["stream"].startswith("Step "):
                     step = chunk["stream"]
             if "aux" in chunk and "ID" in chunk["aux"]:
