@@ -32,6 +32,11 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class LengthRequired(ServiceError):
+    status_code = 411
+    code = "length_required"
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "too_large"

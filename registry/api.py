@@ -3,20 +3,59 @@
 from __future__ import annotations
 
 from django.http import FileResponse
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import exceptions, mixins, renderers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from controlplane.audit import Actor
-from controlplane.errors import InvalidInput
+from controlplane.errors import InvalidInput, LengthRequired, NotFound
 from registry import services
 from registry.filtersets import ModelFilterSet, ModelVersionFilterSet
 from registry.models import Model, ModelVersion
 from registry.serializers import ModelSerializer, ModelVersionSerializer, VersionUploadSerializer
 from registry.uploads import raise_if_too_large
+
+
+def unknown_model(name: str) -> NotFound:
+    return NotFound(f"No model named {name!r}. List models at /api/v1/models/, or create it with POST /api/v1/models/.")
+
+
+def uploaded_artifact(request):
+    """The file streamed in the 'artifact' field, or a refusal that says what to send."""
+    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        # WSGI servers hand Django no body for chunked requests: say so, not "no file".
+        raise LengthRequired(
+            "Send the upload with a Content-Length header, not chunked: for example "
+            "curl -H 'Authorization: Bearer <token>' -F artifact=@model.pt <url>."
+        )
+    try:
+        upload = request.FILES.get("artifact")
+    except exceptions.UnsupportedMediaType as exc:
+        raise exceptions.UnsupportedMediaType(
+            request.content_type,
+            detail=f"An upload is multipart/form-data, not {request.content_type or 'an empty body'}: "
+            "for example curl -F artifact=@model.pt -F signature='{...}' <url>.",
+        ) from exc
+    raise_if_too_large(request)
+    if upload is None:
+        raise InvalidInput("Send the model file in the multipart field 'artifact'.", fields={"artifact": ["required"]})
+    return upload
+
+
+class OctetStreamRenderer(renderers.BaseRenderer):
+    """Lets clients that accept only application/octet-stream download artifacts (no 406)."""
+
+    media_type = "application/octet-stream"
+    format = "bin"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        if isinstance(data, bytes):
+            return data
+        # An error on the way to the file is still JSON, and says so.
+        renderer_context["response"]["Content-Type"] = "application/json"
+        return renderers.JSONRenderer().render(data)
 
 
 class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
@@ -28,6 +67,13 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
 
     def get_queryset(self):
         return Model.objects.select_related("created_by").order_by("name")
+
+    def get_object(self) -> Model:
+        model = self.get_queryset().filter(name=self.kwargs["name"]).first()
+        if model is None:
+            raise unknown_model(self.kwargs["name"])
+        self.check_object_permissions(self.request, model)
+        return model
 
     def perform_create(self, serializer):
         serializer.instance = services.create_model(
@@ -48,8 +94,22 @@ class ModelVersionViewSet(
 
     def get_model(self) -> Model:
         if not hasattr(self, "_model"):
-            self._model = get_object_or_404(Model, name=self.kwargs["model_name"])
+            self._model = Model.objects.filter(name=self.kwargs["model_name"]).first()
+            if self._model is None:
+                raise unknown_model(self.kwargs["model_name"])
         return self._model
+
+    def get_object(self) -> ModelVersion:
+        version = self.get_queryset().filter(version=self.kwargs["version"]).first()
+        if version is None:
+            model = self.get_model()
+            raise NotFound(
+                f"{model.name} has no version {self.kwargs['version']}"
+                + (f"; its latest is {model.latest_version}" if model.latest_version else "")
+                + f". List them at /api/v1/models/{model.name}/versions/."
+            )
+        self.check_object_permissions(self.request, version)
+        return version
 
     queryset = ModelVersion.objects.none()  # for the schema
 
@@ -74,12 +134,7 @@ class ModelVersionViewSet(
     )
     def create(self, request, *args, **kwargs):
         model = self.get_model()
-        upload = request.FILES.get("artifact")
-        raise_if_too_large(request)
-        if upload is None:
-            raise InvalidInput(
-                "Send the model file in the multipart field 'artifact'.", fields={"artifact": ["required"]}
-            )
+        upload = uploaded_artifact(request)
         version = services.upload_version(
             model,
             upload,
@@ -94,7 +149,7 @@ class ModelVersionViewSet(
         services.delete_version(instance, actor=Actor.from_request(self.request))
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], renderer_classes=[renderers.JSONRenderer, OctetStreamRenderer])
     def artifact(self, request, *args, **kwargs):
         version = self.get_object()
         return artifact_response(version)

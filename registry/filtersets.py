@@ -16,7 +16,10 @@ class ModelFilterSet(django_filters.FilterSet):
 
 
 class ModelVersionFilterSet(django_filters.FilterSet):
-    status = django_filters.ChoiceFilter(choices=VersionStatus.choices)
+    status = django_filters.ChoiceFilter(
+        choices=VersionStatus.choices,
+        error_messages={"invalid_choice": f"%(value)s is not a status; use one of {', '.join(VersionStatus.values)}."},
+    )
 
     class Meta:
         model = ModelVersion

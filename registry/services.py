@@ -31,6 +31,8 @@ from registry.signatures import parse_metadata, parse_signature
 
 log = logging.getLogger(__name__)
 
+_MAX_FILENAME = 200
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _EXTENSIONS = {ArtifactFormat.TORCHSCRIPT: ".pt", ArtifactFormat.TORCH_EXPORT: ".pt2"}
 
 
@@ -57,7 +59,11 @@ def clean_filename(name: str) -> str:
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if ch.isprintable() and ch not in '"<>|*?')
     name = re.sub(r"\s+", " ", name).strip(" .")
-    return name[:200] or "artifact"
+    if len(name) > _MAX_FILENAME:
+        stem, ext = os.path.splitext(name)
+        ext = ext if len(ext) <= 16 else ""  # keep ".pt2" so a download still opens
+        name = stem[: _MAX_FILENAME - len(ext)].rstrip(" .") + ext
+    return name or "artifact"
 
 
 def upload_version(
@@ -78,6 +84,12 @@ def upload_version(
     try:
         if sha256:
             sha256 = sha256.strip().lower()
+            if not _SHA256.match(sha256):
+                raise InvalidInput(
+                    f"sha256 must be 64 hexadecimal characters, the SHA-256 of the file (sha256sum model.pt); "
+                    f"got {len(sha256)} characters.",
+                    fields={"sha256": ["not a SHA-256 hex digest"]},
+                )
             if sha256 != upload.sha256:
                 raise InvalidInput(
                     f"The artifact's SHA-256 is {upload.sha256}, not {sha256} as sent: the file changed "

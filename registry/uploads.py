@@ -2,7 +2,8 @@
 
 The file is never held whole in memory. The size limit is enforced from the
 Content-Length before a byte of the body is read, and again while streaming
-(for chunked bodies). A refused or interrupted upload leaves no file behind:
+(the Content-Length also counts the multipart framing). WSGI gives Django no
+body for a chunked request, so the API answers those 411 instead. A refused or interrupted upload leaves no file behind:
 the temporary file is deleted when it is closed or dropped.
 
 Going over the limit stops the parse quietly and marks the request, because the
