@@ -20,6 +20,9 @@ HOW_TO_EXPORT = (
     "or torch.export: torch.export.save(torch.export.export(model, example_inputs), 'model.pt2')."
 )
 
+UNSAFE_ARCHIVE = "torch does not write archives like this. " + HOW_TO_EXPORT
+DAMAGED = "Upload the file again; if it is refused again, export it again. " + HOW_TO_EXPORT
+
 
 class ArtifactRejected(Exception):
     """The file is not an acceptable model; the message says how to fix it."""
@@ -41,6 +44,10 @@ def inspect_artifact(fh: BinaryIO, *, max_members: int, max_uncompressed: int, t
         raise ArtifactRejected("The file is empty. " + HOW_TO_EXPORT)
     if not zipfile.is_zipfile(fh):
         fh.seek(0)
+        if head.startswith(b"PK\x03\x04"):
+            raise ArtifactRejected(
+                "This zip archive is truncated or corrupt: its table of contents is missing. " + DAMAGED
+            )
         if head[:1] == b"\x80" or _looks_like_pickle(fh):
             raise ArtifactRejected(
                 "This is a pickled Python object (torch.save(model), pickle.dump or a legacy torch.save file). "
@@ -53,7 +60,7 @@ def inspect_artifact(fh: BinaryIO, *, max_members: int, max_uncompressed: int, t
     try:
         archive = zipfile.ZipFile(fh)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ArtifactRejected(f"The archive is corrupt or truncated ({exc}). Export it again and re-upload.") from exc
+        raise ArtifactRejected(f"The archive is corrupt or truncated ({exc}). " + DAMAGED) from exc
     with archive:
         infos = archive.infolist()
         _check_members(infos, max_members=max_members, max_uncompressed=max_uncompressed)
@@ -65,11 +72,9 @@ def inspect_artifact(fh: BinaryIO, *, max_members: int, max_uncompressed: int, t
             try:
                 bad = archive.testzip()
             except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-                raise ArtifactRejected(
-                    f"The archive is corrupt or truncated ({exc}). Export it again and re-upload."
-                ) from exc
+                raise ArtifactRejected(f"The archive is corrupt or truncated ({exc}). " + DAMAGED) from exc
             if bad is not None:
-                raise ArtifactRejected(f"The archive member {bad!r} is corrupt. Export it again and re-upload.")
+                raise ArtifactRejected(f"The archive member {bad!r} is corrupt. " + DAMAGED)
         return ArchiveInfo(format=fmt, members=len(infos), uncompressed_bytes=sum(i.file_size for i in infos))
 
 
@@ -81,14 +86,12 @@ def _check_members(infos: list[zipfile.ZipInfo], *, max_members: int, max_uncomp
         name = info.filename
         path = PurePosixPath(name.replace("\\", "/"))
         if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or path.is_absolute():
-            raise ArtifactRejected(f"The archive contains an absolute path ({name!r}). Export it again with torch.")
+            raise ArtifactRejected(f"The archive contains an absolute path ({name!r}). " + UNSAFE_ARCHIVE)
         if ".." in path.parts:
-            raise ArtifactRejected(
-                f"The archive contains a path that climbs out ({name!r}). Export it again with torch."
-            )
+            raise ArtifactRejected(f"The archive contains a path that climbs out ({name!r}). " + UNSAFE_ARCHIVE)
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
-            raise ArtifactRejected(f"The archive contains a symbolic link ({name!r}). Export it again with torch.")
+            raise ArtifactRejected(f"The archive contains a symbolic link ({name!r}). " + UNSAFE_ARCHIVE)
         total += info.file_size
         if total > max_uncompressed:
             raise ArtifactRejected(

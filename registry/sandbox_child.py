@@ -8,6 +8,7 @@ or {"ok": false, "reason"}.
 
 import contextlib
 import json
+import re
 import sys
 import time
 import traceback
@@ -154,6 +155,16 @@ def validate(request):
     except SignatureMismatch as exc:
         return {"ok": False, "reason": f"The signature does not match the archive: {exc}. Fix or omit the signature."}
     except Exception as exc:
+        if "Weights only load failed" in str(exc):  # TORCH_FORCE_WEIGHTS_ONLY_LOAD refused a pickle
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            return {
+                "ok": False,
+                "reason": "The archive holds a pickled Python object"
+                + (f" ({found.group(1)})" if found else "")
+                + ", not only tensors. Unpickling it would run arbitrary code, so Slipway refuses it. "
+                "Export the model with tensors as its example inputs and constants: "
+                "torch.export.save(torch.export.export(model, example_inputs), 'model.pt2').",
+            }
         return {
             "ok": False,
             "reason": f"torch could not load the archive ({type(exc).__name__}: {str(exc)[:400]}). "

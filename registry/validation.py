@@ -74,6 +74,9 @@ def run_sandboxed(path: str, fmt: str, signature: dict | None, *, child: Path = 
             "MKL_NUM_THREADS": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONHASHSEED": "0",
+            # torch.export.load falls back to full unpickling (sample inputs, pickled
+            # weights); this makes every torch.load inside it the restricted one.
+            "TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1",
         }
         isolation = {"network": "unknown"}
         read_fd, write_fd = os.pipe()  # the child reports which isolation it got

@@ -1,0 +1,161 @@
+"""Files that are not a self-contained model are refused with a message that says how to export one.
+
+Nothing may ever unpickle them: not the web process at upload, not the worker, and
+the sandboxed validator only through torch's own restricted loaders.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from django.conf import settings
+
+from controlplane.models import AuditEvent
+from registry.models import ModelVersion
+from tests.conftest import wait_for
+from tests.models_zoo import MLP_SIGNATURE, FileCreator
+
+SIGNATURE = json.dumps(MLP_SIGNATURE)
+HOW_TO_EXPORT = ("torch.jit.save(torch.jit.script(model)", "torch.export.save(torch.export.export(model")
+
+REFUSED = [
+    # (model_files key, what the message must say)
+    ("whole_pickle", "whole model pickled with torch.save(model)"),
+    ("state_dict", "bare state_dict"),
+    ("evil_pickle", "pickled Python object"),
+    ("not_a_model", "not a PyTorch model archive"),
+    ("truncated", "truncated"),
+    ("absolute_path", "absolute path ('/etc/cron.d/evil')"),
+    ("dotdot", "climbs out ('mlp/../../evil')"),
+    ("symlink", "symbolic link ('mlp/code/link')"),
+]
+
+
+def upload(client, path: Path, model: str = "iris"):
+    with open(path, "rb") as fh:
+        return client.post(
+            f"/api/v1/models/{model}/versions/", {"artifact": fh, "signature": SIGNATURE}, format="multipart"
+        )
+
+
+def stored_files() -> set[Path]:
+    roots = (Path(settings.ARTIFACT_ROOT), Path(settings.FILE_UPLOAD_TEMP_DIR))
+    return {path for root in roots for path in root.rglob("*") if path.is_file()}
+
+
+def settled(model: str, version: int) -> ModelVersion:
+    def check():
+        v = ModelVersion.objects.get(model__name=model, version=version)
+        return v if v.is_terminal else None
+
+    return wait_for(check, timeout=90, what=f"{model} v{version} to be validated")
+
+
+def rewrite_zip(source: Path, target: Path, replace: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, replace.get(info.filename, src.read(info.filename)))
+    return target
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("kind", "says"), REFUSED, ids=[kind for kind, _ in REFUSED])
+def test_a_refused_kind_answers_400_with_how_to_export_and_keeps_nothing(api, model_files, kind, says):
+    assert api.post("/api/v1/models/", {"name": "iris"}, format="json").status_code == 201
+    before = stored_files()
+    response = upload(api, model_files[kind])
+    assert response.status_code == 400, response.json()
+    body = response.json()
+    assert body["code"] == "invalid"
+    assert says in body["error"]
+    assert all(hint in body["error"] for hint in HOW_TO_EXPORT), body["error"]
+    assert body["fields"]["artifact"] == [body["error"]]
+    assert not ModelVersion.objects.exists()
+    assert stored_files() == before
+    refusal = AuditEvent.objects.get(action="model_version.upload")
+    assert refusal.outcome == "invalid" and says in refusal.message
+    assert refusal.actor == "alice (token: laptop)"
+
+
+@pytest.mark.django_db
+def test_an_empty_file_is_refused_with_how_to_export(api, tmp_path):
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    response = upload(api, empty)
+    assert response.status_code == 400
+    assert "empty" in response.json()["error"] and HOW_TO_EXPORT[0] in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_a_legacy_non_zip_torch_save_is_refused_as_a_pickle(api, tmp_path):
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    response = upload(api, legacy)
+    assert response.status_code == 400
+    assert "pickled Python object" in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_refusing_a_pickle_never_runs_it(api, model_files):
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    assert upload(api, model_files["evil_pickle"]).status_code == 400
+    assert not model_files["evil_pickle_marker"].exists()
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_no_process_unpickles_a_refused_pickle_even_after_the_worker_ran(api, worker, model_files):
+    marker = model_files["evil_pickle_marker"]
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    assert upload(api, model_files["evil_pickle"]).status_code == 400
+    # A good upload afterwards: once it is validated, the worker has had its chance.
+    assert upload(api, model_files["torchscript"]).status_code == 201
+    assert settled("iris", 1).status == "ready"
+    assert not marker.exists()
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["torchscript", "pt2"])
+def test_a_model_shaped_archive_hiding_a_code_running_pickle_is_rejected_without_running_it(
+    api, worker, model_files, tmp_path, base
+):
+    """The archive passes the upload's structural checks; only loading could find the trap."""
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(FileCreator(str(marker)), protocol=2)  # torch.save's protocol
+    members, says = {
+        "torchscript": ({"mlp/data.pkl": evil, "mlp/constants.pkl": evil}, "torch could not load the archive"),
+        # torch.export.load falls back to a full unpickle for these unless told not to.
+        "pt2": ({"mlp/data/sample_inputs/model.pt": evil}, "pickled Python object (posix.system)"),
+    }[base]
+    trap = rewrite_zip(model_files[base], tmp_path / f"trap-{base}.bin", members)
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    assert upload(api, trap).status_code == 201
+    version = settled("iris", 1)
+    assert version.status == "rejected"
+    assert says in version.rejection_reason
+    assert not marker.exists()
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_a_corrupt_archive_passes_upload_and_the_worker_rejects_it_with_a_reason(api, worker, model_files):
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    response = upload(api, model_files["corrupt"])
+    assert response.status_code == 201, response.json()
+    version = settled("iris", 1)
+    assert version.status == "rejected"
+    assert "'mlp/data.pkl' is corrupt" in version.rejection_reason
+    assert HOW_TO_EXPORT[0] in version.rejection_reason
+    assert api.get("/api/v1/models/iris/versions/1/").json()["rejection_reason"] == version.rejection_reason
+    event = AuditEvent.objects.get(action="model_version.rejected")
+    assert event.actor == "system"
+    assert (event.target_type, event.target_id) == ("model_version", str(version.pk))
+    assert event.after == {"status": "rejected", "reason": version.rejection_reason}
