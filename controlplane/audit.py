@@ -38,8 +38,8 @@ class Actor:
         return cls(is_system=True, request_id=request_id)
 
     @classmethod
-    def from_request(cls, request) -> Actor:
-        user = getattr(request, "user", None)
+    def from_request(cls, request, *, user=None) -> Actor:
+        user = user or getattr(request, "user", None)
         auth = getattr(request, "auth", None)  # set by DRF
         token_name = getattr(auth, "name", "") if auth is not None else ""
         return cls(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.authentication import SessionScheme as SpectacularSessionScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
@@ -31,6 +32,18 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         return 'Bearer realm="slipway"'
 
 
+class SessionAuthentication(authentication.SessionAuthentication):
+    """The browser's session, for API calls from Slipway's own pages (CSRF-checked)."""
+
+    def enforce_csrf(self, request):
+        try:
+            super().enforce_csrf(request)
+        except exceptions.PermissionDenied as exc:
+            # DRF drops the user on failure; the audit log should still say whose session it was.
+            exc.session_user = request._request.user
+            raise
+
+
 class BearerTokenScheme(OpenApiAuthenticationExtension):
     target_class = "controlplane.authentication.BearerTokenAuthentication"
     name = "bearerAuth"
@@ -41,3 +54,7 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "description": "An API token from the web UI (API tokens) or `manage.py create_api_token`.",
         }
+
+
+class SessionScheme(SpectacularSessionScheme):
+    target_class = "controlplane.authentication.SessionAuthentication"

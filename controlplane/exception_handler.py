@@ -19,6 +19,11 @@ from controlplane.models import Outcome
 
 log = logging.getLogger(__name__)
 
+NOT_AUTHENTICATED = (
+    "Send an API token as 'Authorization: Bearer <token>'. Create one under API tokens in the web UI, "
+    "or with 'python manage.py create_api_token USERNAME'."
+)
+
 
 def _flatten(detail) -> str:
     if isinstance(detail, dict):
@@ -41,7 +46,9 @@ def exception_handler(exc, context):
         _audit_refusal(context, exc.outcome, exc.message, response.status_code)
         return response
 
-    if isinstance(exc, Http404):
+    if isinstance(exc, exceptions.NotAuthenticated):
+        exc.detail = exceptions.ErrorDetail(NOT_AUTHENTICATED, code=exc.default_code)  # keeps its auth_header
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found: check the name or number in the URL.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
@@ -57,13 +64,14 @@ def exception_handler(exc, context):
     response.data = body
 
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed | exceptions.PermissionDenied):
-        _audit_refusal(context, Outcome.DENIED, body["error"], response.status_code)
+        user = getattr(exc, "session_user", None)  # a CSRF refusal still names whose session it was
+        _audit_refusal(context, Outcome.DENIED, body["error"], response.status_code, user=user)
     elif isinstance(exc, exceptions.ValidationError | exceptions.ParseError | exceptions.UnsupportedMediaType):
         _audit_refusal(context, Outcome.INVALID, body["error"], response.status_code)
     return response
 
 
-def _audit_refusal(context, outcome: str, message: str, status_code: int) -> None:
+def _audit_refusal(context, outcome: str, message: str, status_code: int, user=None) -> None:
     from controlplane.audit import Actor, record_refusal
 
     request = context.get("request")
@@ -74,7 +82,7 @@ def _audit_refusal(context, outcome: str, message: str, status_code: int) -> Non
     try:
         record_refusal(
             action,
-            actor=Actor.from_request(request),
+            actor=Actor.from_request(request, user=user),
             outcome=outcome,
             message=f"{status_code} {request.method} {request.get_full_path()[:200]}: {message}"[:2000],
         )

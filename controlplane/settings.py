@@ -34,6 +34,7 @@ SECRET_KEY = _secret_key()
 DEBUG = env_bool("SLIPWAY_DEBUG", False)
 ALLOWED_HOSTS = env_list("SLIPWAY_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("SLIPWAY_CSRF_TRUSTED_ORIGINS", [])
+CSRF_FAILURE_VIEW = "controlplane.views.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -205,7 +206,7 @@ CELERY_BEAT_SCHEDULE = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "controlplane.authentication.BearerTokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "controlplane.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "controlplane.pagination.Pagination",
@@ -228,6 +229,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Interactive docs must work offline: Swagger UI comes from our own static files.
     "SWAGGER_UI_DIST": "SIDECAR",
+    # No calls to validator.swagger.io either: it would learn the schema's URL.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }

@@ -6,13 +6,14 @@ from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views import csrf
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from controlplane import tokens
-from controlplane.audit import Actor
+from controlplane.audit import Actor, record_refusal
 from controlplane.errors import ServiceError
 from controlplane.filtersets import AuditEventFilterSet
-from controlplane.models import APIToken, AuditEvent
+from controlplane.models import APIToken, AuditEvent, Outcome
 from controlplane.web import paginate, refuse
 
 
@@ -48,6 +49,17 @@ def audit_log(request):
         "controlplane/audit.html",
         {"filter": filterset, "page": paginate(request, events), "query": request.GET.copy()},
     )
+
+
+def csrf_failure(request, reason=""):
+    """Django's CSRF refusal, recorded: a forged or stale form is a refused attempt too."""
+    record_refusal(
+        "csrf.check",
+        actor=Actor.from_request(request),
+        outcome=Outcome.DENIED,
+        message=f"403 {request.method} {request.path[:200]}: CSRF verification failed ({reason})",
+    )
+    return csrf.csrf_failure(request, reason)
 
 
 @require_GET
