@@ -176,9 +176,9 @@ def start_validation(version_id: int) -> bool:
 def finish_validation(version_id: int, result: dict, *, actor: Actor) -> ModelVersion | None:
     """Store the sandbox's verdict: ready with the measured facts, or rejected with a reason."""
     with transaction.atomic():
-        version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version_id)
-        if version.status != VersionStatus.VALIDATING:
-            return None
+        version = ModelVersion.objects.select_for_update().select_related("model").filter(pk=version_id).first()
+        if version is None or version.status != VersionStatus.VALIDATING:
+            return None  # deleted meanwhile, or another worker got there first
         before = {"status": version.status}
         version.validated_at = timezone.now()
         if result.get("ok"):
