@@ -10,6 +10,8 @@ from deployments import api as deployments_api
 from registry import api as registry_api
 
 router = DefaultRouter()
+# Without its slash a URL is served, not redirected: a 301 turns a script's POST into a GET.
+router.trailing_slash = "/?"
 router.register("models", registry_api.ModelViewSet, basename="model")
 router.register(r"models/(?P<model_name>[^/]+)/versions", registry_api.ModelVersionViewSet, basename="model-version")
 router.register(
@@ -22,7 +24,8 @@ router.register("audit", controlplane_api.AuditEventViewSet, basename="audit")
 router.register("tokens", controlplane_api.APITokenViewSet, basename="token")
 
 urlpatterns = [
-    path("api/v1/", include(router.urls)),
+    # Namespaced: the browser pages reuse names such as "token-list".
+    path("api/v1/", include((router.urls, "v1"), namespace="v1")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("login/", auth_views.LoginView.as_view(), name="login"),

@@ -82,6 +82,9 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
             actor=Actor.from_request(self.request),
         )
 
+    def get_success_headers(self, data):
+        return {"Location": self.request.build_absolute_uri(f"/api/v1/models/{data['name']}/")}
+
 
 class ModelVersionViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
@@ -143,7 +146,10 @@ class ModelVersionViewSet(
             signature=request.data.get("signature"),
             metadata=request.data.get("metadata"),
         )
-        return Response(self.get_serializer(version).data, status=status.HTTP_201_CREATED)
+        location = request.build_absolute_uri(f"/api/v1/models/{model.name}/versions/{version.version}/")
+        return Response(
+            self.get_serializer(version).data, status=status.HTTP_201_CREATED, headers={"Location": location}
+        )
 
     def perform_destroy(self, instance):
         services.delete_version(instance, actor=Actor.from_request(self.request))

@@ -81,6 +81,7 @@ def test_an_upload_answers_201_with_what_a_script_needs(api, iris, model_files, 
     assert body["status"] == "pending"
     assert body["metadata"] == {"git_commit": "abc123"}
     assert body["artifact_url"].endswith("/api/v1/models/iris/versions/1/artifact/")
+    assert response["Location"] == "http://testserver/api/v1/models/iris/versions/1/"
     (stored,) = new_files()
     assert stored.read_bytes() == data
     assert upload(api, model_files["pt2"]).json()["version"] == 2
@@ -386,7 +387,33 @@ def test_creating_a_model_with_bad_input_says_what_to_fix(api, iris, payload, st
     assert hint in response.json()["error"]
 
 
+def test_creating_a_model_answers_201_with_its_location(api):
+    response = api.post("/api/v1/models/", {"name": "churn", "description": "Who leaves"}, format="json")
+    assert response.status_code == 201
+    assert response["Location"] == "http://testserver/api/v1/models/churn/"
+    assert api.get(response["Location"]).json()["description"] == "Who leaves"
+
+
+def test_a_url_without_its_trailing_slash_is_served_not_redirected(api, iris, model_files):
+    # A 301 would turn a script's POST into a GET that "succeeds" with a list.
+    assert api.post("/api/v1/models", {"name": "churn"}, format="json").status_code == 201
+    with open(model_files["pt2"], "rb") as fh:
+        created = api.post("/api/v1/models/iris/versions", {"artifact": fh}, format="multipart")
+    assert created.status_code == 201
+    assert api.get("/api/v1/models/iris/versions/1").json()["version"] == 1
+    fetched, content = download(api, "/api/v1/models/iris/versions/1/artifact")
+    assert fetched.status_code == 200 and content == model_files["pt2"].read_bytes()
+
+
 def test_a_model_answers_with_its_fields(api, iris):
     body = api.get("/api/v1/models/iris/").json()
     assert body["name"] == "iris" and body["description"] == "Classifies irises"
     assert body["created_by"] == "alice" and body["latest_version"] == 0
+
+
+def test_the_api_root_links_to_the_api_lists(api):
+    links = api.get("/api/v1/").json()
+    assert set(links) == {"models", "audit", "tokens"}
+    for url in links.values():
+        assert url.startswith("http://testserver/api/v1/")
+        assert "results" in api.get(url).json()
