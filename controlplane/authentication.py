@@ -4,7 +4,7 @@ from drf_spectacular.authentication import SessionScheme as SpectacularSessionSc
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from controlplane.tokens import authenticate_token
+from controlplane.tokens import authenticate_token, describe_refused
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -22,10 +22,12 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             )
         token = authenticate_token(header[1])
         if token is None:
-            raise exceptions.AuthenticationFailed(
+            exc = exceptions.AuthenticationFailed(
                 "This API token is unknown or revoked. Create a new one under API tokens in the web UI, "
                 "or with 'python manage.py create_api_token USERNAME'."
             )
+            exc.audit_note = describe_refused(header[1])  # which token, for the log only
+            raise exc
         return token.user, token
 
     def authenticate_header(self, request) -> str:

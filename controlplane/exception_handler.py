@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from controlplane.errors import ServiceError
+from controlplane.errors import InvalidInput, PayloadTooLarge, ServiceError
 from controlplane.models import Outcome
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def _flatten(detail) -> str:
 
 
 def exception_handler(exc, context):
+    exc = _as_service_error(exc)
     if isinstance(exc, ServiceError):
         body = {"error": exc.message, "code": exc.code}
         if exc.fields:
@@ -65,10 +67,24 @@ def exception_handler(exc, context):
 
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed | exceptions.PermissionDenied):
         user = getattr(exc, "session_user", None)  # a CSRF refusal still names whose session it was
-        _audit_refusal(context, Outcome.DENIED, body["error"], response.status_code, user=user)
+        note = getattr(exc, "audit_note", "")
+        message = f"{body['error']} [{note}]" if note else body["error"]
+        _audit_refusal(context, Outcome.DENIED, message, response.status_code, user=user)
     elif isinstance(exc, exceptions.ValidationError | exceptions.ParseError | exceptions.UnsupportedMediaType):
         _audit_refusal(context, Outcome.INVALID, body["error"], response.status_code)
     return response
+
+
+def _as_service_error(exc):
+    """Django's own refusals of an oversized request, which would otherwise be an HTML 400."""
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge(
+            f"The request's fields (or its JSON body) are larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes. "
+            "Only the file may be large: keep metadata small and link to large documents from it."
+        )
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return InvalidInput("The request has too many form fields or files: send one 'artifact' and a few fields.")
+    return exc
 
 
 def _audit_refusal(context, outcome: str, message: str, status_code: int, user=None) -> None:

@@ -67,3 +67,12 @@ def authenticate_token(raw: str) -> APIToken | None:
         APIToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
     return token
+
+
+def describe_refused(raw: str) -> str:
+    """For the audit log: which known token was refused and why, without the secret itself."""
+    token = APIToken.objects.select_related("user").filter(key_hash=hash_token(raw)).first()
+    if token is None:
+        return "no such token"
+    why = "revoked" if token.revoked_at is not None else "its user is deactivated"
+    return f"token {token.name!r} ({token.prefix}…) of {token.user.get_username()}, {why}"

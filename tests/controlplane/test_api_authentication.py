@@ -53,6 +53,7 @@ def test_a_malformed_bearer_header_is_refused_with_the_expected_form(header):
 def test_an_unknown_token_is_refused(alice):
     response = client_with("Bearer slw_not-a-real-token").get("/api/v1/models/")
     event = assert_denied(response, "unknown or revoked")
+    assert event.message.endswith("[no such token]")
     assert "slw_not-a-real-token" not in event.message  # a guessed or leaked secret stays out of the log
 
 
@@ -61,13 +62,19 @@ def test_a_revoked_token_is_refused(alice):
     client = client_with(f"Bearer {issued.raw}")
     assert client.get("/api/v1/models/").status_code == 200
     revoke_token(issued.token, actor=Actor(user=alice))
-    assert_denied(client.get("/api/v1/models/"), "unknown or revoked")
+    response = client.get("/api/v1/models/")
+    assert "old-laptop" not in response.json()["error"]  # the caller learns nothing about the token
+    event = assert_denied(response, "unknown or revoked")
+    # The log says which token is still in use somewhere, by its public prefix only.
+    assert event.message.endswith(f"[token 'old-laptop' ({issued.token.prefix}…) of alice, revoked]")
+    assert issued.raw not in event.message
 
 
 def test_the_token_of_a_deactivated_user_is_refused(alice, alice_token):
     alice.is_active = False
     alice.save()
-    assert_denied(client_with(f"Bearer {alice_token}").get("/api/v1/models/"), "unknown or revoked")
+    event = assert_denied(client_with(f"Bearer {alice_token}").get("/api/v1/models/"), "unknown or revoked")
+    assert "of alice, its user is deactivated]" in event.message
 
 
 def test_a_refused_write_is_audited_under_the_action_it_attempted(anonymous_api):

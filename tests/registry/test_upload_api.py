@@ -188,6 +188,17 @@ def test_a_file_of_exactly_the_limit_is_accepted(api, iris, settings, model_file
     assert upload(api, model_files["pt2"]).status_code == 201
 
 
+def test_oversized_form_fields_are_refused_in_json(api, iris, model_files, new_files):
+    with open(model_files["pt2"], "rb") as fh:
+        response = api.post(
+            "/api/v1/models/iris/versions/", {"artifact": fh, "metadata": "x" * 3_000_000}, format="multipart"
+        )
+    assert response.status_code == 413
+    assert "keep metadata small" in response.json()["error"]
+    assert not ModelVersion.objects.exists() and new_files() == set()
+    assert AuditEvent.objects.get(action="model_version.upload").outcome == "invalid"
+
+
 # --- Over real HTTP (what the test client cannot show) -------------------------------------
 
 
