@@ -8,7 +8,10 @@ class AuditEventFilterSet(django_filters.FilterSet):
     actor = django_filters.CharFilter(lookup_expr="icontains")
     action = django_filters.CharFilter(method="filter_action", label="Action, or a prefix ending in '.' (model.)")
     target = django_filters.CharFilter(method="filter_target", label="Target type, 'type:id', or text contained")
-    outcome = django_filters.ChoiceFilter(choices=Outcome.choices)
+    outcome = django_filters.ChoiceFilter(
+        choices=Outcome.choices,
+        error_messages={"invalid_choice": f"%(value)s is not an outcome; use one of {', '.join(Outcome.values)}."},
+    )
     since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
     until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
 

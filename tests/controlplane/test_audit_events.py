@@ -219,6 +219,28 @@ def test_the_audit_api_filters_by_time(api, history):
 
 
 @pytest.mark.django_db
+def test_the_time_filters_take_a_plain_date_or_the_pages_local_time_form(api, history):
+    day = (history["now"] - timedelta(days=1)).date()
+    assert found(api, history, f"since={day.isoformat()}") == [
+        ("model_version.validated", "system"),
+        ("token.revoke", "admin"),
+        ("model.create", "admin"),
+    ]
+    minute = (history["now"] - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")  # <input type=datetime-local>
+    assert found(api, history, f"until={minute}&action=model.") == [
+        ("model.create", "admin"),
+        ("model.create", "alice"),
+    ]
+
+
+@pytest.mark.django_db
+def test_an_unknown_outcome_lists_the_valid_ones(api):
+    response = api.get("/api/v1/audit/?outcome=bad")
+    assert response.status_code == 400
+    assert "success, denied, invalid, failed" in response.json()["error"]
+
+
+@pytest.mark.django_db
 def test_a_bad_time_filter_answers_400_saying_which(api, history):
     response = api.get("/api/v1/audit/?since=yesterday")
     assert response.status_code == 400

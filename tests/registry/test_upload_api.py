@@ -308,6 +308,16 @@ def test_hostile_file_names_are_stored_under_our_own_name_and_shown_cleaned(
     assert disposition_header.count('"') in (0, 2)
 
 
+def test_the_version_page_shows_the_cleaned_name(api, client, alice, iris, model_files):
+    hostile = '<img src=x onerror=alert(1)>\r\n"модель 🚀".pt'
+    body, content_type = multipart("filename*=UTF-8''" + quote(hostile), model_files["pt2"].read_bytes())
+    api.generic("POST", "/api/v1/models/iris/versions/", body, content_type=content_type)
+    client.force_login(alice)
+    page = client.get("/models/iris/versions/1/").content.decode()
+    assert "img src=x onerror=alert(1)модель 🚀.pt" in page
+    assert "<img" not in page and "\r" not in page
+
+
 def test_the_download_names_a_unicode_file_in_rfc_6266_form(api, iris, model_files):
     body, content_type = multipart(
         'filename="модель 🚀.pt"', model_files["torchscript"].read_bytes(), signature=SIGNATURE
