@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import re
+import socket
 import uuid
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -17,6 +18,7 @@ from controlplane.audit import Actor
 from controlplane.models import AuditEvent
 from registry import services
 from registry.models import ModelVersion
+from tests.conftest import wait_for
 from tests.models_zoo import MLP_SIGNATURE
 
 pytestmark = pytest.mark.django_db
@@ -245,6 +247,23 @@ def test_a_chunked_upload_is_refused_with_a_clear_411(server, alice_token, model
     assert response.status == 411
     assert "Content-Length" in json.loads(response.read())["error"]
     conn.close()
+    assert not ModelVersion.objects.exists() and new_files() == set()
+
+
+def test_an_upload_cut_off_midway_leaves_nothing_behind(server, alice_token, model_files, new_files):
+    body, content_type = multipart('filename="mlp.pt"', model_files["torchscript"].read_bytes(), signature=SIGNATURE)
+    conn = server()
+    conn.putrequest("POST", "/api/v1/models/iris/versions/")
+    conn.putheader("Authorization", f"Bearer {alice_token}")
+    conn.putheader("Content-Type", content_type)
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    conn.send(body[: len(body) // 2])
+    conn.sock.shutdown(socket.SHUT_WR)  # the client goes away
+    conn.getresponse().read()
+    conn.close()
+    refused = AuditEvent.objects.filter(action="model_version.upload", outcome="invalid")
+    assert wait_for(refused.exists, timeout=10)
     assert not ModelVersion.objects.exists() and new_files() == set()
 
 
