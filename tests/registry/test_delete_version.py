@@ -10,6 +10,7 @@ from django.conf import settings
 
 from controlplane.audit import Actor
 from controlplane.models import AuditEvent
+from deployments.models import ImageBuild
 from registry import services
 from registry.models import ModelVersion
 from tests.models_zoo import MLP_SIGNATURE
@@ -54,6 +55,24 @@ def test_a_deleted_version_number_is_never_given_out_again(api, iris, model_file
     with django_capture_on_commit_callbacks(execute=True):
         api.delete("/api/v1/models/iris/versions/2/")
     assert upload(api, model_files["torchscript"]).version == 3
+
+
+def test_a_version_with_an_image_build_cannot_be_deleted(api, iris, model_files, django_capture_on_commit_callbacks):
+    version = upload(api, model_files["torchscript"])
+    build = ImageBuild.objects.create(
+        model_version=version, base_image="debian:bookworm", runtime_version="1", image_ref="r/slipway/iris:v1"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.delete("/api/v1/models/iris/versions/1/")
+    assert response.status_code == 409
+    assert (
+        response.json()["error"]
+        == f"iris v1 cannot be deleted: it is used by build #{build.pk} of iris v1. Remove those first."
+    )
+    assert ModelVersion.objects.filter(pk=version.pk).exists()
+    assert (Path(settings.ARTIFACT_ROOT) / version.artifact.name).exists()
+    assert not AuditEvent.objects.filter(action="model_version.delete", outcome="success").exists()
+    assert AuditEvent.objects.get(action="model_version.delete").outcome == "invalid"
 
 
 def test_deleting_an_unknown_version_answers_404_and_changes_nothing(api, iris, model_files):

@@ -453,7 +453,7 @@ def test_a_model_answers_with_its_fields(api, iris):
 
 def test_the_api_root_links_to_the_api_lists(api):
     links = api.get("/api/v1/").json()
-    assert set(links) == {"models", "audit", "tokens"}
+    assert set(links) >= {"models", "audit", "tokens"}
     for url in links.values():
         assert url.startswith("http://testserver/api/v1/")
         assert "results" in api.get(url).json()
