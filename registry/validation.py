@@ -4,6 +4,8 @@ The worker never loads the model itself. It checks the bytes (SHA-256, archive
 structure), then starts `sandbox_child.py` with:
 - an empty environment (no database URL, no secrets), a fresh temporary HOME;
 - a new network namespace where the OS allows it (no network at all);
+- Landlock where the kernel has it: it reads only Python, system libraries and
+  its artifact, and writes only its temporary home (registry/landlock.py);
 - rlimits on address space, CPU time, file size and open files;
 - a wall-clock timeout, after which its whole process group is killed.
 The child answers one JSON line on stdout.
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from registry import landlock
 from registry.artifacts import ArtifactRejected, inspect_artifact
 from registry.models import ModelVersion
 
@@ -78,7 +81,6 @@ def run_sandboxed(path: str, fmt: str, signature: dict | None, *, child: Path = 
             # weights); this makes every torch.load inside it the restricted one.
             "TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1",
         }
-        isolation = {"network": "unknown"}
         read_fd, write_fd = os.pipe()  # the child reports which isolation it got
         python = settings.SLIPWAY_VALIDATION_PYTHON or sys.executable
         proc = subprocess.Popen(
@@ -91,7 +93,7 @@ def run_sandboxed(path: str, fmt: str, signature: dict | None, *, child: Path = 
             start_new_session=True,
             close_fds=True,
             pass_fds=(write_fd,),
-            preexec_fn=_confine(write_fd),
+            preexec_fn=_confine(write_fd, artifact=str(path), child=str(child), home=home),
         )
         os.close(write_fd)
         try:
@@ -107,7 +109,7 @@ def run_sandboxed(path: str, fmt: str, signature: dict | None, *, child: Path = 
             }
         finally:
             with os.fdopen(read_fd, "rb") as fh:
-                isolation["network"] = fh.read().decode() or "unavailable"
+                isolation = json.loads(fh.read() or b"{}")
     return _verdict(proc.returncode, out, err, isolation)
 
 
@@ -140,18 +142,48 @@ def _verdict(returncode: int, out: bytes, err: bytes, isolation: dict) -> dict:
     return {"ok": False, "reason": f"The validator failed (exit {returncode}): {tail or 'no output'}"}
 
 
-def _confine(report_fd: int):
+# What Python and torch read besides their own files. Not all of /proc: another
+# process's /proc/<pid>/environ would show the worker's database URL. "/proc/self"
+# resolves, in the child, to the child's own directory.
+_SYSTEM_READABLE = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/bin",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/proc/self",
+    "/proc/cpuinfo",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/sys/devices/system/cpu",
+    "/sys/fs/cgroup",
+    "/dev/urandom",
+    "/dev/zero",
+)
+
+
+def _confine(report_fd: int, *, artifact: str, child: str, home: str):
     memory = settings.SLIPWAY_VALIDATION_MEMORY_BYTES
     cpu = settings.SLIPWAY_VALIDATION_CPU_S
+    python = settings.SLIPWAY_VALIDATION_PYTHON or sys.executable
+    readable = sorted(
+        {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(python)), child, artifact}
+        | set(_SYSTEM_READABLE)
+    )
 
     def preexec() -> None:  # runs in the child between fork and exec
         libc = ctypes.CDLL(None, use_errno=True)
-        network = "namespace"
+        isolation = {"network": "namespace", "filesystem": "landlock"}
         if libc.unshare(_CLONE_NEWNET) != 0 and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
-            network = "unavailable"
-        os.write(report_fd, network.encode())
-        os.close(report_fd)
+            isolation["network"] = "unavailable"
         libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if not landlock.restrict(readable, [home, "/dev/null"]):
+            isolation["filesystem"] = "unavailable"
+        os.write(report_fd, json.dumps(isolation).encode())
+        os.close(report_fd)
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024**2, 64 * 1024**2))

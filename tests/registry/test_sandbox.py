@@ -75,3 +75,30 @@ def test_the_real_validator_reports_its_verdict_as_json(tmp_path, model_files):
     assert result["ok"], result
     assert json.dumps(result)  # the verdict is stored as JSON
     assert result["signature"]["outputs"] == [{"name": "output__0", "datatype": "FP32", "shape": [-1, 3]}]
+
+
+def test_the_child_cannot_read_the_workers_files(tmp_path, settings):
+    secret = tmp_path / "secret_key"
+    secret.write_text("hunter2")
+    result = _probe(
+        tmp_path,
+        f"""
+        def attempt(path):
+            try:
+                with open(path) as fh:
+                    return fh.read()[:20]
+            except OSError as exc:
+                return type(exc).__name__
+        parent_environ = attempt(f"/proc/{{os.getppid()}}/environ")
+        result = {{"ok": True, "secret": attempt({str(secret)!r}),
+                  "settings": attempt({str(settings.BASE_DIR / "manage.py")!r}), "environ": parent_environ,
+                  "own_status": attempt("/proc/self/status")[:5],
+                  "wrote_home": open("scratch", "w").write("ok")}}
+        """,
+    )
+    assert result["isolation"]["filesystem"] == "landlock", "this machine's kernel should have Landlock"
+    assert result["secret"] == "PermissionError"
+    assert result["settings"] == "PermissionError"
+    assert result["environ"] == "PermissionError"
+    assert result["own_status"] == "Name:"
+    assert result["wrote_home"] == 2
