@@ -22,6 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     log.info("Slipway inference runtime %s, pid %d", __version__, os.getpid())
 
+    # Archives embed pickles (.pt2 sample inputs and constants): let torch unpickle
+    # tensors only, never arbitrary objects, whatever the model file holds.
+    os.environ.setdefault("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
     from inference_runtime.serve import serve
 
     code = serve(config)
