@@ -74,6 +74,7 @@ ensure_docker() {
 }
 
 ensure_registry() {
+  command -v htpasswd >/dev/null || _apt_install apache2-utils  # the tests' registry with a password
   if [ -n "${SLIPWAY_REGISTRY:-}" ]; then return; fi
   command -v docker-registry >/dev/null || _apt_install docker-registry
   local dir; dir=$(mktemp -d /tmp/slipway-registry.XXXXXX)

@@ -2,10 +2,13 @@
 
 import json
 import os
+import socket
+import subprocess
 import uuid
 
 import docker
 import pytest
+import requests
 from django.conf import settings
 
 from registry.models import ModelVersion
@@ -43,3 +46,34 @@ def ready_version(api, worker, model_files) -> ModelVersion:
         return ModelVersion.objects.filter(model__name=name, version=1, status="ready").first()
 
     return wait_for(ready, timeout=90, what=f"{name} v1 to be ready")
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory):
+    """A second registry that wants a user name and password (htpasswd, bcrypt)."""
+    root = tmp_path_factory.mktemp("auth-registry")
+    htpasswd = subprocess.run(
+        ["htpasswd", "-Bbn", "slipway", "s3cret-pa55"], check=True, capture_output=True, text=True
+    ).stdout
+    (root / "htpasswd").write_text(htpasswd)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (root / "config.yml").write_text(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {root}/data\nauth:\n  htpasswd:\n    realm: slipway-test\n    path: {root}/htpasswd\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    wait_for(lambda: _answers(address), timeout=20, what="the registry with authentication to start")
+    yield address
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _answers(address: str) -> bool:
+    try:
+        return requests.get(f"http://{address}/v2/", timeout=1).status_code == 401
+    except requests.ConnectionError:
+        return False

@@ -274,3 +274,40 @@ def test_a_build_lost_too_often_fails_instead_of_looping(ready_version, settings
     services.recover_stale_builds(actor=Actor.system())
     build.refresh_from_db()
     assert build.status == BuildStatus.FAILED and "lost" in build.error
+
+
+def test_a_registry_refusing_the_credentials_fails_with_what_to_check(
+    ready_version, docker_client, auth_registry, settings
+):
+    settings.SLIPWAY_REGISTRY = auth_registry
+    settings.SLIPWAY_REGISTRY_USERNAME, settings.SLIPWAY_REGISTRY_PASSWORD = "slipway", "wrong-password"
+    build = _queued(ready_version, registry=auth_registry)
+    assert run_image_build(build.pk) == "failed"
+    build.refresh_from_db()
+    assert "refused the credentials" in build.error and "SLIPWAY_REGISTRY_PASSWORD" in build.error
+    assert "wrong-password" not in build.error + build.log
+
+
+def test_a_registry_with_credentials_gets_the_image_and_never_sees_them_logged(
+    ready_version, docker_client, auth_registry, settings
+):
+    settings.SLIPWAY_REGISTRY = auth_registry
+    settings.SLIPWAY_REGISTRY_USERNAME, settings.SLIPWAY_REGISTRY_PASSWORD = "slipway", "s3cret-pa55"
+    build = _queued(ready_version, registry=auth_registry)
+    assert run_image_build(build.pk) == "succeeded"
+    build.refresh_from_db()
+    assert build.digest.startswith("sha256:")
+    assert "s3cret-pa55" not in build.log
+    assert not AuditEvent.objects.filter(after__icontains="s3cret").exists()
+
+
+def test_a_build_past_its_time_limit_is_stopped(ready_version, docker_client, settings):
+    # An index that refuses connections keeps pip retrying well past the limit.
+    settings.SLIPWAY_BUILD_TIMEOUT_S = 10
+    settings.SLIPWAY_PIP_OFFLINE = False
+    settings.SLIPWAY_PIP_INDEX_URL = "http://127.0.0.1:9/simple"
+    settings.SLIPWAY_WHEELHOUSE = ""
+    build = _queued(ready_version, tag_suffix="-slow")
+    assert run_image_build(build.pk) == "failed"
+    build.refresh_from_db()
+    assert "longer than 10s" in build.error and "SLIPWAY_BUILD_TIMEOUT_S" in build.error
