@@ -53,6 +53,7 @@ def build_server(config: Config) -> RuntimeServer:
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         lifespan="on",
         access_log=False,  # a log line per request costs more than a small model's forward pass
+        proxy_headers=False,  # nothing here reads the client address; its middleware is a hop per request
         server_header=False,
         log_config=None,
         log_level=config.log_level,

@@ -63,6 +63,8 @@ class Runtime:
         # One model thread: loading, warm-up and every forward pass.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.in_flight = 0
+        # Read at scrape time: two metric updates per request cost more than the counter.
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.request_exit = request_exit
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -185,7 +187,6 @@ class Runtime:
         started = loop.time()
         metrics = self.metrics
         self.in_flight += 1
-        metrics.in_flight.inc()
         try:
             try:
                 model = self.ready_model(name, version)
@@ -212,7 +213,6 @@ class Runtime:
             metrics.latency.observe(loop.time() - started)
         finally:
             self.in_flight -= 1
-            metrics.in_flight.dec()
 
     async def _read_body(self, scope: dict, receive: Callable) -> tuple[int | None, bytes]:
         limit = self.config.max_body_bytes
