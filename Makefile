@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: run test lint bench demo-model migrate check clean
+.PHONY: run test lint bench bench-build demo-model migrate check clean
 
 $(VENV)/.run-installed: requirements.txt requirements-validator.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: $(VENV)/.dev-installed
 ## bench: registry benchmarks (1 GiB upload, 10k-version lists vs MLflow); not part of `make test`
 bench: $(VENV)/.dev-installed
 	@bash .ci/bench.sh
+
+## bench-build: image builds (cold, new version, cache hit, sizes) vs `litserve dockerize`; not part of `make test`
+bench-build: $(VENV)/.run-installed
+	@bash .ci/bench-build.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) var
