@@ -471,6 +471,12 @@ def main() -> int:
     finally:
         wheels.close()
         cleanup(client, [cold_base, f"slipway-bench/litserve-python:{NONCE}"])
+        for leftover in (
+            WORK / f"models-{NONCE}",
+            WORK / f"litserve-app-{NONCE}",
+            WORK / "var" / "artifacts" / "bench",
+        ):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     results = {
         "load_1min": loads,
