@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: run test lint bench bench-runtime demo-model migrate check clean
+.PHONY: run test lint bench bench-runtime bench-build demo-model migrate check clean
 
 $(VENV)/.run-installed: requirements.txt requirements-validator.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: $(VENV)/.dev-installed
 ## bench-runtime: inference runtime vs LitServe, plain FastAPI and the ceiling (~10 min); not part of `make test`
 bench-runtime: $(VENV)/.run-installed
 	@bash .ci/bench-runtime.sh
+
+## bench-build: image builds (cold, new version, cache hit, sizes) vs `litserve dockerize`; not part of `make test`
+bench-build: $(VENV)/.run-installed
+	@bash .ci/bench-build.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) var

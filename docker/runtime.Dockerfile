@@ -21,7 +21,7 @@
 #   `--network host` where the builder must reach a proxy on the host.
 
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS python
 
 SHELL ["/bin/sh", "-eu", "-c"]
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -37,11 +37,15 @@ RUN if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import ensurepip" >
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv ca-certificates; \
         rm -rf /var/lib/apt/lists/*; \
     fi; \
-    python3 -m venv "$VIRTUAL_ENV"; \
     grep -q '^slipway:' /etc/group || echo 'slipway:x:10001:' >> /etc/group; \
     grep -q '^slipway:' /etc/passwd || echo 'slipway:x:10001:10001:Slipway runtime:/nonexistent:/usr/sbin/nologin' >> /etc/passwd
 
-# --- Dependencies -------------------------------------------------------------------------
+# --- Dependencies, in a stage of their own ------------------------------------------------
+# The wheelhouse and CA files pip needs are copied in here, and only the finished
+# virtualenv leaves this stage: copied into the image, they would stay in it as a
+# layer (~230 MB with the CPU torch wheel) even after `rm`, and the classic builder
+# the Docker SDK drives has no bind mounts.
+FROM python AS dependencies
 ARG PIP_INDEX_URL=
 ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_TRUSTED_HOST=
@@ -61,12 +65,15 @@ RUN for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_NO_INDEX;
         { if [ -f "$system_ca" ]; then cat "$system_ca"; fi; for f in $extra_ca; do cat "$f"; echo; done; } > /tmp/ca-bundle.pem; \
         export PIP_CERT=/tmp/ca-bundle.pem; \
     fi; \
+    python3 -m venv "$VIRTUAL_ENV"; \
     torch=$(grep -E '^torch==' /tmp/requirements.txt); \
     if [ -n "${TORCH_INDEX_URL:-}" ]; then \
         pip install --find-links /tmp/wheelhouse --index-url "$TORCH_INDEX_URL" "$torch"; \
     fi; \
-    pip install --find-links /tmp/wheelhouse -r /tmp/requirements.txt; \
-    rm -rf /tmp/wheelhouse /tmp/extra-ca /tmp/requirements.txt /tmp/ca-bundle.pem
+    pip install --find-links /tmp/wheelhouse -r /tmp/requirements.txt
+
+FROM python
+COPY --from=dependencies /opt/slipway/venv /opt/slipway/venv
 
 # --- The runtime's code ---------------------------------------------------------------------
 WORKDIR /opt/slipway
