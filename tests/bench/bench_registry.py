@@ -163,7 +163,8 @@ def bench_database_url() -> str:
     return urllib.parse.urlsplit(base)._replace(path="/slipway_bench").geturl()
 
 
-def recreate_database(url: str) -> None:
+def recreate_database(url: str) -> str:
+    """Drop and create the bench database; returns the server's version."""
     import psycopg
 
     parts = urllib.parse.urlsplit(url)
@@ -172,6 +173,7 @@ def recreate_database(url: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
+        return conn.execute("SHOW server_version").fetchone()[0].split()[0]
 
 
 def slipway_env(database_url: str, var_dir: Path) -> dict[str, str]:
@@ -268,13 +270,13 @@ def prepare_slipway(env: dict[str, str], versions: int) -> Fixtures:
 class Server:
     """A child process serving HTTP on a port; stopped (with its children) on exit."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, env: dict[str, str], ready_path: str = "/"):
+    def __init__(self, name: str, cmd: list[str], port: int, env: dict[str, str], ready_path: str = "/", cwd=ROOT):
         self.name, self.port = name, port
         self.log_path = BENCH / "logs" / f"{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.monotonic() + 120
         while True:
@@ -330,7 +332,8 @@ def gunicorn(name: str, app: list[str], env: dict[str, str], ready_path: str) ->
         "--access-logfile",
         "-",
     ]
-    return Server(name, cmd, port, env, ready_path)
+    # In var/bench/slipway: Celery's filesystem broker writes a control/ folder where it runs.
+    return Server(name, cmd, port, env, ready_path, cwd=env["SLIPWAY_VAR_DIR"])
 
 
 # --- /proc readings ----------------------------------------------------------------
@@ -481,10 +484,15 @@ def delete_version(port: int, token: str, version: int) -> None:
 
 
 class HttpContender:
-    """Sequential GETs on one keep-alive connection, timed from send to the last body byte."""
+    """Sequential GETs on one keep-alive connection, timed from send to the last body byte.
 
-    def __init__(self, port: int, path: str, headers: dict[str, str], check):
-        self.port, self.path, self.headers, self.check = port, path, headers, check
+    `cpu` returns the CPU seconds used so far by the processes that serve it: on a
+    shared machine latency says how long a user waits, CPU per request how much work
+    each contender does, whatever the neighbours are doing.
+    """
+
+    def __init__(self, port: int, path: str, headers: dict[str, str], check, cpu):
+        self.port, self.path, self.headers, self.check, self.cpu = port, path, headers, check, cpu
         self.conn: http.client.HTTPConnection | None = None
 
     def get(self) -> float:
@@ -498,14 +506,16 @@ class HttpContender:
         self.check(body)
         return elapsed
 
-    def measure(self, n: int, warmup: int) -> list[float]:
+    def measure(self, n: int, warmup: int) -> tuple[list[float], float]:
         # A fresh connection each round: the server closed the idle one while others ran.
         if self.conn is not None:
             self.conn.close()
         self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         for _ in range(warmup):
             self.get()
-        return [self.get() for _ in range(n)]
+        cpu = self.cpu()
+        seconds = [self.get() for _ in range(n)]
+        return seconds, self.cpu() - cpu
 
 
 class MlflowClientContender:
@@ -520,9 +530,51 @@ class MlflowClientContender:
             raise RuntimeError("the MLflow helper died; see var/bench/logs/mlflow-client.log")
         return json.loads(line)
 
-    def measure(self, n: int, warmup: int) -> list[float]:
+    def measure(self, n: int, warmup: int) -> tuple[list[float], float]:
         self.ask({"cmd": "search", "n": warmup})
-        return self.ask({"cmd": "search", "n": n})["seconds"]
+        answer = self.ask({"cmd": "search", "n": n})
+        return answer["seconds"], answer["cpu_seconds"]
+
+
+def descendants(root: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def total_cpu(pids) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+class PostgresBackends:
+    """CPU of the PostgreSQL backends serving the bench database, when the server is local."""
+
+    def __init__(self, url: str):
+        import psycopg
+
+        parts = urllib.parse.urlsplit(url)
+        self.local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        self.database = parts.path.lstrip("/")
+        self.conn = psycopg.connect(url, autocommit=True) if self.local else None
+
+    def cpu(self) -> float:
+        if self.conn is None:
+            return 0.0
+        rows = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [self.database]
+        ).fetchall()
+        return total_cpu(pid for (pid,) in rows)
 
 
 def login(port: int) -> str:
@@ -558,9 +610,10 @@ def bench_list(
     helper: subprocess.Popen,
     token: str,
     versions: int,
+    database_url: str,
     rounds: int,
     per_round: int,
-) -> dict[str, list[list[float]]]:
+) -> tuple[dict[str, list[list[float]]], dict[str, list[float]]]:
     def api_check(body: bytes) -> None:
         page = json.loads(body)
         assert page["count"] == versions and len(page["results"]) == 50, (page["count"], len(page["results"]))
@@ -572,6 +625,14 @@ def bench_list(
     def rest_check(body: bytes) -> None:
         assert len(json.loads(body)["model_versions"]) == 50
 
+    postgres = PostgresBackends(database_url)
+
+    def slipway_cpu() -> float:  # the gunicorn workers and their database backends
+        return total_cpu(slipway.workers()) + postgres.cpu()
+
+    def mlflow_cpu() -> float:  # its server's workers (SQLite works inside them)
+        return total_cpu(descendants(mlflow_rest.proc.pid))
+
     search = urllib.parse.urlencode({"filter": f"name='{LIST_MODEL}'", "max_results": 50})
     contenders = {
         "slipway-api": HttpContender(
@@ -579,9 +640,10 @@ def bench_list(
             f"/api/v1/models/{LIST_MODEL}/versions/",
             {"Authorization": f"Bearer {token}", "Accept": "application/json"},
             api_check,
+            slipway_cpu,
         ),
         "slipway-html": HttpContender(
-            slipway.port, f"/models/{LIST_MODEL}/", {"Cookie": login(slipway.port)}, html_check
+            slipway.port, f"/models/{LIST_MODEL}/", {"Cookie": login(slipway.port)}, html_check, slipway_cpu
         ),
         "mlflow-client": MlflowClientContender(helper),
         "mlflow-rest": HttpContender(
@@ -589,22 +651,27 @@ def bench_list(
             f"/api/2.0/mlflow/model-versions/search?{search}",
             {"Accept": "application/json"},
             rest_check,
+            mlflow_cpu,
         ),
     }
     for _ in range(4):  # first calls (imports, connections, caches), on each of MLflow's 4 workers too
         for contender in contenders.values():
             contender.measure(10, 0)
     samples: dict[str, list[list[float]]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
     order = list(contenders)
     for number in range(rounds):
         for name in order[number % len(order) :] + order[: number % len(order)]:
-            seconds = contenders[name].measure(per_round, warmup=5)
+            seconds, cpu_seconds = contenders[name].measure(per_round, warmup=5)
             samples[name].append(seconds)
+            cpu[name].append(cpu_seconds / per_round)
             log(
                 f"list round {number + 1}/{rounds} {name:13} p50 {percentile(seconds, 0.5) * 1000:6.1f} ms  "
-                f"p95 {percentile(seconds, 0.95) * 1000:6.1f} ms"
+                f"p95 {percentile(seconds, 0.95) * 1000:6.1f} ms  CPU {cpu_seconds / per_round * 1000:5.1f} ms/request"
             )
-    return samples
+    if postgres.conn is not None:
+        postgres.conn.close()
+    return samples, cpu
 
 
 # --- Report ------------------------------------------------------------------------
@@ -616,6 +683,7 @@ class Report:
     upload_bytes: int = 0
     uploads: list[Upload] = field(default_factory=list)
     lists: dict[str, list[list[float]]] = field(default_factory=dict)
+    list_cpu: dict[str, list[float]] = field(default_factory=dict)
     queries: dict[str, int | None] = field(default_factory=dict)
     versions: int = 0
     mlflow_version: str = ""
@@ -695,15 +763,16 @@ def summarize_list(report: Report) -> tuple[list[str], dict]:
     lines = [
         f"2. First page (50) of {report.versions} versions of one model; {rounds} interleaved rounds x {per_round} "
         f"sequential requests after warm-up (MLflow {report.mlflow_version}, SQLite)",
-        f"   {'contender':44} {'p50 ms':>7} {'p95 ms':>7} {'queries':>8} {'p95 / client':>13} {'p95 / REST':>11}",
+        f"   {'contender':44} {'p50 ms':>7} {'p95 ms':>7} {'p95/client':>11} {'p95/REST':>9}"
+        f" {'queries':>8} {'server CPU':>11}",
     ]
     for name, label in labels.items():
         pooled = [s for chunk in samples[name] for s in chunk]
         queries = report.queries.get(name)
         lines.append(
             f"   {label:44} {percentile(pooled, 0.5) * 1000:7.1f} {percentile(pooled, 0.95) * 1000:7.1f}"
-            f" {queries if queries is not None else '-':>8} {p95_ratio(name, 'mlflow-client'):13.2f}"
-            f" {p95_ratio(name, 'mlflow-rest'):11.2f}"
+            f" {p95_ratio(name, 'mlflow-client'):11.2f} {p95_ratio(name, 'mlflow-rest'):9.2f}"
+            f" {queries if queries is not None else '-':>8} {_median(report.list_cpu[name]) * 1000:6.1f} ms"
         )
     summary = {
         name: {"p95_vs_client": p95_ratio(name, "mlflow-client"), "p95_vs_rest": p95_ratio(name, "mlflow-rest")}
@@ -749,13 +818,14 @@ def main() -> int:
         (var_dir / folder).mkdir(parents=True)
     database_url = bench_database_url()
     log(f"database {urllib.parse.urlsplit(database_url)._replace(netloc='…').geturl()} (dropped and recreated)")
-    recreate_database(database_url)
+    report.machine["postgresql"] = recreate_database(database_url)
     env = slipway_env(database_url, var_dir)
     fixtures = prepare_slipway(env, args.versions)
     report.queries.update(fixtures.queries)
 
     servers: dict[str, Server] = {}
     helper = None
+    stack = contextlib.ExitStack()
     try:
         log("starting Slipway under gunicorn")
         servers["slipway"] = gunicorn("slipway", ["controlplane.wsgi"], env, "/healthz")
@@ -791,8 +861,9 @@ def main() -> int:
                 mlflow_port,
                 mlflow_env,
                 "/health",
+                cwd=BENCH,  # it makes an mlartifacts/ folder where it runs
             )
-            helper_log = (BENCH / "logs" / "mlflow-client.log").open("w")
+            helper_log = stack.enter_context((BENCH / "logs" / "mlflow-client.log").open("w"))
             helper = subprocess.Popen(
                 [str(mlflow_python), str(HERE / "bench_mlflow.py"), "serve", str(mlflow_db)],
                 stdin=subprocess.PIPE,
@@ -805,12 +876,13 @@ def main() -> int:
             hello = json.loads(helper.stdout.readline() or "{}")
             report.mlflow_version = hello.get("mlflow", "?")
             report.queries["mlflow-client"] = client.ask({"cmd": "queries"})["queries"]
-            report.lists = bench_list(
+            report.lists, report.list_cpu = bench_list(
                 servers["slipway"],
                 servers["mlflow"],
                 helper,
                 fixtures.token,
                 fixtures.count_versions,
+                database_url,
                 args.list_rounds,
                 args.requests_per_round,
             )
@@ -822,14 +894,16 @@ def main() -> int:
             helper.wait(timeout=30)
         for server in servers.values():
             server.stop()
+        stack.close()
 
     report.machine["loadavg_end"] = os.getloadavg()
     m = report.machine
     print()
     print(f"Slipway registry benchmarks, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(
-        f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}; "
-        f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end"
+        f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}, "
+        f"PostgreSQL {m['postgresql']}; load average {m['loadavg_start'][0]:.2f} at start, "
+        f"{m['loadavg_end'][0]:.2f} at end (other work on the machine shows here)"
     )
     summary = {"machine": m}
     if report.uploads:
