@@ -792,7 +792,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["upload", "list"], help="run one of the two benchmarks")
     parser.add_argument("--upload-mib", type=int, default=1024)
-    parser.add_argument("--upload-rounds", type=int, default=5)
+    parser.add_argument("--upload-rounds", type=int, default=7)
     parser.add_argument("--versions", type=int, default=10_000)
     parser.add_argument("--list-rounds", type=int, default=4)
     parser.add_argument("--requests-per-round", type=int, default=50)
