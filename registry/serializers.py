@@ -16,7 +16,7 @@ class ModelSerializer(serializers.ModelSerializer):
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name", read_only=True)
-    uploaded_by = serializers.CharField(source="uploaded_by.username", read_only=True)
+    uploaded_by = serializers.SerializerMethodField()
     artifact_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -40,6 +40,11 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "artifact_url",
         ]
         read_only_fields = fields
+
+    def get_uploaded_by(self, obj) -> str:
+        # Lists annotate the name (registry.api) instead of loading a User per row.
+        name = getattr(obj, "uploaded_by_username", None)
+        return obj.uploaded_by.username if name is None else name
 
     def get_artifact_url(self, obj) -> str:
         request = self.context.get("request")

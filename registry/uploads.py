@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
@@ -64,6 +66,48 @@ class HashedTemporaryUploadedFile(UploadedFile):
             pass  # already moved into storage
 
 
+def _hash_and_write(digest, file, chunk: bytes) -> None:
+    digest.update(chunk)
+    file.write(chunk)
+
+
+class _ChunkSink:
+    """Hashes and writes an upload's chunks, in order, on a helper thread.
+
+    Reading and parsing the body keeps one core busy; SHA-256 and the write to the
+    page cache cost about as much again, and both release the GIL on large buffers.
+    Doing them here while the request thread reads the next chunk takes them off
+    the critical path. At most `depth` chunks wait, so memory stays a few MiB
+    whatever the file's size. One worker keeps the order; if the request dies
+    without closing us, the executor's own weakref ends the thread once dropped.
+    """
+
+    def __init__(self, file, digest, depth: int = 4):
+        self._file = file
+        self._digest = digest
+        self._depth = depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-sink")
+        self._pending: deque[Future] = deque()
+
+    def put(self, chunk: bytes) -> None:
+        if len(self._pending) >= self._depth:
+            self._pending.popleft().result()  # waits for room; raises what writing raised
+        self._pending.append(self._pool.submit(_hash_and_write, self._digest, self._file, chunk))
+
+    def close(self) -> None:
+        """Return once every chunk is hashed and written."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        """Stop without writing what still waits (the file is about to be deleted)."""
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class StreamingArtifactUploadHandler(FileUploadHandler):
     chunk_size = 1024 * 1024
 
@@ -82,18 +126,20 @@ class StreamingArtifactUploadHandler(FileUploadHandler):
         self.file = HashedTemporaryUploadedFile(
             self.file_name, self.content_type, self.charset, self.content_type_extra
         )
+        self.sink = _ChunkSink(self.file, self.digest)
 
     def receive_data_chunk(self, raw_data, start):
         self.received += len(raw_data)
         if self.received > self.limit:
+            self.sink.abort()
             self.file.close()  # deletes the partial file now
             self.request.upload_too_large = self.limit
             raise StopUpload(connection_reset=True)
-        self.digest.update(raw_data)
-        self.file.write(raw_data)
+        self.sink.put(raw_data)
         return None
 
     def file_complete(self, file_size):
+        self.sink.close()
         self.file.seek(0)
         self.file.size = file_size
         self.file.sha256 = self.digest.hexdigest()
@@ -101,4 +147,5 @@ class StreamingArtifactUploadHandler(FileUploadHandler):
 
     def upload_interrupted(self):
         if hasattr(self, "file"):
+            self.sink.abort()
             self.file.close()

@@ -5,13 +5,15 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, ServiceError
 from controlplane.web import HTMX_STOP_POLLING, paginate, refuse
 from registry import services
-from registry.api import artifact_response
+from registry.api import artifact_response, uploader_name
 from registry.models import VERSION_TERMINAL, Model, ModelVersion
 from registry.uploads import raise_if_too_large
 
@@ -39,10 +41,20 @@ def _model_list_context(request) -> dict:
 
 
 def _versions_context(request, model: Model) -> dict:
-    versions = model.versions.select_related("uploaded_by").order_by("-version")
+    # 50 rows: what the template would work out for each row (a User, two |date
+    # filters, a URL reverse) costs more than the queries; done here once or in plain
+    # Python it takes a third off the page. Same text, in the current time zone.
+    versions = model.versions.annotate(uploaded_by_username=uploader_name()).order_by("-version")
     page = paginate(request, versions)
+    zone = timezone.get_current_timezone()
+    for version in page:
+        created = version.created_at.astimezone(zone)
+        version.created_iso = created.isoformat()
+        version.created_label = created.strftime("%Y-%m-%d %H:%M")
     in_flight = any(v.status not in VERSION_TERMINAL for v in page)
-    return {"model": model, "page": page, "in_flight": in_flight}
+    # Reversed once with a placeholder; each row appends its number.
+    versions_url = reverse("registry:version-detail", args=[model.name, 0]).removesuffix("0/")
+    return {"model": model, "page": page, "in_flight": in_flight, "versions_url": versions_url}
 
 
 @login_required
