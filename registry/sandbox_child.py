@@ -143,6 +143,14 @@ def validate(request):
             module.eval()
             parameter_count = sum(p.numel() for p in module.parameters())
             inputs = signature["inputs"]
+            # The runtime binds inputs to forward()'s arguments by name: a version is
+            # only ready if it will start there.
+            takes = [arg.name for arg in module.forward.schema.arguments[1:]]
+            if [spec["name"] for spec in inputs] != takes:
+                raise SignatureMismatch(
+                    f"the signature names the inputs {[spec['name'] for spec in inputs]}, "
+                    f"the model's forward() takes {takes} (in this order); use those names"
+                )
         else:
             ep = torch.export.load(path)
             recorded, lower_bounds = export_signature(torch, ep)

@@ -102,3 +102,11 @@ def test_the_child_cannot_read_the_workers_files(tmp_path, settings):
     assert result["environ"] == "PermissionError"
     assert result["own_status"] == "Name:"
     assert result["wrote_home"] == 2
+
+
+def test_a_torchscript_signature_must_use_the_names_forward_takes(model_files):
+    # The runtime binds inputs by name: a version that validated under another name would not start there.
+    signature = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [-1, 4]}]}
+    result = run_sandboxed(str(model_files["torchscript"]), "torchscript", signature)
+    assert result["ok"] is False
+    assert "forward() takes ['x']" in result["reason"]

@@ -26,7 +26,8 @@ class Command(BaseCommand):
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.export.export(model, (torch.zeros(2, 4),), dynamic_shapes=({0: batch},))
             torch.export.save(program, str(path))
-        signature = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [-1, 4]}]}
+        # nn.Sequential's forward() takes one argument named "input".
+        signature = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]}
         self.stderr.write(f"Wrote {path} ({path.stat().st_size} bytes). Upload it with the signature:")
         self.stderr.write(
             f'  curl -H "Authorization: Bearer $TOKEN" -F artifact=@{path} '
