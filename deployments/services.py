@@ -15,6 +15,7 @@ from django.utils import timezone
 from controlplane.audit import Actor, record
 from controlplane.errors import Conflict, InvalidInput
 from controlplane.models import Outcome
+from controlplane.states import compare_and_set
 from deployments.builds import DOCKERFILE, RUNTIME_PACKAGE, image_ref
 from deployments.models import BUILD_ACTIVE, BUILD_TRANSITIONS, BuildStatus, ImageBuild, Variant
 from registry.models import ModelVersion, VersionStatus
@@ -95,10 +96,7 @@ def _enqueue(build_id: int) -> None:
 
 
 def transition(build_id: int, expected: str, new: str, **fields) -> bool:
-    """Compare-and-set a build's status; False if it was no longer `expected`."""
-    if new not in BUILD_TRANSITIONS[expected]:
-        raise ValueError(f"illegal build transition {expected} -> {new}")
-    return ImageBuild.objects.filter(pk=build_id, status=expected).update(status=new, **fields) == 1
+    return compare_and_set(ImageBuild, build_id, BUILD_TRANSITIONS, expected, new, **fields)
 
 
 def claim(build_id: int) -> bool:
@@ -115,42 +113,29 @@ def append_log(build_id: int, text: str) -> str:
 
 
 def finish_build(build_id: int, expected: str, *, actor: Actor, cache_hit: bool = False, **facts) -> bool:
-    with transaction.atomic():
-        done = transition(
-            build_id, expected, BuildStatus.SUCCEEDED, finished_at=timezone.now(), cache_hit=cache_hit, **facts
-        )
-        if done:
-            build = ImageBuild.objects.get(pk=build_id)
-            record(
-                "image_build.finish",
-                actor=actor,
-                target=build,
-                before={"status": expected},
-                after={
-                    "status": build.status,
-                    "digest": build.digest,
-                    "cache_hit": cache_hit,
-                    "image": build.image_ref,
-                },
-            )
-    return done
+    return _end(build_id, expected, BuildStatus.SUCCEEDED, actor=actor, cache_hit=cache_hit, **facts)
 
 
 def fail_build(build_id: int, expected: str, error: str, *, actor: Actor) -> bool:
+    return _end(build_id, expected, BuildStatus.FAILED, actor=actor, error=error)
+
+
+def _end(build_id: int, expected: str, new: str, *, actor: Actor, **fields) -> bool:
+    """Move a build to a terminal status and record it, unless it moved on meanwhile."""
     with transaction.atomic():
-        done = transition(build_id, expected, BuildStatus.FAILED, finished_at=timezone.now(), error=error)
-        if done:
-            build = ImageBuild.objects.get(pk=build_id)
-            record(
-                "image_build.finish",
-                actor=actor,
-                target=build,
-                before={"status": expected},
-                after={"status": BuildStatus.FAILED},
-                outcome=Outcome.FAILED,
-                message=error,
-            )
-    return done
+        if not transition(build_id, expected, new, finished_at=timezone.now(), **fields):
+            return False
+        build = ImageBuild.objects.get(pk=build_id)
+        record(
+            "image_build.finish",
+            actor=actor,
+            target=build,
+            before={"status": expected},
+            after={"status": new, "digest": build.digest, "cache_hit": build.cache_hit, "image": build.image_ref},
+            outcome=Outcome.FAILED if new == BuildStatus.FAILED else Outcome.SUCCESS,
+            message=build.error,
+        )
+    return True
 
 
 def cancel_build(build: ImageBuild, *, actor: Actor) -> ImageBuild:

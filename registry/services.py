@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from controlplane.audit import Actor, record
 from controlplane.errors import Conflict, InvalidInput
+from controlplane.states import compare_and_set
 from registry.artifacts import ArtifactRejected, inspect_artifact
 from registry.models import (
     VERSION_TRANSITIONS,
@@ -161,10 +162,7 @@ def _enqueue_validation(version_id: int) -> None:
 
 
 def _transition(version_id: int, expected: str, new: str, **fields) -> bool:
-    """Compare-and-set a version's status; False if someone else got there first."""
-    if new not in VERSION_TRANSITIONS[expected]:
-        raise ValueError(f"illegal version transition {expected} -> {new}")
-    return ModelVersion.objects.filter(pk=version_id, status=expected).update(status=new, **fields) == 1
+    return compare_and_set(ModelVersion, version_id, VERSION_TRANSITIONS, expected, new, **fields)
 
 
 def start_validation(version_id: int) -> bool:
@@ -217,9 +215,7 @@ def requeue_stale_validations(*, older_than_s: float, actor: Actor) -> list[int]
     requeued = []
     for pk in stale:
         with transaction.atomic():
-            moved = ModelVersion.objects.filter(pk=pk, status=VersionStatus.VALIDATING).update(
-                status=VersionStatus.PENDING, validation_started_at=None
-            )
+            moved = _transition(pk, VersionStatus.VALIDATING, VersionStatus.PENDING, validation_started_at=None)
             if moved:
                 record(
                     "model_version.validation_requeued",
