@@ -91,6 +91,13 @@ class TargetError(Exception):
 
 
 class Target(Protocol):
+    def exact_weights(self, deployment: DeploymentRef) -> bool:
+        """True when route() splits traffic by exact percent (a router, a Gateway API HTTPRoute).
+
+        False when traffic splits by replica ratio (a Service over every release's pods):
+        the engine then sizes each release to its weight before calling route().
+        """
+
     def apply(self, deployment: DeploymentRef, release: ReleaseSpec, replicas: int) -> None:
         """Make `release` run `replicas` replicas (0 keeps its objects but no pods/processes)."""
 
