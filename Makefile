@@ -22,6 +22,7 @@ migrate: $(VENV)/.run-installed
 ## run: migrate, make sure an admin exists, start the web server and a worker (Ctrl-C stops both)
 run: migrate
 	@$(BIN)/python manage.py ensure_admin
+	@$(BIN)/python manage.py ensure_environment
 	@$(BIN)/python -m controlplane.devserver
 
 ## demo-model: write a small TorchScript model to var/demo/ and print its signature

@@ -175,6 +175,11 @@ SLIPWAY_BUILD_TIMEOUT_S = env_float("SLIPWAY_BUILD_TIMEOUT_S", 1800.0, minimum=1
 SLIPWAY_BUILD_STALE_S = env_float("SLIPWAY_BUILD_STALE_S", 120.0, minimum=10)
 SLIPWAY_BUILD_MAX_ATTEMPTS = env_int("SLIPWAY_BUILD_MAX_ATTEMPTS", 3, minimum=1)
 
+# --- Rollouts ----------------------------------------------------------------
+SLIPWAY_ROLLOUT_POLL_S = env_float("SLIPWAY_ROLLOUT_POLL_S", 0.5, minimum=0.05)  # between reconciler steps
+SLIPWAY_ROLLOUT_LEASE_S = env_float("SLIPWAY_ROLLOUT_LEASE_S", 60.0, minimum=1)  # a step's worker may hold it
+SLIPWAY_ROLLOUT_SWEEP_S = env_float("SLIPWAY_ROLLOUT_SWEEP_S", 5.0, minimum=0.5)  # the sweeper's period
+
 # --- Celery ----------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
@@ -201,6 +206,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "requeue-stale-validations": {"task": "registry.tasks.requeue_stale_validations", "schedule": 60.0},
     "recover-stale-builds": {"task": "deployments.tasks.recover_stale_builds", "schedule": 30.0},
+    "sweep-rollouts": {"task": "deployments.tasks.sweep_rollouts", "schedule": SLIPWAY_ROLLOUT_SWEEP_S},
 }
 
 # --- API -------------------------------------------------------------------

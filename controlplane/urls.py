@@ -20,6 +20,9 @@ router.register(
     basename="version-build",
 )
 router.register("builds", deployments_api.ImageBuildViewSet, basename="build")
+router.register("environments", deployments_api.EnvironmentViewSet, basename="environment")
+router.register("deployments", deployments_api.DeploymentViewSet, basename="deployment")
+router.register("rollouts", deployments_api.RolloutViewSet, basename="rollout")
 router.register("audit", controlplane_api.AuditEventViewSet, basename="audit")
 router.register("tokens", controlplane_api.APITokenViewSet, basename="token")
 

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import django_filters
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from controlplane.audit import Actor
 from deployments import services
-from deployments.models import BuildStatus, ImageBuild, Variant
-from registry.models import ModelVersion
+from deployments.models import (
+    ROLLOUT_ACTIVE,
+    BuildStatus,
+    Deployment,
+    Environment,
+    ImageBuild,
+    Release,
+    Rollout,
+    RolloutEvent,
+    RolloutState,
+    TargetKind,
+    Variant,
+)
+from deployments.plans import describe
+from registry.models import ModelVersion, slug_validator
 
 
 class ImageBuildSerializer(serializers.ModelSerializer):
@@ -111,3 +126,413 @@ class VersionBuildViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewse
         return Response(
             ImageBuildSerializer(build).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
+
+
+# --- Environments, deployments, releases, rollouts ---------------------------------------
+class EnvironmentSerializer(serializers.ModelSerializer):
+    promotes_from = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Environment
+        fields = [
+            "name",
+            "description",
+            "target",
+            "target_config",
+            "promotes_from",
+            "default_plan",
+            "default_settings",
+            "created_by",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class EnvironmentCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=30)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    target = serializers.ChoiceField(choices=TargetKind.choices, default=TargetKind.LOCAL)
+    target_config = serializers.JSONField(
+        required=False,
+        default=dict,
+        help_text="kubernetes: namespace, kubeconfig or in_cluster, context, image_pull_secret, ingress_host, gateway",
+    )
+    promotes_from = serializers.CharField(required=False, allow_null=True, default=None)
+    default_plan = serializers.JSONField(required=False, default=dict)
+    default_settings = serializers.JSONField(required=False, default=dict)
+
+    def validate_name(self, value):
+        try:
+            slug_validator(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
+        return value
+
+
+class EnvironmentViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    queryset = Environment.objects.select_related("promotes_from", "created_by")
+    serializer_class = EnvironmentSerializer
+    lookup_field = "name"
+    audit_actions = {"create": "environment.create"}
+
+    @extend_schema(request=EnvironmentCreateSerializer, responses={201: EnvironmentSerializer})
+    def create(self, request, *args, **kwargs):
+        params = EnvironmentCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        env = services.create_environment(actor=Actor.from_request(request), **params.validated_data)
+        return Response(EnvironmentSerializer(env).data, status=status.HTTP_201_CREATED)
+
+
+class RolloutEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RolloutEvent
+        fields = ["at", "kind", "message", "data"]
+        read_only_fields = fields
+
+
+class RolloutSerializer(serializers.ModelSerializer):
+    deployment = serializers.IntegerField(source="deployment_id", read_only=True)
+    release = serializers.IntegerField(source="release.number", read_only=True)
+    version = serializers.IntegerField(source="release.model_version.version", read_only=True)
+    previous_release = serializers.IntegerField(source="previous_release.number", read_only=True, allow_null=True)
+    current_step = serializers.SerializerMethodField()
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True, allow_null=True)
+    events = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Rollout
+        fields = [
+            "id",
+            "deployment",
+            "release",
+            "version",
+            "previous_release",
+            "state",
+            "step_index",
+            "current_step",
+            "steps",
+            "weight",
+            "plan",
+            "pause_reason",
+            "analysis",
+            "status",
+            "failure_reason",
+            "requested_by",
+            "created_at",
+            "updated_at",
+            "finished_at",
+            "events",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {"kind": {"type": "string"}, "description": {"type": "string"}},
+        }
+    )
+    def get_current_step(self, rollout: Rollout):
+        step = rollout.current_step
+        return None if step is None or rollout.is_terminal else {**step, "description": describe(step)}
+
+    @extend_schema_field(RolloutEventSerializer(many=True))
+    def get_events(self, rollout: Rollout):
+        if not self.context.get("with_events", False):
+            return []
+        events = list(rollout.events.order_by("-at", "-pk")[:200])[::-1]
+        return RolloutEventSerializer(events, many=True).data
+
+
+class ReleaseSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model_version.model.name", read_only=True)
+    version = serializers.IntegerField(source="model_version.version", read_only=True)
+    source = serializers.IntegerField(source="source.number", read_only=True, allow_null=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
+    rollout = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Release
+        fields = [
+            "number",
+            "model",
+            "version",
+            "image",
+            "digest",
+            "settings",
+            "kind",
+            "source",
+            "reason",
+            "created_by",
+            "created_at",
+            "rollout",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "state": {"type": "string"},
+                "failure_reason": {"type": "string"},
+                "finished_at": {"type": "string", "nullable": True},
+            },
+        }
+    )
+    def get_rollout(self, release: Release):
+        rollout = getattr(release, "rollout", None)
+        if rollout is None:
+            return None
+        return {
+            "id": rollout.pk,
+            "state": rollout.state,
+            "failure_reason": rollout.failure_reason,
+            "finished_at": rollout.finished_at,
+        }
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name", read_only=True)
+    environment = serializers.CharField(source="environment.name", read_only=True)
+    target = serializers.CharField(source="environment.target", read_only=True)
+    state = serializers.SerializerMethodField()
+    current_release = ReleaseSerializer(read_only=True, allow_null=True)
+    active_rollout = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id",
+            "model",
+            "environment",
+            "target",
+            "key",
+            "state",
+            "endpoint",
+            "current_release",
+            "active_rollout",
+            "pinned",
+            "pinned_reason",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def _active(self, deployment: Deployment):
+        return next(iter(getattr(deployment, "active", None) or []), None)
+
+    @extend_schema_field({"type": "string", "description": "the active rollout's state, else serving or empty"})
+    def get_state(self, deployment: Deployment) -> str:
+        active = self._active(deployment)
+        if active is not None:
+            return active.state
+        return "serving" if deployment.current_release_id else "empty"
+
+    @extend_schema_field({"type": "integer", "nullable": True})
+    def get_active_rollout(self, deployment: Deployment):
+        active = self._active(deployment)
+        return active.pk if active else None
+
+
+class DeployRequestSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    environment = serializers.CharField()
+    version = serializers.IntegerField(min_value=1)
+    plan = serializers.JSONField(
+        required=False,
+        default=None,
+        help_text='e.g. {"strategy": "canary", "steps": [{"set_weight": 20}, {"pause": {"duration": "30s"}}]}',
+    )
+    config = serializers.JSONField(
+        required=False,
+        default=None,
+        help_text="runtime settings: replicas, cpu_request, memory_limit, gpus, max_batch_size, max_delay_ms...",
+    )
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class PromoteRequestSerializer(serializers.Serializer):
+    environment = serializers.CharField(
+        required=False, allow_null=True, default=None, help_text="when several environments promote from this one"
+    )
+    plan = serializers.JSONField(required=False, default=None)
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class RollbackRequestSerializer(serializers.Serializer):
+    to_release = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+    reason = serializers.CharField()
+
+
+class DeployResultSerializer(DeploymentSerializer):
+    rollout = serializers.SerializerMethodField()
+
+    class Meta(DeploymentSerializer.Meta):
+        fields = [*DeploymentSerializer.Meta.fields, "rollout"]
+        read_only_fields = fields
+
+    @extend_schema_field(RolloutSerializer)
+    def get_rollout(self, deployment):
+        return RolloutSerializer(self.context["rollout"]).data
+
+
+class DeploymentFilterSet(django_filters.FilterSet):
+    model = django_filters.CharFilter(field_name="model__name")
+    environment = django_filters.CharFilter(field_name="environment__name")
+
+    class Meta:
+        model = Deployment
+        fields = ["model", "environment"]
+
+
+def deployments_query():
+    return Deployment.objects.select_related(
+        "model",
+        "environment",
+        "current_release__model_version__model",
+        "current_release__source",
+        "current_release__created_by",
+        "current_release__rollout",
+    ).prefetch_related(
+        Prefetch("rollouts", queryset=Rollout.objects.filter(state__in=ROLLOUT_ACTIVE), to_attr="active")
+    )
+
+
+def _rollouts():
+    return Rollout.objects.select_related("release__model_version", "previous_release", "requested_by")
+
+
+class DeploymentViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    queryset = deployments_query().order_by("pk")
+    serializer_class = DeploymentSerializer
+    filterset_class = DeploymentFilterSet
+    audit_actions = {
+        "create": "deployment.deploy",
+        "promote": "deployment.promote",
+        "rollback": "deployment.rollback",
+        "unpin": "deployment.unpin",
+    }
+
+    def _result(self, deployment, rollout, code):
+        deployment = deployments_query().get(pk=deployment.pk)
+        return Response(
+            DeployResultSerializer(deployment, context={"rollout": _rollouts().get(pk=rollout.pk)}).data, status=code
+        )
+
+    @extend_schema(
+        request=DeployRequestSerializer,
+        responses={201: DeployResultSerializer, 200: DeployResultSerializer},
+        description="Deploy a ready version: 201 when this creates the deployment, 200 when it starts "
+        "a new rollout on the existing one; 409 while another rollout is active.",
+    )
+    def create(self, request, *args, **kwargs):
+        params = DeployRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        deployment, rollout, created = services.deploy(
+            data["model"],
+            data["environment"],
+            data["version"],
+            actor=Actor.from_request(request),
+            plan=data["plan"],
+            config=data["config"],
+            reason=data["reason"],
+        )
+        return self._result(deployment, rollout, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(
+        request=PromoteRequestSerializer, responses={201: DeployResultSerializer, 200: DeployResultSerializer}
+    )
+    @action(detail=True, methods=["post"])
+    def promote(self, request, pk=None):
+        params = PromoteRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        deployment, rollout, created = services.promote(
+            self.get_object(), actor=Actor.from_request(request), **params.validated_data
+        )
+        return self._result(deployment, rollout, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(request=RollbackRequestSerializer, responses={200: DeployResultSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request, pk=None):
+        params = RollbackRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        deployment, rollout, _ = services.rollback(
+            self.get_object(), actor=Actor.from_request(request), **params.validated_data
+        )
+        return self._result(deployment, rollout, status.HTTP_200_OK)
+
+    @extend_schema(request=None, responses={200: DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def unpin(self, request, pk=None):
+        deployment = services.unpin(self.get_object(), actor=Actor.from_request(request))
+        return Response(DeploymentSerializer(deployments_query().get(pk=deployment.pk)).data)
+
+    @extend_schema(responses={200: ReleaseSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def releases(self, request, pk=None):
+        deployment = self.get_object()
+        query = deployment.releases.select_related("model_version__model", "source", "created_by", "rollout").order_by(
+            "-number"
+        )
+        page = self.paginate_queryset(query)
+        return self.get_paginated_response(ReleaseSerializer(page, many=True).data)
+
+
+class RolloutFilterSet(django_filters.FilterSet):
+    state = django_filters.ChoiceFilter(choices=RolloutState.choices)
+    deployment = django_filters.NumberFilter(field_name="deployment_id")
+
+    class Meta:
+        model = Rollout
+        fields = ["state", "deployment"]
+
+
+class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    queryset = _rollouts().order_by("-created_at")
+    serializer_class = RolloutSerializer
+    filterset_class = RolloutFilterSet
+    audit_actions = {
+        "pause": "rollout.pause",
+        "resume": "rollout.resume",
+        "abort": "rollout.abort",
+        "promote": "rollout.promote",
+    }
+
+    def retrieve(self, request, *args, **kwargs):
+        return Response(RolloutSerializer(self.get_object(), context={"with_events": True}).data)
+
+    def _do(self, verb, **kwargs):
+        rollout = verb(self.get_object(), actor=Actor.from_request(self.request), **kwargs)
+        return Response(RolloutSerializer(_rollouts().get(pk=rollout.pk), context={"with_events": True}).data)
+
+    @extend_schema(request=None, responses={200: RolloutSerializer})
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        return self._do(services.pause_rollout)
+
+    @extend_schema(request=None, responses={200: RolloutSerializer})
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        return self._do(services.resume_rollout)
+
+    @extend_schema(request=None, responses={200: RolloutSerializer})
+    @action(detail=True, methods=["post"])
+    def abort(self, request, pk=None):
+        return self._do(
+            services.abort_rollout, reason=str(request.data.get("reason", "")) if hasattr(request.data, "get") else ""
+        )
+
+    @extend_schema(
+        request=None,
+        responses={200: RolloutSerializer},
+        description="Skip the remaining steps: all traffic to the new release now.",
+    )
+    @action(detail=True, methods=["post"])
+    def promote(self, request, pk=None):
+        return self._do(services.promote_rollout_now)

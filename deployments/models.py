@@ -1,6 +1,6 @@
-"""Image builds now; environments, deployments, releases and rollouts arrive with the rollout engine.
+"""Image builds, environments, deployments, releases and rollouts.
 
-A build (and later a Release) points at a ModelVersion with on_delete=PROTECT,
+A build and a Release point at a ModelVersion with on_delete=PROTECT,
 which is what registry.services.delete_version checks before deleting.
 """
 
@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from registry.models import ModelVersion
+from registry.models import Model, ModelVersion, slug_validator
 
 
 class BuildStatus(models.TextChoices):
@@ -91,3 +91,215 @@ class ImageBuild(models.Model):
         if self.started_at is None or self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+
+# --- Environments, deployments, releases, rollouts ----------------------------------------
+
+
+class TargetKind(models.TextChoices):
+    LOCAL = "local", "local processes"
+    KUBERNETES = "kubernetes", "Kubernetes"
+
+
+class Environment(models.Model):
+    """A place releases run (dev, staging, prod): a target, and where promotions come from."""
+
+    name = models.CharField(max_length=30, unique=True, validators=[slug_validator])
+    description = models.TextField(blank=True)
+    target = models.CharField(max_length=20, choices=TargetKind.choices, default=TargetKind.LOCAL)
+    # Target settings (kubernetes: namespace, kubeconfig path or in_cluster, context...). Never holds secrets.
+    target_config = models.JSONField(default=dict, blank=True)
+    promotes_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="promotes_to"
+    )
+    default_plan = models.JSONField(default=dict, blank=True)
+    default_settings = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    AUDIT_TYPE = "environment"
+
+    class Meta:
+        ordering = ["created_at", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Deployment(models.Model):
+    """One model in one environment: a stable endpoint and the releases behind it over time."""
+
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="deployments")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="deployments")
+    key = models.CharField(max_length=40, unique=True, help_text="DNS-safe name of the target's objects.")
+    current_release = models.ForeignKey("Release", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    endpoint = models.CharField(max_length=300, blank=True)
+    latest_release = models.PositiveIntegerField(default=0, help_text="The highest release number given out.")
+    pinned = models.BooleanField(default=False)
+    pinned_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    AUDIT_TYPE = "deployment"
+
+    class Meta:
+        ordering = ["model__name", "environment__created_at"]
+        constraints = [models.UniqueConstraint(fields=["model", "environment"], name="one_deployment_per_environment")]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} in {self.environment.name}"
+
+
+class ReleaseKind(models.TextChoices):
+    DEPLOY = "deploy", "deploy"
+    PROMOTE = "promote", "promote"
+    ROLLBACK = "rollback", "rollback"
+
+
+class Release(models.Model):
+    """Immutable: one model version, one image, one set of runtime settings.
+
+    `image` is written once, when the build the release waits for succeeds
+    (the local target runs the artifact itself and has no image).
+    """
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="releases")
+    number = models.PositiveIntegerField()
+    # (before `settings` below, which hides django.conf.settings in this class body)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="releases")
+    build = models.ForeignKey(ImageBuild, null=True, blank=True, on_delete=models.PROTECT, related_name="releases")
+    image = models.CharField(max_length=500, blank=True, help_text="repository:tag@sha256:digest")
+    settings = models.JSONField(default=dict)
+    kind = models.CharField(max_length=10, choices=ReleaseKind.choices, default=ReleaseKind.DEPLOY)
+    source = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="rollback: the release restored; promote: the release promoted from the previous environment",
+    )
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    AUDIT_TYPE = "release"
+
+    class Meta:
+        ordering = ["deployment", "-number"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "number"], name="unique_release_number")]
+
+    def __str__(self) -> str:
+        return f"release {self.number} of {self.deployment}"
+
+    @property
+    def digest(self) -> str:
+        return self.image.partition("@")[2]
+
+
+class RolloutState(models.TextChoices):
+    PENDING = "pending", "pending"
+    BUILDING = "building", "building"
+    DEPLOYING = "deploying", "deploying"
+    PROGRESSING = "progressing", "progressing"
+    PAUSED = "paused", "paused"
+    REVERTING = "reverting", "reverting"  # restoring the previous release after a failure or an abort
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    ABORTED = "aborted", "aborted"
+    ROLLED_BACK = "rolled_back", "rolled back"
+
+
+S = RolloutState
+ROLLOUT_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    S.PENDING: (S.BUILDING, S.DEPLOYING, S.FAILED, S.ABORTED),
+    S.BUILDING: (S.DEPLOYING, S.FAILED, S.ABORTED),
+    S.DEPLOYING: (S.PROGRESSING, S.REVERTING, S.FAILED),
+    S.PROGRESSING: (S.PAUSED, S.REVERTING, S.SUCCEEDED),
+    S.PAUSED: (S.PROGRESSING, S.REVERTING),
+    S.REVERTING: (S.ABORTED, S.ROLLED_BACK, S.FAILED),
+    S.SUCCEEDED: (),
+    S.FAILED: (),
+    S.ABORTED: (),
+    S.ROLLED_BACK: (),
+}
+ROLLOUT_TERMINAL = (S.SUCCEEDED, S.FAILED, S.ABORTED, S.ROLLED_BACK)
+ROLLOUT_ACTIVE = tuple(state for state in ROLLOUT_TRANSITIONS if state not in ROLLOUT_TERMINAL)
+
+
+class Rollout(models.Model):
+    """Getting one release in front of traffic, one stored step at a time."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="rollouts")
+    release = models.OneToOneField(Release, on_delete=models.PROTECT, related_name="rollout")
+    previous_release = models.ForeignKey(
+        Release,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="what served when the rollout began; restored if it fails",
+    )
+    plan = models.JSONField(help_text="the plan as given, normalised")
+    steps = models.JSONField(help_text="the plan compiled to steps")
+    state = models.CharField(max_length=12, choices=RolloutState.choices, default=RolloutState.PENDING)
+    step_index = models.PositiveIntegerField(default=0)
+    step_started_at = models.DateTimeField(null=True, blank=True)
+    weight = models.PositiveSmallIntegerField(default=0, help_text="percent of traffic on the new release")
+    revert_to = models.CharField(max_length=12, blank=True, help_text="the terminal state reverting ends in")
+    skip_steps = models.BooleanField(default=False, help_text="promote-now: go straight to full weight")
+    pause_reason = models.CharField(max_length=200, blank=True)
+    analysis_baseline = models.JSONField(null=True, blank=True)
+    analysis = models.JSONField(null=True, blank=True, help_text="the latest analysis: checks with measured values")
+    status = models.JSONField(default=dict, blank=True, help_text="the target's latest status, for the pages")
+    failure_reason = models.TextField(blank=True)
+    revision = models.PositiveIntegerField(default=0, help_text="bumped on every write: the engine's guard")
+    next_at = models.DateTimeField(default=timezone.now, help_text="when the reconciler should act next")
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    AUDIT_TYPE = "rollout"
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment"],
+                condition=models.Q(state__in=list(ROLLOUT_ACTIVE)),
+                name="one_active_rollout_per_deployment",
+            )
+        ]
+        indexes = [models.Index(fields=["state", "next_at"])]
+
+    def __str__(self) -> str:
+        return f"rollout #{self.pk} of {self.deployment}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in ROLLOUT_TERMINAL
+
+    @property
+    def current_step(self) -> dict | None:
+        return self.steps[self.step_index] if self.step_index < len(self.steps) else None
+
+
+class RolloutEvent(models.Model):
+    """The rollout's timeline: transitions, steps, analyses, warnings, people's actions."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=20)  # transition, step, analysis, warning, action, info
+    message = models.TextField()
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"

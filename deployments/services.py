@@ -13,11 +13,28 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from controlplane.audit import Actor, record
-from controlplane.errors import Conflict, InvalidInput
+from controlplane.errors import Conflict, InvalidInput, NotFound
 from controlplane.models import Outcome
 from controlplane.states import compare_and_set
 from deployments.builds import DOCKERFILE, RUNTIME_PACKAGE, image_ref
-from deployments.models import BUILD_ACTIVE, BUILD_TRANSITIONS, BuildStatus, ImageBuild, Variant
+from deployments.models import (
+    BUILD_ACTIVE,
+    BUILD_TRANSITIONS,
+    ROLLOUT_ACTIVE,
+    BuildStatus,
+    Deployment,
+    Environment,
+    ImageBuild,
+    Release,
+    ReleaseKind,
+    Rollout,
+    RolloutEvent,
+    RolloutState,
+    TargetKind,
+    Variant,
+)
+from deployments.plans import ROLLBACK_PLAN, InvalidPlan, compile_plan
+from deployments.runtime_settings import InvalidSettings, parse_runtime_settings, settings_to_dict
 from registry.models import ModelVersion, VersionStatus
 
 
@@ -184,3 +201,429 @@ def recover_stale_builds(*, actor: Actor) -> list[int]:
     for pk in stuck_queued:  # a lost broker message only delays a build
         _enqueue(pk)
     return recovered
+
+
+# --- Environments, deployments, rollouts ------------------------------------------------
+def create_environment(
+    name: str,
+    *,
+    actor: Actor,
+    target: str = TargetKind.LOCAL,
+    target_config: dict | None = None,
+    promotes_from: str | None = None,
+    description: str = "",
+    default_plan: dict | None = None,
+    default_settings: dict | None = None,
+) -> Environment:
+    if target not in TargetKind.values:
+        raise InvalidInput(f"target must be one of {', '.join(TargetKind.values)}.", fields={"target": ["unknown"]})
+    config = _target_config(target, target_config or {})
+    source = None
+    if promotes_from:
+        source = Environment.objects.filter(name=promotes_from).first()
+        if source is None:
+            raise InvalidInput(
+                f"There is no environment {promotes_from!r} to promote from: create it first.",
+                fields={"promotes_from": ["unknown environment"]},
+            )
+    settings_ = _runtime_settings(default_settings or {})
+    try:
+        compile_plan(default_plan, replicas=settings_["replicas"])
+    except InvalidPlan as exc:
+        raise InvalidInput(f"The default plan is not valid: {exc}", fields={"default_plan": [str(exc)]}) from None
+    try:
+        with transaction.atomic():
+            env = Environment.objects.create(
+                name=name,
+                description=description,
+                target=target,
+                target_config=config,
+                promotes_from=source,
+                default_plan=default_plan or {},
+                default_settings=default_settings or {},
+                created_by=actor.user,
+            )
+            record(
+                "environment.create",
+                actor=actor,
+                target=env,
+                after={"target": target, "promotes_from": promotes_from, "target_config": config},
+            )
+    except IntegrityError:
+        raise Conflict(f"An environment named {name!r} already exists.", fields={"name": ["taken"]}) from None
+    return env
+
+
+def _target_config(target: str, config: dict) -> dict:
+    if not isinstance(config, dict):
+        raise InvalidInput("target_config must be an object.", fields={"target_config": ["not an object"]})
+    if target == TargetKind.LOCAL:
+        if config:
+            raise InvalidInput(
+                "The local target takes no settings: leave target_config empty.",
+                fields={"target_config": ["must be empty for the local target"]},
+            )
+        return {}
+    from deployments.targets.kubernetes import validate_config
+
+    try:
+        return validate_config(config)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"The Kubernetes settings are not valid: {exc}", fields={"target_config": [str(exc)]}
+        ) from None
+
+
+def _runtime_settings(data: dict, base: dict | None = None) -> dict:
+    try:
+        merged = parse_runtime_settings({**(base or {}), **(data or {})})
+    except InvalidSettings as exc:
+        raise InvalidInput(f"The runtime settings are not valid: {exc}", fields=exc.fields) from None
+    return settings_to_dict(merged)
+
+
+def deployment_key(model_name: str, environment: str) -> str:
+    """A DNS-1035 label of at most 40 characters, unique per (model, environment)."""
+    key = f"{model_name}-{environment}"
+    if len(key) <= 40 and key[0].isalpha():
+        return key
+    digest = hashlib.sha256(f"{model_name}/{environment}".encode()).hexdigest()[:8]
+    head = f"m{model_name}" if not model_name[0].isalpha() else model_name
+    return f"{head[: 40 - len(environment) - 10].rstrip('-')}-{environment[:20]}-{digest}"[:40].rstrip("-")
+
+
+def deploy(
+    model_name: str,
+    environment: str,
+    version: int,
+    *,
+    actor: Actor,
+    plan: dict | None = None,
+    config: dict | None = None,
+    reason: str = "",
+) -> tuple[Deployment, Rollout, bool]:
+    """Start rolling `version` out to `environment`. (deployment, rollout, created the deployment)."""
+    env = Environment.objects.filter(name=environment).first()
+    if env is None:
+        raise NotFound(f"There is no environment {environment!r}.", fields={"environment": ["unknown"]})
+    model_version = ModelVersion.objects.select_related("model").filter(model__name=model_name, version=version).first()
+    if model_version is None:
+        raise NotFound(f"There is no version {version} of model {model_name!r}.", fields={"version": ["unknown"]})
+    return _start(env, model_version, actor=actor, plan=plan, config=config, reason=reason, kind=ReleaseKind.DEPLOY)
+
+
+def _deployment_for(env: Environment, model_version: ModelVersion, actor: Actor) -> tuple[Deployment, bool]:
+    model = model_version.model
+    existing = Deployment.objects.filter(model=model, environment=env).first()
+    if existing is not None:
+        return existing, False
+    try:
+        with transaction.atomic():
+            deployment = Deployment.objects.create(
+                model=model, environment=env, key=deployment_key(model.name, env.name), created_by=actor.user
+            )
+            record("deployment.create", actor=actor, target=deployment, after={"key": deployment.key})
+        return deployment, True
+    except IntegrityError:
+        return Deployment.objects.get(model=model, environment=env), False
+
+
+def _start(
+    env: Environment,
+    model_version: ModelVersion,
+    *,
+    actor: Actor,
+    plan: dict | None,
+    config: dict | None,
+    reason: str,
+    kind: str,
+    source: Release | None = None,
+    image: str = "",
+    build: ImageBuild | None = None,
+) -> tuple[Deployment, Rollout, bool]:
+    if model_version.status != VersionStatus.READY:
+        raise Conflict(f"{model_version} is {model_version.status}: only a ready version can be deployed.")
+    with transaction.atomic():
+        # Created in the same transaction as its first rollout: a refused deploy leaves no deployment,
+        # and of two first deploys racing, the one that creates the deployment is the one that wins.
+        deployment, created = _deployment_for(env, model_version, actor)
+        deployment = Deployment.objects.select_for_update(of=("self",)).select_related("current_release").get(
+            pk=deployment.pk
+        )
+        active = deployment.rollouts.filter(state__in=ROLLOUT_ACTIVE).first()
+        if active is not None:
+            raise Conflict(
+                f"Rollout #{active.pk} of {deployment} is {active.state}: wait for it to end, or abort it first."
+            )
+        current = deployment.current_release
+        base = current.settings if current is not None else env.default_settings
+        runtime = _runtime_settings(config or {}, base)
+        try:
+            normalised, steps = compile_plan(
+                plan if plan is not None else env.default_plan, replicas=runtime["replicas"], first=current is None
+            )
+        except InvalidPlan as exc:
+            raise InvalidInput(
+                f"The plan is not valid: {exc}", fields={f"plan.{k}": v for k, v in exc.fields.items()}
+            ) from None
+        number = deployment.latest_release + 1
+        Deployment.objects.filter(pk=deployment.pk).update(latest_release=number)
+        if source is None and kind != ReleaseKind.ROLLBACK:
+            image, build = _reusable_image(model_version, env)
+        release = Release.objects.create(
+            deployment=deployment,
+            number=number,
+            model_version=model_version,
+            settings=runtime,
+            kind=kind,
+            source=source,
+            reason=reason,
+            image=image,
+            build=build,
+            created_by=actor.user,
+        )
+        try:
+            with transaction.atomic():
+                rollout = Rollout.objects.create(
+                    deployment=deployment,
+                    release=release,
+                    previous_release=current,
+                    plan=normalised,
+                    steps=steps,
+                    requested_by=actor.user,
+                )
+        except IntegrityError:
+            raise Conflict(
+                f"Another rollout of {deployment} started at the same moment: try again when it ends."
+            ) from None
+        RolloutEvent.objects.create(
+            rollout=rollout,
+            kind="action",
+            message=f"{actor.label} started a {kind} of {model_version} as release {number}"
+            + (f": {reason}" if reason else ""),
+        )
+        record(
+            f"deployment.{kind}",
+            actor=actor,
+            target=deployment,
+            before={"release": current.number if current else None},
+            after={
+                "release": number,
+                "version": model_version.version,
+                "image": image,
+                "settings": runtime,
+                "plan": normalised,
+                "rollout": rollout.pk,
+            },
+            message=reason,
+        )
+        transaction.on_commit(lambda: _advance(rollout.pk, 0))
+    deployment.refresh_from_db()
+    return deployment, rollout, created
+
+
+def _reusable_image(model_version: ModelVersion, env: Environment) -> tuple[str, ImageBuild | None]:
+    """An image already built for this version (on any deployment): no rebuild for a promote."""
+    if env.target == TargetKind.LOCAL:
+        return "", None
+    earlier = Release.objects.filter(model_version=model_version).exclude(image="").order_by("-created_at").first()
+    return (earlier.image, earlier.build) if earlier else ("", None)
+
+
+def _advance(rollout_id: int, revision: int) -> None:
+    from deployments.engine import enqueue
+
+    enqueue(rollout_id, revision)
+
+
+def promote(
+    deployment: Deployment, *, actor: Actor, environment: str | None = None, reason: str = "", plan: dict | None = None
+):
+    """Roll what is live in `deployment` out to the next environment, with that environment's plan."""
+    current = deployment.current_release
+    if current is None:
+        raise Conflict(f"Nothing serves in {deployment} yet: deploy a version there before promoting it.")
+    nexts = list(Environment.objects.filter(promotes_from=deployment.environment))
+    if environment:
+        nexts = [env for env in nexts if env.name == environment]
+        if not nexts:
+            raise InvalidInput(
+                f"{environment!r} does not promote from {deployment.environment.name}.",
+                fields={"environment": ["not a next environment"]},
+            )
+    if not nexts:
+        raise Conflict(f"No environment promotes from {deployment.environment.name}: set one's promotes_from first.")
+    if len(nexts) > 1:
+        names = ", ".join(env.name for env in nexts)
+        raise InvalidInput(
+            f"Several environments promote from {deployment.environment.name} ({names}): say which one.",
+            fields={"environment": ["required"]},
+        )
+    env = nexts[0]
+    downstream = Deployment.objects.filter(model=deployment.model, environment=env).first()
+    if downstream is not None and downstream.pinned:
+        raise Conflict(
+            f"{downstream} is pinned after a rollback ({downstream.pinned_reason}): unpin it before promoting into it."
+        )
+    same_kind = env.target == deployment.environment.target
+    return _start(
+        env,
+        current.model_version,
+        actor=actor,
+        plan=plan,
+        config=None,
+        reason=reason or f"promoted from {deployment.environment.name} release {current.number}",
+        kind=ReleaseKind.PROMOTE,
+        source=current,
+        image=current.image if same_kind else "",
+        build=current.build if same_kind else None,
+    )
+
+
+def rollback(deployment: Deployment, *, actor: Actor, reason: str, to_release: int | None = None):
+    """A new release that restores an earlier one: same version, same image, same settings; no build."""
+    if not reason or not reason.strip():
+        raise InvalidInput("Say why you roll back: a reason is required.", fields={"reason": ["required"]})
+    current = deployment.current_release
+    if to_release is not None:
+        target = deployment.releases.filter(number=to_release).first()
+        if target is None:
+            raise NotFound(f"{deployment} has no release {to_release}.", fields={"to_release": ["unknown"]})
+    else:
+        target = (
+            deployment.releases.filter(rollout__state=RolloutState.SUCCEEDED)
+            .exclude(pk=current.pk if current else None)
+            .order_by("-number")
+            .first()
+        )
+        if target is None:
+            raise Conflict(f"{deployment} has no earlier successful release to roll back to.")
+    if current is not None and target.pk == current.pk:
+        raise Conflict(f"Release {target.number} is what serves now: choose another release to roll back to.")
+    if deployment.environment.target != TargetKind.LOCAL and not target.image:
+        raise Conflict(f"Release {target.number} never got an image: deploy its version instead.")
+    with transaction.atomic():
+        result = _start(
+            deployment.environment,
+            target.model_version,
+            actor=actor,
+            plan=ROLLBACK_PLAN,
+            config=target.settings,
+            reason=reason,
+            kind=ReleaseKind.ROLLBACK,
+            source=target,
+            image=target.image,
+            build=target.build,
+        )
+        Deployment.objects.filter(pk=deployment.pk).update(
+            pinned=True, pinned_reason=f"rolled back to release {target.number}: {reason}"
+        )
+        record("deployment.pin", actor=actor, target=deployment, after={"pinned": True}, message=reason)
+    result[0].refresh_from_db()
+    return result
+
+
+def unpin(deployment: Deployment, *, actor: Actor) -> Deployment:
+    with transaction.atomic():
+        Deployment.objects.filter(pk=deployment.pk).update(pinned=False, pinned_reason="")
+        record(
+            "deployment.unpin",
+            actor=actor,
+            target=deployment,
+            before={"pinned": deployment.pinned},
+            after={"pinned": False},
+        )
+    deployment.refresh_from_db()
+    return deployment
+
+
+# --- A person's hand on a running rollout ----------------------------------------------
+def pause_rollout(rollout: Rollout, *, actor: Actor) -> Rollout:
+    return _act(
+        rollout,
+        "pause",
+        actor,
+        {RolloutState.PROGRESSING},
+        lambda r: {"state": RolloutState.PAUSED, "pause_reason": f"paused by {actor.label}"},
+    )
+
+
+def resume_rollout(rollout: Rollout, *, actor: Actor) -> Rollout:
+    def change(r: Rollout) -> dict:
+        fields = {"state": RolloutState.PROGRESSING, "pause_reason": ""}
+        step = r.current_step
+        if step and step["kind"] == "pause" and step["duration_s"] is None:  # the plan's pause: move past it
+            fields.update(step_index=r.step_index + 1, step_started_at=timezone.now())
+        return fields
+
+    return _act(rollout, "resume", actor, {RolloutState.PAUSED}, change)
+
+
+def abort_rollout(rollout: Rollout, *, actor: Actor, reason: str = "") -> Rollout:
+    return _act(
+        rollout,
+        "abort",
+        actor,
+        {
+            RolloutState.PENDING,
+            RolloutState.BUILDING,
+            RolloutState.DEPLOYING,
+            RolloutState.PROGRESSING,
+            RolloutState.PAUSED,
+        },
+        lambda r: _abort_fields(r, actor, reason),
+    )
+
+
+def _abort_fields(rollout: Rollout, actor: Actor, reason: str) -> dict:
+    why = f"Aborted by {actor.label}" + (f": {reason}" if reason else "")
+    if rollout.state in (RolloutState.PENDING, RolloutState.BUILDING):
+        return {"state": RolloutState.ABORTED, "failure_reason": why, "finished_at": timezone.now()}
+    return {
+        "state": RolloutState.REVERTING,
+        "revert_to": RolloutState.ABORTED,
+        "failure_reason": why,
+        "step_started_at": timezone.now(),
+    }
+
+
+def promote_rollout_now(rollout: Rollout, *, actor: Actor) -> Rollout:
+    return _act(
+        rollout,
+        "promote",
+        actor,
+        {RolloutState.DEPLOYING, RolloutState.PROGRESSING, RolloutState.PAUSED},
+        lambda r: {
+            "state": RolloutState.PROGRESSING if r.state == RolloutState.PAUSED else r.state,
+            "skip_steps": True,
+            "pause_reason": "",
+        },
+    )
+
+
+def _act(rollout: Rollout, verb: str, actor: Actor, allowed: set[str], change) -> Rollout:
+    from deployments.engine import check_transition
+
+    with transaction.atomic():
+        locked = Rollout.objects.select_for_update().get(pk=rollout.pk)
+        if locked.state not in allowed:
+            states = " or ".join(sorted(allowed))
+            raise Conflict(f"{locked} is {locked.state}: only a {states} rollout can {verb}.")
+        fields = change(locked)
+        check_transition(locked.state, fields.get("state", locked.state))
+        before = locked.state
+        Rollout.objects.filter(pk=locked.pk).update(
+            **fields, revision=F("revision") + 1, next_at=timezone.now(), updated_at=timezone.now()
+        )
+        locked.refresh_from_db()
+        message = f"{actor.label}: {verb}"
+        RolloutEvent.objects.create(rollout=locked, kind="action", message=message)
+        if locked.state != before:
+            RolloutEvent.objects.create(
+                rollout=locked, kind="transition", message=f"{before} → {locked.state}", data={"from": before}
+            )
+        record(f"rollout.{verb}", actor=actor, target=locked, before={"state": before}, after={"state": locked.state})
+        if locked.state in ROLLOUT_ACTIVE:
+            revision = locked.revision
+            transaction.on_commit(lambda: _advance(locked.pk, revision))
+    return locked

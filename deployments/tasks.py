@@ -129,3 +129,17 @@ def _buildargs(build: ImageBuild) -> dict[str, str]:
 @shared_task
 def recover_stale_builds() -> list[int]:
     return services.recover_stale_builds(actor=Actor.system())
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def advance_rollout(rollout_id: int, revision: int | None = None) -> str:
+    from deployments import engine
+
+    return engine.advance(rollout_id, revision)
+
+
+@shared_task
+def sweep_rollouts() -> list[int]:
+    from deployments import engine
+
+    return engine.sweep()

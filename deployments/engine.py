@@ -1,0 +1,496 @@
+"""The rollout reconciler: one idempotent step at a time, from the state stored in the database.
+
+`advance(rollout_id, revision)` takes a short lease on the row, reads the stored
+state, does one step against the target (apply, route, observe, analyse), and
+commits the next state with the revision it read. Then it enqueues itself once
+more, carrying the new revision: a message for an older revision is stale and
+dropped, so exactly one chain of messages drives a rollout. A person's action
+(pause, abort...) bumps the revision too, so a step computed meanwhile is thrown
+away and recomputed from what the person set. A killed worker or a lost message
+only delays a rollout: the sweeper re-enqueues whatever is overdue.
+
+Every call to a target is idempotent, and events and audit records are written
+only in the committing transaction, so a step repeated after a crash changes
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from controlplane.audit import Actor, record
+from controlplane.errors import ServiceError
+from controlplane.models import Outcome
+from deployments.models import (
+    ROLLOUT_ACTIVE,
+    ROLLOUT_TRANSITIONS,
+    BuildStatus,
+    Deployment,
+    Release,
+    Rollout,
+    RolloutEvent,
+    RolloutState,
+    TargetKind,
+)
+from deployments.plans import describe
+from deployments.targets import (
+    DeploymentRef,
+    ReleaseSpec,
+    RuntimeSettings,
+    Target,
+    TargetError,
+    TargetStatus,
+    get_target,
+)
+
+log = logging.getLogger(__name__)
+S = RolloutState
+
+
+def check_transition(old: str, new: str) -> None:
+    """The one check every rollout state change goes through."""
+    if new != old and new not in ROLLOUT_TRANSITIONS[old]:
+        raise ValueError(f"illegal rollout transition {old} -> {new}")
+
+
+@dataclass
+class Step:
+    """What one tick decided: fields to store, events to append, when to look again."""
+
+    fields: dict = field(default_factory=dict)
+    events: list[tuple[str, str, dict]] = field(default_factory=list)
+    delay: float = 0.0
+    deployment: dict = field(default_factory=dict)
+
+    def event(self, kind: str, message: str, **data) -> Step:
+        self.events.append((kind, message, data))
+        return self
+
+
+# --- Plain values for the targets ---------------------------------------------------------
+def deployment_ref(deployment: Deployment) -> DeploymentRef:
+    env = deployment.environment
+    return DeploymentRef(
+        id=deployment.pk,
+        key=deployment.key,
+        model_name=deployment.model.name,
+        environment=env.name,
+        target_config=env.target_config,
+    )
+
+
+def release_spec(release: Release) -> ReleaseSpec:
+    from registry.services import artifact_path
+
+    version = release.model_version
+    return ReleaseSpec(
+        number=release.number,
+        model_name=version.model.name,
+        model_version=version.version,
+        artifact_sha256=version.sha256,
+        signature=version.signature or None,
+        settings=RuntimeSettings(**release.settings),
+        artifact_path=artifact_path(version),
+        image=release.image or None,
+    )
+
+
+def target_for(deployment: Deployment) -> Target:
+    return get_target(deployment.environment.target)
+
+
+def status_snapshot(status: TargetStatus) -> dict:
+    """The target's status as the pages show it."""
+    return {
+        "endpoint": status.endpoint,
+        "weights": {str(n): w for n, w in status.weights.items()},
+        "releases": {
+            str(n): {
+                "desired": r.desired,
+                "updated": r.updated,
+                "ready": r.ready,
+                "available": r.available,
+                "done": r.done,
+                "failed": r.failed,
+                "message": r.message,
+                "warnings": r.warnings,
+            }
+            for n, r in sorted(status.releases.items())
+        },
+    }
+
+
+# --- The entry point ------------------------------------------------------------------
+def advance(rollout_id: int, revision: int | None = None) -> str:
+    """One step of one rollout. `revision` None: the sweeper's call, acted on only when overdue."""
+    now = timezone.now()
+    due = Q(revision=revision) if revision is not None else Q(next_at__lte=now - _grace())
+    token = uuid.uuid4().hex
+    taken = (
+        Rollout.objects.filter(due, pk=rollout_id, state__in=ROLLOUT_ACTIVE)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .update(lease_owner=token, lease_expires_at=now + timedelta(seconds=settings.SLIPWAY_ROLLOUT_LEASE_S))
+    )
+    if not taken:
+        return "stale, leased or finished"
+    try:
+        rollout = Rollout.objects.select_related(
+            "deployment__environment",
+            "deployment__model",
+            "release__model_version__model",
+            "release__build",
+            "previous_release__model_version__model",
+        ).get(pk=rollout_id)
+        try:
+            step = Reconciler(rollout).tick()
+        except TargetError as exc:
+            if exc.retryable:
+                step = Step(delay=2.0).event("warning", f"The target did not answer; trying again: {exc}")
+            elif rollout.state == S.REVERTING:
+                step = Step(fields={"state": S.FAILED, "failure_reason": f"{rollout.failure_reason} Then: {exc}"})
+            else:
+                step = Reconciler(rollout).fail(str(exc))
+        except Exception as exc:  # a bug must not wedge the rollout: log it and look again later
+            log.exception("rollout %s: step crashed", rollout_id)
+            step = Step(delay=5.0).event("warning", f"A step crashed ({type(exc).__name__}: {exc}); retrying.")
+        return commit(rollout, step, token)
+    finally:
+        Rollout.objects.filter(pk=rollout_id, lease_owner=token).update(lease_owner="", lease_expires_at=None)
+
+
+def _grace() -> timedelta:
+    return timedelta(seconds=max(2.0, 4 * settings.SLIPWAY_ROLLOUT_POLL_S))
+
+
+def commit(rollout: Rollout, step: Step, token: str) -> str:
+    """Store what the step decided, unless someone changed the rollout meanwhile."""
+    now = timezone.now()
+    new_state = step.fields.get("state", rollout.state)
+    check_transition(rollout.state, new_state)
+    fields = dict(step.fields)
+    if new_state != rollout.state and new_state not in ROLLOUT_ACTIVE:
+        fields["finished_at"] = now
+    if "status" in fields and fields["status"] == rollout.status:
+        del fields["status"]
+    with transaction.atomic():
+        updated = Rollout.objects.filter(pk=rollout.pk, revision=rollout.revision, lease_owner=token).update(
+            **fields,
+            revision=F("revision") + 1,
+            updated_at=now,
+            next_at=now + timedelta(seconds=step.delay),
+            lease_owner="",
+            lease_expires_at=None,
+        )
+        if not updated:
+            # A person acted meanwhile; their change stands and enqueued its own step.
+            return "superseded"
+        if new_state != rollout.state:
+            step.events.insert(0, ("transition", f"{rollout.state} → {new_state}", {"from": rollout.state}))
+        RolloutEvent.objects.bulk_create(
+            RolloutEvent(rollout=rollout, at=now, kind=kind, message=message, data=data)
+            for kind, message, data in step.events
+        )
+        if step.deployment:
+            Deployment.objects.filter(pk=rollout.deployment_id).update(**step.deployment)
+        if new_state in (S.SUCCEEDED, S.FAILED, S.ABORTED, S.ROLLED_BACK) and new_state != rollout.state:
+            _record_end(rollout, new_state, fields.get("failure_reason", rollout.failure_reason))
+        if new_state in ROLLOUT_ACTIVE:
+            revision = rollout.revision + 1
+            transaction.on_commit(lambda: enqueue(rollout.pk, revision, countdown=step.delay))
+    return new_state
+
+
+def _record_end(rollout: Rollout, state: str, reason: str) -> None:
+    release = rollout.release
+    record(
+        f"rollout.{state}",
+        actor=Actor.system(),
+        target=rollout,
+        before={"state": rollout.state},
+        after={
+            "state": state,
+            "release": release.number,
+            "version": release.model_version.version,
+            "image": release.image,
+        },
+        outcome=Outcome.SUCCESS if state == S.SUCCEEDED else Outcome.FAILED,
+        message=reason,
+    )
+
+
+def enqueue(rollout_id: int, revision: int, *, countdown: float = 0.0) -> None:
+    from deployments.tasks import advance_rollout
+
+    advance_rollout.apply_async((rollout_id, revision), countdown=countdown or None)
+
+
+def sweep() -> list[int]:
+    """Re-enqueue active rollouts that are overdue and unleased (their worker died or a message was lost)."""
+    now = timezone.now()
+    overdue = list(
+        Rollout.objects.filter(state__in=ROLLOUT_ACTIVE, next_at__lte=now - _grace())
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .values_list("pk", flat=True)
+    )
+    for pk in overdue:
+        from deployments.tasks import advance_rollout
+
+        advance_rollout.delay(pk, None)
+    return overdue
+
+
+# --- One step -------------------------------------------------------------------------
+class Reconciler:
+    def __init__(self, rollout: Rollout):
+        self.rollout = rollout
+        self.deployment = rollout.deployment
+        self.release = rollout.release
+        self.previous = rollout.previous_release
+        self.ref = deployment_ref(self.deployment)
+        self.target = target_for(self.deployment)
+        self.poll = settings.SLIPWAY_ROLLOUT_POLL_S
+        self.now = timezone.now()
+
+    def tick(self) -> Step:
+        state = self.rollout.state
+        if state == S.PENDING:
+            return self.start()
+        if state == S.BUILDING:
+            return self.build()
+        if state == S.DEPLOYING:
+            return self.deploying()
+        if state == S.PROGRESSING:
+            return self.progress()
+        if state == S.PAUSED:
+            return self.observe()
+        if state == S.REVERTING:
+            return self.revert()
+        return Step()
+
+    # pending -> building (images) or deploying (local processes)
+    def start(self) -> Step:
+        needs_image = self.deployment.environment.target != TargetKind.LOCAL and not self.release.image
+        if needs_image:
+            return Step(fields={"state": S.BUILDING}).event("info", "Building the runtime image for this release.")
+        return Step(fields={"state": S.DEPLOYING})
+
+    def build(self) -> Step:
+        from deployments.services import request_build
+
+        release = self.release
+        if release.image:
+            return Step(fields={"state": S.DEPLOYING})
+        build = release.build
+        if build is None:
+            variant = "gpu" if release.settings.get("gpus") else "cpu"
+            try:
+                build, _ = request_build(release.model_version, actor=Actor.system(), variant=variant)
+            except ServiceError as exc:
+                return Step(fields={"state": S.FAILED, "failure_reason": f"No image could be built: {exc}"})
+            Release.objects.filter(pk=release.pk, build__isnull=True).update(build=build)
+            return Step(delay=1.0).event("info", f"Waiting for image build #{build.pk} ({build.image_ref}).")
+        if build.status == BuildStatus.SUCCEEDED:
+            image = f"{build.image_ref.rsplit('@', 1)[0]}@{build.digest}"
+            Release.objects.filter(pk=release.pk, image="").update(image=image)  # written once
+            return Step(fields={"state": S.DEPLOYING}).event("info", f"Image ready: {image}")
+        if build.status in (BuildStatus.FAILED, BuildStatus.CANCELLED):
+            reason = f"Image build #{build.pk} {build.status}: {build.error or 'cancelled'}"
+            return Step(fields={"state": S.FAILED, "failure_reason": reason})
+        return Step(delay=1.0)
+
+    def deploying(self) -> Step:
+        status = self.target.status(self.ref)  # also proves the target answers before anything changes
+        return Step(
+            fields={
+                "state": S.PROGRESSING,
+                "step_index": 0,
+                "step_started_at": self.now,
+                "status": status_snapshot(status),
+            }
+        ).event("step", f"Step 1 of {len(self.rollout.steps)}: {describe(self.rollout.current_step)}")
+
+    # progressing: the plan's steps
+    def progress(self) -> Step:
+        rollout = self.rollout
+        step = {"kind": "weight", "weight": 100} if rollout.skip_steps else rollout.current_step
+        if step is None:
+            return self.finish()
+        kind = step["kind"]
+        if kind in ("weight", "preview"):
+            return self.traffic(step)
+        status = self.target.status(self.ref)
+        if failed := self.failure(status):
+            return failed
+        result = Step(fields={"status": status_snapshot(status)}, delay=self.poll)
+        elapsed = self.elapsed()
+        if kind == "pause":
+            if step["duration_s"] is None:
+                result.fields.update(state=S.PAUSED, pause_reason="The plan pauses here until someone resumes.")
+                return result.event("info", "Paused by the plan: resume to go on, or promote now.")
+            return result if elapsed < step["duration_s"] else self.next_step(result)
+        if kind == "keep_old":
+            return result if elapsed < step["duration_s"] else self.next_step(result)
+        if kind == "analysis":
+            return self.analyse(step, status, result)
+        raise ValueError(f"unknown step {kind!r}")
+
+    def traffic(self, step: dict) -> Step:
+        """Bring the new release to its share, wait until it is ready, then route traffic to it."""
+        weight = 0 if step["kind"] == "preview" else step["weight"]
+        exact = self.target.exact_weights(self.ref)
+        total = self.release.settings.get("replicas", 1)
+        wanted = (
+            total if step["kind"] == "preview" or weight >= 100 or self.previous is None else self.share(weight, exact)
+        )
+        self.target.apply(self.ref, release_spec(self.release), wanted)
+        status = self.target.status(self.ref)
+        if failed := self.failure(status):
+            return failed
+        result = Step(fields={"status": status_snapshot(status)}, delay=self.poll)
+        mine = status.releases.get(self.release.number)
+        if mine is None or not mine.done or mine.desired != wanted or mine.ready < wanted:
+            deadline = self.rollout.plan.get("progress_deadline", 300)
+            if self.elapsed() > deadline:
+                detail = (mine.message if mine else "not running") + (
+                    f" ({'; '.join(mine.warnings)})" if mine and mine.warnings else ""
+                )
+                return self.fail(f"Release {self.release.number} was not ready after {deadline:g} s: {detail}")
+            return result
+        if step["kind"] == "preview":
+            return self.next_step(
+                result.event("info", f"Release {self.release.number} is up: {wanted} ready, no traffic yet.")
+            )
+        weights = {self.release.number: weight}
+        if self.previous is not None and weight < 100:
+            weights[self.previous.number] = 100 - weight
+            if not exact:
+                old_total = self.previous.settings.get("replicas", 1)
+                self.target.apply(self.ref, release_spec(self.previous), max(1, old_total - wanted))
+        endpoint = self.target.route(self.ref, weights)
+        result.deployment["endpoint"] = endpoint
+        result.fields["weight"] = weight
+        note = "" if exact or weight >= 100 or self.previous is None else " (by replica ratio)"
+        result.event("step", f"{weight}% of traffic on release {self.release.number}{note}", weights=weights)
+        if self.rollout.skip_steps:
+            return self.finish(result)
+        return self.next_step(result)
+
+    def share(self, weight: int, exact: bool) -> int:
+        total = self.release.settings.get("replicas", 1)
+        if exact:
+            return max(1, math.ceil(total * weight / 100))
+        return max(1, round(total * weight / 100))
+
+    def analyse(self, step: dict, status: TargetStatus, result: Step) -> Step:
+        from deployments.analysis import Sample, Thresholds, judge, parse, window
+
+        rollout = self.rollout
+        number = self.release.number
+        if rollout.analysis_baseline is None:
+            baseline = parse(self.target.metrics(self.ref, number))
+            result.fields["analysis_baseline"] = baseline.to_dict()
+            return result.event("analysis", f"Analysis started: watching release {number} for {step['duration_s']:g} s")
+        if self.elapsed() < step["duration_s"]:
+            return result
+        after = parse(self.target.metrics(self.ref, number))
+        sample = window(Sample.from_dict(rollout.analysis_baseline), after)
+        mine = status.releases.get(number)
+        verdict = judge(
+            Thresholds.from_dict(step["thresholds"]),
+            ready=mine.ready if mine else 0,
+            desired=mine.desired if mine else self.release.settings.get("replicas", 1),
+            sample=sample,
+        )
+        result.fields.update(analysis=verdict.to_dict(), analysis_baseline=None)
+        if not verdict.passed:
+            failed = self.fail(f"Analysis failed: {verdict.summary()}")
+            failed.fields["analysis"] = verdict.to_dict()
+            return failed.event("analysis", f"Analysis failed: {verdict.summary()}", **verdict.to_dict())
+        result.event("analysis", f"Analysis passed: {verdict.summary()}", **verdict.to_dict())
+        return self.next_step(result)
+
+    def next_step(self, result: Step) -> Step:
+        index = self.rollout.step_index + 1
+        result.fields.update(step_index=index, step_started_at=self.now, analysis_baseline=None)
+        result.delay = 0.0
+        steps = self.rollout.steps
+        if index < len(steps):
+            result.event("step", f"Step {index + 1} of {len(steps)}: {describe(steps[index])}")
+        return result
+
+    def finish(self, result: Step | None = None) -> Step:
+        """Everything on the new release: remove every other release, and mark it current."""
+        result = result or Step()
+        endpoint = self.target.route(self.ref, {self.release.number: 100})
+        for number in self.target.status(self.ref).releases:
+            if number != self.release.number:
+                self.target.remove(self.ref, number)
+        result.fields.update(state=S.SUCCEEDED, weight=100, step_index=len(self.rollout.steps))
+        result.fields["status"] = status_snapshot(self.target.status(self.ref))
+        result.deployment.update(current_release_id=self.release.pk, endpoint=endpoint)
+        return result.event("info", f"Release {self.release.number} serves all traffic at {endpoint}")
+
+    # paused: keep watching, so a release that breaks while paused still rolls back
+    def observe(self) -> Step:
+        status = self.target.status(self.ref)
+        if failed := self.failure(status):
+            return failed
+        return Step(fields={"status": status_snapshot(status)}, delay=max(self.poll, 1.0))
+
+    def failure(self, status: TargetStatus) -> Step | None:
+        mine = status.releases.get(self.release.number)
+        if mine is not None and mine.failed:
+            return self.fail(f"Release {self.release.number} failed: {mine.failed}", status)
+        return None
+
+    def fail(self, reason: str, status: TargetStatus | None = None) -> Step:
+        """Roll back automatically: revert to what served before (or to nothing on a first deploy)."""
+        outcome = S.ROLLED_BACK if self.previous is not None else S.FAILED
+        step = Step(
+            fields={"state": S.REVERTING, "revert_to": outcome, "failure_reason": reason, "step_started_at": self.now}
+        )
+        if status is not None:
+            step.fields["status"] = status_snapshot(status)
+        return step.event("failure", reason)
+
+    # reverting: the previous release back to full strength and all traffic, then the new one removed
+    def revert(self) -> Step:
+        outcome = self.rollout.revert_to or S.FAILED
+        result = Step(delay=self.poll)
+        if self.previous is not None:
+            total = self.previous.settings.get("replicas", 1)
+            self.target.apply(self.ref, release_spec(self.previous), total)
+            status = self.target.status(self.ref)
+            result.fields["status"] = status_snapshot(status)
+            theirs = status.releases.get(self.previous.number)
+            deadline = self.rollout.plan.get("progress_deadline", 300)
+            if theirs is None or not theirs.done or theirs.ready < total:
+                if self.elapsed() <= deadline:
+                    return result
+                result.event(
+                    "warning", f"Release {self.previous.number} was not fully ready again after {deadline:g} s."
+                )
+            endpoint = self.target.route(self.ref, {self.previous.number: 100})
+            result.deployment["endpoint"] = endpoint
+            self.target.remove(self.ref, self.release.number)
+            message = f"Release {self.previous.number} serves all traffic again; release {self.release.number} removed."
+        else:
+            self.target.teardown(self.ref)
+            result.deployment["endpoint"] = ""
+            message = f"Release {self.release.number} removed; nothing serves in this environment."
+        result.fields.update(state=outcome, weight=0)
+        result.fields["status"] = status_snapshot(self.target.status(self.ref))
+        return result.event("info", message)
+
+    def elapsed(self) -> float:
+        started = self.rollout.step_started_at or self.rollout.created_at
+        return (self.now - started).total_seconds()

@@ -1,0 +1,177 @@
+"""The deployments API without a worker: what it accepts, what it refuses, what it records."""
+
+import threading
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from controlplane.models import AuditEvent
+from deployments.models import Deployment, Environment, Release, Rollout
+from registry.models import Model
+from tests.factories import bulk_versions
+
+
+@pytest.fixture
+def versions(alice):
+    model = Model.objects.create(name="iris", created_by=alice)
+    return bulk_versions(model, 3, uploaded_by=alice)
+
+
+@pytest.fixture
+def dev(api):
+    response = api.post("/api/v1/environments/", {"name": "dev", "target": "local"}, format="json")
+    assert response.status_code == 201, response.json()
+    return Environment.objects.get(name="dev")
+
+
+def deploy(api, version=1, **extra):
+    return api.post(
+        "/api/v1/deployments/", {"model": "iris", "environment": "dev", "version": version, **extra}, format="json"
+    )
+
+
+def test_environments_are_created_listed_and_chained(api, dev):
+    staging = api.post("/api/v1/environments/", {"name": "staging", "promotes_from": "dev"}, format="json")
+    assert staging.status_code == 201
+    assert staging.json()["promotes_from"] == "dev"
+    names = [env["name"] for env in api.get("/api/v1/environments/").json()["results"]]
+    assert names == ["dev", "staging"]
+    assert AuditEvent.objects.filter(action="environment.create").count() == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "Prod!"}, "name"),
+        ({"name": "prod", "target": "mainframe"}, "target"),
+        ({"name": "prod", "promotes_from": "nowhere"}, "promotes_from"),
+        ({"name": "prod", "target": "local", "target_config": {"namespace": "x"}}, "target_config"),
+        ({"name": "prod", "default_plan": {"strategy": "yolo"}}, "default_plan"),
+    ],
+)
+def test_bad_environments_are_refused_with_the_field(api, dev, body, field):
+    response = api.post("/api/v1/environments/", body, format="json")
+    assert response.status_code == 400
+    assert field in response.json()["fields"], response.json()
+    assert not Environment.objects.filter(name="prod").exists()
+
+
+def test_an_environment_name_is_taken_once(api, dev):
+    response = api.post("/api/v1/environments/", {"name": "dev"}, format="json")
+    assert response.status_code == 409
+
+
+def test_first_deploy_creates_the_deployment_its_release_and_rollout(api, dev, versions):
+    response = deploy(api, 2, config={"replicas": 2}, reason="first light")
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["model"] == "iris" and body["environment"] == "dev"
+    assert body["state"] == "pending"
+    assert body["current_release"] is None
+    assert body["rollout"]["release"] == 1 and body["rollout"]["version"] == 2
+    # a first deploy has nothing to shift traffic from: it goes to 100% at once
+    assert [s["kind"] for s in body["rollout"]["steps"]] == ["weight"]
+    release = Release.objects.get()
+    assert release.settings["replicas"] == 2 and release.reason == "first light"
+    event = AuditEvent.objects.get(action="deployment.deploy")
+    assert event.actor.startswith("alice")
+    assert event.after["version"] == 2
+
+
+def test_a_second_deploy_while_one_is_active_is_refused_409(api, dev, versions):
+    assert deploy(api, 1).status_code == 201
+    response = deploy(api, 2)
+    assert response.status_code == 409
+    assert "abort it" in response.json()["error"]
+    assert Release.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"version": 9}, 404, "version"),
+        ({"environment": "nowhere"}, 404, "environment"),
+        ({"config": {"replicas": 0}}, 400, "replicas"),
+        ({"config": {"colour": "blue"}}, 400, "colour"),
+        ({"plan": {"strategy": "canary", "steps": [{"set_weight": 500}]}}, 400, "plan.steps[0]"),
+    ],
+)
+def test_bad_deploys_are_refused_and_leave_nothing(api, dev, versions, body, status, field):
+    response = api.post(
+        "/api/v1/deployments/", {"model": "iris", "environment": "dev", "version": 1, **body}, format="json"
+    )
+    assert response.status_code == status, response.json()
+    assert field in response.json()["fields"], response.json()
+    assert not Release.objects.exists() and not Rollout.objects.exists()
+    assert not Deployment.objects.exists()
+
+
+def test_a_version_that_is_not_ready_cannot_be_deployed(api, dev, alice):
+    model = Model.objects.create(name="iris", created_by=alice)
+    bulk_versions(model, 1, uploaded_by=alice, status="validating")
+    response = deploy(api, 1)
+    assert response.status_code == 409
+    assert "only a ready version" in response.json()["error"]
+
+
+def test_rollback_needs_a_reason_and_an_earlier_release(api, dev, versions):
+    deployment_id = deploy(api, 1).json()["id"]
+    response = api.post(f"/api/v1/deployments/{deployment_id}/rollback/", {}, format="json")
+    assert response.status_code == 400 and "reason" in response.json()["fields"]
+    response = api.post(f"/api/v1/deployments/{deployment_id}/rollback/", {"reason": "bad"}, format="json")
+    assert response.status_code == 409
+    assert "no earlier successful release" in response.json()["error"]
+
+
+def test_promote_needs_something_live(api, dev, versions):
+    deployment_id = deploy(api, 1).json()["id"]
+    response = api.post(f"/api/v1/deployments/{deployment_id}/promote/", {}, format="json")
+    assert response.status_code == 409
+    assert "Nothing serves" in response.json()["error"]
+
+
+def test_rollout_actions_check_the_state(api, dev, versions):
+    rollout_id = deploy(api, 1).json()["rollout"]["id"]
+    response = api.post(f"/api/v1/rollouts/{rollout_id}/resume/")
+    assert response.status_code == 409
+    assert "only a paused rollout can resume" in response.json()["error"]
+    response = api.post(f"/api/v1/rollouts/{rollout_id}/abort/", {"reason": "changed my mind"}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["state"] == "aborted"
+    assert [e["kind"] for e in body["events"]] == ["action", "action", "transition"]
+    assert AuditEvent.objects.filter(action="rollout.abort", outcome="success").count() == 1
+    # and the deployment is free for the next deploy
+    assert deploy(api, 2).status_code == 200
+
+
+def test_anonymous_callers_get_401(anonymous_api, dev):
+    assert anonymous_api.get("/api/v1/deployments/").status_code == 401
+    assert anonymous_api.post("/api/v1/environments/", {"name": "x"}, format="json").status_code == 401
+
+
+def test_concurrent_deploys_give_one_winner_and_409s(live_db, alice, alice_token):
+    model = Model.objects.create(name="iris", created_by=alice)
+    bulk_versions(model, 4, uploaded_by=alice)
+    Environment.objects.create(name="dev")
+    barrier = threading.Barrier(4)
+    codes = []
+
+    def attempt(version):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {alice_token}")
+        barrier.wait()
+        try:
+            codes.append(deploy(client, version).status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt, args=(v,)) for v in (1, 2, 3, 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(codes) == [201, 409, 409, 409]
+    assert Deployment.objects.count() == 1
+    assert Rollout.objects.count() == 1 and Release.objects.count() == 1
