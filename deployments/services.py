@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
@@ -35,7 +36,7 @@ from deployments.models import (
 )
 from deployments.plans import ROLLBACK_PLAN, InvalidPlan, compile_plan
 from deployments.runtime_settings import InvalidSettings, parse_runtime_settings, settings_to_dict
-from registry.models import ModelVersion, VersionStatus
+from registry.models import ModelVersion, VersionStatus, slug_validator
 
 
 @lru_cache(maxsize=1)
@@ -215,6 +216,7 @@ def create_environment(
     default_plan: dict | None = None,
     default_settings: dict | None = None,
 ) -> Environment:
+    _check_environment_name(name)
     if target not in TargetKind.values:
         raise InvalidInput(f"target must be one of {', '.join(TargetKind.values)}.", fields={"target": ["unknown"]})
     config = _target_config(target, target_config or {})
@@ -252,6 +254,19 @@ def create_environment(
     except IntegrityError:
         raise Conflict(f"An environment named {name!r} already exists.", fields={"name": ["taken"]}) from None
     return env
+
+
+def _check_environment_name(name: str) -> None:
+    """The API's serializer checks this too; the browser's form reaches the service directly."""
+    limit = Environment._meta.get_field("name").max_length
+    try:
+        slug_validator(name)
+        if len(name) > limit:
+            raise ValidationError(f"Use at most {limit} characters.")
+    except ValidationError as exc:
+        raise InvalidInput(
+            f"Environment name {name!r} is not allowed. {exc.messages[0]}", fields={"name": exc.messages}
+        ) from None
 
 
 def _target_config(target: str, config: dict) -> dict:
@@ -347,8 +362,8 @@ def _start(
         # Created in the same transaction as its first rollout: a refused deploy leaves no deployment,
         # and of two first deploys racing, the one that creates the deployment is the one that wins.
         deployment, created = _deployment_for(env, model_version, actor)
-        deployment = Deployment.objects.select_for_update(of=("self",)).select_related("current_release").get(
-            pk=deployment.pk
+        deployment = (
+            Deployment.objects.select_for_update(of=("self",)).select_related("current_release").get(pk=deployment.pk)
         )
         active = deployment.rollouts.filter(state__in=ROLLOUT_ACTIVE).first()
         if active is not None:
@@ -538,12 +553,27 @@ def unpin(deployment: Deployment, *, actor: Actor) -> Deployment:
 
 
 # --- A person's hand on a running rollout ----------------------------------------------
+# The states each action accepts; the pages show a button only where its action would be taken.
+PAUSABLE = frozenset({RolloutState.PROGRESSING})
+RESUMABLE = frozenset({RolloutState.PAUSED})
+ABORTABLE = frozenset(
+    {
+        RolloutState.PENDING,
+        RolloutState.BUILDING,
+        RolloutState.DEPLOYING,
+        RolloutState.PROGRESSING,
+        RolloutState.PAUSED,
+    }
+)
+PROMOTABLE_NOW = frozenset({RolloutState.DEPLOYING, RolloutState.PROGRESSING, RolloutState.PAUSED})
+
+
 def pause_rollout(rollout: Rollout, *, actor: Actor) -> Rollout:
     return _act(
         rollout,
         "pause",
         actor,
-        {RolloutState.PROGRESSING},
+        PAUSABLE,
         lambda r: {"state": RolloutState.PAUSED, "pause_reason": f"paused by {actor.label}"},
     )
 
@@ -556,7 +586,7 @@ def resume_rollout(rollout: Rollout, *, actor: Actor) -> Rollout:
             fields.update(step_index=r.step_index + 1, step_started_at=timezone.now())
         return fields
 
-    return _act(rollout, "resume", actor, {RolloutState.PAUSED}, change)
+    return _act(rollout, "resume", actor, RESUMABLE, change)
 
 
 def abort_rollout(rollout: Rollout, *, actor: Actor, reason: str = "") -> Rollout:
@@ -564,13 +594,7 @@ def abort_rollout(rollout: Rollout, *, actor: Actor, reason: str = "") -> Rollou
         rollout,
         "abort",
         actor,
-        {
-            RolloutState.PENDING,
-            RolloutState.BUILDING,
-            RolloutState.DEPLOYING,
-            RolloutState.PROGRESSING,
-            RolloutState.PAUSED,
-        },
+        ABORTABLE,
         lambda r: _abort_fields(r, actor, reason),
     )
 
@@ -592,7 +616,7 @@ def promote_rollout_now(rollout: Rollout, *, actor: Actor) -> Rollout:
         rollout,
         "promote",
         actor,
-        {RolloutState.DEPLOYING, RolloutState.PROGRESSING, RolloutState.PAUSED},
+        PROMOTABLE_NOW,
         lambda r: {
             "state": RolloutState.PROGRESSING if r.state == RolloutState.PAUSED else r.state,
             "skip_steps": True,
@@ -601,7 +625,7 @@ def promote_rollout_now(rollout: Rollout, *, actor: Actor) -> Rollout:
     )
 
 
-def _act(rollout: Rollout, verb: str, actor: Actor, allowed: set[str], change) -> Rollout:
+def _act(rollout: Rollout, verb: str, actor: Actor, allowed: frozenset[str], change) -> Rollout:
     from deployments.engine import check_transition
 
     with transaction.atomic():
