@@ -1,17 +1,29 @@
-// The upload form's drop zone and progress bar, and "Copy" buttons.
+// The upload form's drop zone and progress bar, "Copy" buttons, and the deploy form's plan examples.
 document.addEventListener("DOMContentLoaded", () => {
-  document.querySelectorAll("[data-copy]").forEach((button) => {
-    button.addEventListener("click", async () => {
-      const text = document.querySelector(button.dataset.copy).textContent.trim();
-      try {
-        await navigator.clipboard.writeText(text);
-        button.textContent = "Copied";
-      } catch {
-        // No clipboard (an insecure origin): select the text so Ctrl-C works.
-        window.getSelection().selectAllChildren(document.querySelector(button.dataset.copy));
-        button.textContent = "Selected: press Ctrl-C";
-      }
-    });
+  // Delegated: htmx swaps in new buttons (the live deployment panel) long after this ran.
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("[data-copy]");
+    if (!button) return;
+    const source = document.querySelector(button.dataset.copy);
+    try {
+      await navigator.clipboard.writeText(source.textContent.trim());
+      button.textContent = "Copied";
+    } catch {
+      // No clipboard (an insecure origin): select the text so Ctrl-C works.
+      window.getSelection().selectAllChildren(source);
+      button.textContent = "Selected: press Ctrl-C";
+    }
+  });
+
+  // Choosing a strategy offers its example plan, unless the person already wrote their own.
+  document.addEventListener("change", (event) => {
+    const select = event.target.closest("select[data-plan-examples]");
+    if (!select) return;
+    const plan = document.querySelector(select.dataset.planExamples);
+    const examples = Array.from(select.options, (option) => option.dataset.example || "");
+    if (plan.value.trim() && !examples.includes(plan.value)) return;
+    plan.value = select.selectedOptions[0].dataset.example || "";
+    if (plan.value) plan.closest("details")?.setAttribute("open", "");
   });
 
   const form = document.getElementById("upload-form");

@@ -1,0 +1,366 @@
+"""Browser views for environments, deployments, rollouts and their history.
+
+Every change goes through deployments.services; these views read only the
+database. The live panel of a deployment is polled twice a second while a
+rollout is active, so it is built from a fixed handful of queries and never
+asks the target anything: the worker stores the target's status in the rollout.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count, OuterRef, Subquery
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from controlplane.audit import Actor
+from controlplane.errors import InvalidInput, ServiceError
+from controlplane.web import HTMX_STOP_POLLING, paginate, refuse
+from deployments import forms, services
+from deployments.models import ROLLOUT_ACTIVE, Deployment, Environment, Release, Rollout, RolloutState, TargetKind
+from deployments.plans import describe
+from registry.models import ModelVersion
+
+EVENTS_SHOWN = 50  # the live panel shows the newest events; the API has them all
+ROLLBACK_CHOICES = 50
+LIVE_TEMPLATE = "deployments/htmx/deployment_live.html"
+
+
+# --- Environments --------------------------------------------------------------------
+@login_required
+@require_http_methods(["GET", "POST"])
+def environment_list(request):
+    if request.method == "POST":
+        try:
+            services.create_environment(actor=Actor.from_request(request), **forms.environment_args(request.POST))
+        except ServiceError as exc:
+            return refuse(
+                request, exc, "environment.create", "deployments/environment_list.html", _environments_context(request)
+            )
+        return redirect("environment-list")
+    return render(request, "deployments/environment_list.html", _environments_context(request))
+
+
+def _environments_context(request) -> dict:
+    environments = (
+        Environment.objects.select_related("promotes_from")
+        .annotate(deployment_count=Count("deployments"))
+        .order_by("created_at", "name")
+    )
+    return {
+        "environments": environments,
+        "targets": TargetKind.choices,
+        "form": request.POST,
+        "plan_placeholder": '{"strategy": "canary", "steps": [{"set_weight": 20}, {"pause": {"duration": "1m"}}]}',
+    }
+
+
+# --- Deploying a version (the form is on the version's page: templatetags/deploy.py) ---------
+@login_required
+@require_POST
+def deploy(request, name, version):
+    version = get_object_or_404(
+        ModelVersion.objects.select_related("model", "uploaded_by"), model__name=name, version=version
+    )
+    try:
+        args = forms.deploy_args(request.POST)
+        deployment, _rollout, _created = services.deploy(
+            name, args.pop("environment"), version.version, actor=Actor.from_request(request), **args
+        )
+    except ServiceError as exc:
+        context = {"version": version, "model": version.model, "deploy_form": request.POST}
+        return refuse(request, exc, "deployment.deploy", "registry/version_detail.html", context)
+    return redirect("deployment-detail", pk=deployment.pk)
+
+
+# --- Deployments ---------------------------------------------------------------------
+def _with_active_rollout():
+    """Deployments with the state the list shows: the active rollout's, else serving or empty."""
+    active = Rollout.objects.filter(deployment=OuterRef("pk"), state__in=ROLLOUT_ACTIVE)
+    return Deployment.objects.select_related("model", "environment", "current_release__model_version").annotate(
+        active_state=Subquery(active.values("state")[:1])
+    )
+
+
+@login_required
+@require_GET
+def deployment_list(request):
+    environment = request.GET.get("environment", "")
+    deployments = _with_active_rollout().order_by("model__name", "environment__created_at", "pk")
+    if environment:
+        deployments = deployments.filter(environment__name=environment)
+    page = paginate(request, deployments)
+    for deployment in page:
+        deployment.state = deployment.active_state or ("serving" if deployment.current_release_id else "empty")
+    environments = Environment.objects.order_by("created_at", "name").values_list("name", flat=True)
+    return render(
+        request,
+        "deployments/deployment_list.html",
+        {"page": page, "environments": environments, "environment": environment},
+    )
+
+
+def live_context(pk: int) -> dict:
+    """Everything the live panel shows, in five queries at most, whatever the number of events or releases."""
+    deployment = get_object_or_404(
+        Deployment.objects.select_related("model", "environment", "current_release__model_version"), pk=pk
+    )
+    rollout = (
+        Rollout.objects.filter(deployment=deployment)
+        .select_related("release__model_version", "release__source", "previous_release__model_version", "requested_by")
+        .order_by("-created_at", "-pk")
+        .first()
+    )  # the newest: the active one when there is one, since only one may be active and none can start meanwhile
+    active = rollout is not None and not rollout.is_terminal
+    next_environments = []
+    if deployment.current_release_id and not active:
+        next_environments = list(
+            Environment.objects.filter(promotes_from=deployment.environment_id)
+            .order_by("name")
+            .values_list("name", flat=True)
+        )
+    rollback_choices = []
+    if not active and deployment.latest_release > 1:  # a rollback is refused while a rollout is active anyway
+        rollback_choices = list(
+            deployment.releases.filter(rollout__state=RolloutState.SUCCEEDED)
+            .exclude(pk=deployment.current_release_id)
+            .select_related("model_version")
+            .order_by("-number")[:ROLLBACK_CHOICES]
+        )
+    context = {
+        "deployment": deployment,
+        "rollout": rollout,
+        "active": active,
+        "next_environments": next_environments,
+        "rollback_choices": rollback_choices,
+        "stamp": _stamp(
+            rollout.pk if rollout else None,
+            rollout.revision if rollout else None,
+            deployment.pinned,
+            deployment.current_release_id,
+        ),
+    }
+    if rollout is not None:
+        context.update(_rollout_context(rollout))
+    return context
+
+
+def _stamp(rollout_id, revision, pinned, current_release_id) -> str:
+    """Changes whenever what the idle panel shows changes: a new rollout, a pin, a new release serving."""
+    return f"{rollout_id or 0}.{revision or 0}.{int(pinned)}.{current_release_id or 0}"
+
+
+def _rollout_context(rollout: Rollout) -> dict:
+    newest = list(rollout.events.order_by("-at", "-pk")[: EVENTS_SHOWN + 1])
+    state = rollout.state
+    steps = []
+    for index, step in enumerate(rollout.steps):
+        if state == RolloutState.SUCCEEDED or index < rollout.step_index:
+            where = "done"
+        elif index == rollout.step_index and state in (RolloutState.PROGRESSING, RolloutState.PAUSED):
+            where = "current"
+        else:
+            where = "todo"
+        steps.append({"number": index + 1, "text": describe(step), "where": where})
+    status = rollout.status or {}
+    weights = status.get("weights", {})
+    releases, warnings = [], []
+    for number, facts in status.get("releases", {}).items():
+        role = ""
+        if int(number) == rollout.release.number:
+            role = "new"
+        elif rollout.previous_release and int(number) == rollout.previous_release.number:
+            role = "previous"
+        releases.append({"number": number, "role": role, "weight": weights.get(number), **facts})
+        warnings += [f"Release {number}: {warning}" for warning in facts.get("warnings") or []]
+        if facts.get("failed"):
+            warnings.append(f"Release {number} failed: {facts['failed']}")
+    return {
+        "events": newest[:EVENTS_SHOWN][::-1],  # oldest first: the timeline reads downwards
+        "earlier_events": len(newest) > EVENTS_SHOWN,
+        "steps": steps,
+        "step_number": min(rollout.step_index + 1, len(rollout.steps)),
+        "step_text": describe(rollout.current_step),
+        "old_weight": 100 - rollout.weight if rollout.previous_release else None,
+        "releases": releases,
+        "warnings": warnings,
+        "analysis": rollout.analysis,
+        "checks": [_check(check) for check in (rollout.analysis or {}).get("checks", [])],
+        "can": {
+            "pause": state in services.PAUSABLE,
+            "resume": state in services.RESUMABLE,
+            "abort": state in services.ABORTABLE,
+            "promote": state in services.PROMOTABLE_NOW,
+        },
+    }
+
+
+def _check(check: dict) -> dict:
+    """An analysis check with its measured value and threshold in the units people read."""
+    unit = check.get("unit", "")
+    return {
+        **check,
+        "measured_text": _amount(check.get("measured"), unit),
+        "threshold_text": _amount(check.get("threshold"), unit),
+    }
+
+
+def _amount(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "ratio":
+        return f"{value * 100:.3g}%"
+    if unit == "ms":
+        return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
+    return f"{value:g} {unit}".strip()
+
+
+def _live(request, pk: int, *, status: int | None = None, **extra):
+    context = {**live_context(pk), **extra}
+    if status is None:
+        status = 200 if context["active"] else HTMX_STOP_POLLING
+    return render(request, LIVE_TEMPLATE, context, status=status)
+
+
+def _detail_context(request, pk: int, **extra) -> dict:
+    return {**live_context(pk), "form": request.POST, **extra}
+
+
+@login_required
+@require_GET
+def deployment_detail(request, pk):
+    return render(request, "deployments/deployment_detail.html", _detail_context(request, pk))
+
+
+@login_required
+@require_GET
+def deployment_live(request, pk):
+    """The live panel: 200 while a rollout is active (keep polling), 286 once none is."""
+    return _live(request, pk)
+
+
+@login_required
+@require_GET
+def deployment_watch(request, pk):
+    """The idle page's slow poll: 204 while nothing changed, else the live panel (which polls again if active)."""
+    latest = Rollout.objects.filter(deployment=OuterRef("pk")).order_by("-created_at", "-pk")
+    row = (
+        Deployment.objects.filter(pk=pk)
+        .annotate(rollout_id=Subquery(latest.values("pk")[:1]), revision=Subquery(latest.values("revision")[:1]))
+        .values_list("rollout_id", "revision", "pinned", "current_release_id")
+        .first()
+    )
+    if row is None:
+        return HttpResponse(status=404)
+    if _stamp(*row) == request.GET.get("stamp"):
+        return HttpResponse(status=204)
+    return _live(request, pk, status=200)
+
+
+def _deployment(pk) -> Deployment:
+    return get_object_or_404(Deployment.objects.select_related("model", "environment", "current_release"), pk=pk)
+
+
+@login_required
+@require_POST
+def promote(request, pk):
+    deployment = _deployment(pk)
+    try:
+        downstream, _rollout, _created = services.promote(
+            deployment,
+            actor=Actor.from_request(request),
+            environment=request.POST.get("environment") or None,
+            reason=request.POST.get("reason", "").strip(),
+        )
+    except ServiceError as exc:
+        return refuse(
+            request, exc, "deployment.promote", "deployments/deployment_detail.html", _detail_context(request, pk)
+        )
+    return redirect("deployment-detail", pk=downstream.pk)
+
+
+@login_required
+@require_POST
+def rollback(request, pk):
+    deployment = _deployment(pk)
+    try:
+        to_release = _release_number(request.POST.get("to_release", ""))
+        services.rollback(
+            deployment, actor=Actor.from_request(request), reason=request.POST.get("reason", ""), to_release=to_release
+        )
+    except ServiceError as exc:
+        context = _detail_context(request, pk, rollback_open=True)
+        return refuse(request, exc, "deployment.rollback", "deployments/deployment_detail.html", context)
+    return redirect("deployment-detail", pk=pk)
+
+
+def _release_number(text: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit():
+        raise InvalidInput(f"{text!r} is not a release number.", fields={"to_release": ["not a number"]})
+    return int(text)
+
+
+@login_required
+@require_POST
+def unpin(request, pk):
+    deployment = services.unpin(_deployment(pk), actor=Actor.from_request(request))
+    if request.htmx:
+        return _live(request, pk, status=200, notice=f"Unpinned: {deployment} takes promotions again.")
+    return redirect("deployment-detail", pk=pk)
+
+
+# --- A person's hand on the rollout ---------------------------------------------------
+ROLLOUT_ACTIONS = {
+    "pause": (services.pause_rollout, "Paused: traffic stays as it is until you resume."),
+    "resume": (services.resume_rollout, "Resumed."),
+    "abort": (services.abort_rollout, "Aborted: the previous release is being restored."),
+    "promote": (services.promote_rollout_now, "Promoting now: all traffic moves to the new release."),
+}
+
+
+@login_required
+@require_POST
+def rollout_action(request, pk: str, verb: str):
+    """Pause, resume, abort or promote now; answers with the live panel, re-rendered at once."""
+    rollout = get_object_or_404(Rollout, pk=pk)
+    act, notice = ROLLOUT_ACTIONS[verb]
+    try:
+        act(rollout, actor=Actor.from_request(request))
+    except ServiceError as exc:
+        if request.htmx:
+            context = live_context(rollout.deployment_id)
+            return refuse(request, exc, f"rollout.{verb}", LIVE_TEMPLATE, context)
+        context = _detail_context(request, rollout.deployment_id)
+        return refuse(request, exc, f"rollout.{verb}", "deployments/deployment_detail.html", context)
+    if request.htmx:
+        return _live(request, rollout.deployment_id, status=200, notice=notice)
+    return redirect("deployment-detail", pk=rollout.deployment_id)
+
+
+# --- History -------------------------------------------------------------------------
+@login_required
+@require_GET
+def deployment_history(request, pk):
+    deployment = get_object_or_404(Deployment.objects.select_related("model", "environment"), pk=pk)
+    releases = Release.objects.filter(deployment=deployment).select_related(
+        "model_version", "source__deployment__environment", "created_by", "rollout"
+    )
+    page = paginate(request, releases.order_by("-number"), 25)
+    for release in page:
+        release.outcome = getattr(release, "rollout", None)  # every release has one; None keeps the page up if not
+        release.duration = _duration(release.outcome)
+    return render(request, "deployments/history.html", {"deployment": deployment, "page": page})
+
+
+def _duration(rollout: Rollout | None) -> str:
+    if rollout is None or rollout.finished_at is None:
+        return ""
+    seconds = round((rollout.finished_at - rollout.created_at).total_seconds())
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

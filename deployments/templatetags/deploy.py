@@ -1,0 +1,52 @@
+"""The deploy form on a version's page.
+
+A tag rather than context from the registry's views: the registry does not
+know about environments, and the form appears both on the page and in the
+htmx refresh that follows a version's validation.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django import template
+
+from deployments.forms import PLAN_EXAMPLES, SETTINGS_INTEGERS, SETTINGS_NUMBERS, SETTINGS_QUANTITIES
+from deployments.models import Environment
+from deployments.plans import STRATEGIES
+
+register = template.Library()
+
+STRATEGY_LABELS = {"rolling": "Rolling", "canary": "Canary", "blue_green": "Blue-green"}
+SETTING_HINTS = {
+    "gpus": "0",
+    "max_batch_size": "16",
+    "max_delay_ms": "2",
+    "cpu_request": "500m",
+    "cpu_limit": "2",
+    "memory_request": "512Mi",
+    "memory_limit": "2Gi",
+}
+
+
+@register.inclusion_tag("deployments/htmx/deploy_form.html", takes_context=True)
+def deploy_form(context, version, oob: bool = False) -> dict:
+    form = context.get("deploy_form") or {}
+    ready = version.status == "ready"
+    return {
+        "version": version,
+        "oob": oob,
+        "ready": ready,
+        "csrf_token": context.get("csrf_token"),
+        "error": context.get("error") if form else "",
+        "form": form,
+        "environments": list(Environment.objects.order_by("created_at", "name").values_list("name", flat=True))
+        if ready
+        else [],
+        "strategies": [(name, STRATEGY_LABELS[name], json.dumps(PLAN_EXAMPLES[name], indent=2)) for name in STRATEGIES],
+        "settings": [
+            (name, name.replace("_", " ").capitalize(), SETTING_HINTS[name], form.get(name, ""))
+            for name in (*SETTINGS_INTEGERS, *SETTINGS_NUMBERS, *SETTINGS_QUANTITIES)
+            if name != "replicas"
+        ],
+    }
