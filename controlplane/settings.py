@@ -11,7 +11,16 @@ from pathlib import Path
 
 import dj_database_url
 
-from controlplane.env import env_bool, env_choice, env_float, env_int, env_json_object, env_list, env_str
+from controlplane.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_json_object,
+    env_list,
+    env_port_range,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SLIPWAY_VAR_DIR") or BASE_DIR / "var").resolve()
@@ -174,6 +183,11 @@ SLIPWAY_PIP_OFFLINE = env_bool("SLIPWAY_PIP_OFFLINE", False)  # install from the
 SLIPWAY_BUILD_TIMEOUT_S = env_float("SLIPWAY_BUILD_TIMEOUT_S", 1800.0, minimum=10)
 SLIPWAY_BUILD_STALE_S = env_float("SLIPWAY_BUILD_STALE_S", 120.0, minimum=10)
 SLIPWAY_BUILD_MAX_ATTEMPTS = env_int("SLIPWAY_BUILD_MAX_ATTEMPTS", 3, minimum=1)
+
+# --- The local target: runtime processes on this machine ---------------------
+# Each deployment gets one stable port from this range for its router, kept until teardown.
+SLIPWAY_LOCAL_PORTS = env_port_range("SLIPWAY_LOCAL_PORTS", (8100, 8999))
+SLIPWAY_LOCAL_HOST = env_str("SLIPWAY_LOCAL_HOST") or "127.0.0.1"  # where routers listen; replicas stay on loopback
 
 # --- Celery ----------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
