@@ -55,9 +55,10 @@ ROOT = Path(__file__).resolve().parents[2]  # `python -m` finds inference_runtim
 REPLICA_HOST = "127.0.0.1"  # replicas are reached through the router only
 PROBE_TIMEOUT_S = 0.5  # status() is polled every ~0.5 s: a hung replica must not hold it up
 METRICS_TIMEOUT_S = 2.0
-STOP_GRACE_S = 10.0  # SIGTERM lets the runtime drain; then SIGKILL
+STOP_GRACE_S = 10.0  # SIGTERM lets the runtime drain (for a little less: --drain-timeout-s); then SIGKILL
 ROUTER_START_TIMEOUT_S = 15.0
 MAX_RESTARTS = 3  # a replica that exited more often than this is not started again
+MARKER = "--- slipway:"  # starts each run's part of a log: the reason for an exit is read after the last one
 KEY_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 # What a child process may see of the worker's environment: never database URLs or secrets.
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "LD_LIBRARY_PATH")
@@ -98,7 +99,9 @@ class LocalTarget:
                     _start_replica(paths, release, index, None)
                 elif not replica.alive and replica.pid is not None:
                     self._restart_or_give_up(paths, release, replica)
-            self._sync_routes(paths)
+            generation = self._sync_routes(paths)
+            if _read_port(paths) is not None:  # routed before: its router must run (it may have died)
+                _ensure_router(paths, generation, wait=False)
 
     def route(self, deployment: DeploymentRef, weights: dict[int, int]) -> str:
         if any(w < 0 for w in weights.values()) or sum(weights.values()) != 100:
@@ -106,12 +109,8 @@ class LocalTarget:
         paths = _paths(deployment)
         paths.root.mkdir(parents=True, exist_ok=True)
         with _locked(paths.lock):
-            port = _stable_port(paths)
             generation = self._sync_routes(paths, weights={int(n): int(w) for n, w in weights.items()})
-            router = _read_json(paths.router)
-            if router is None or not _is_running(router["pid"], router["start_time"]):
-                router = _start_router(paths, port)
-            _wait_for_router(paths, router, generation)
+            port = _ensure_router(paths, generation, wait=True)
         return _endpoint(port)
 
     def status(self, deployment: DeploymentRef) -> TargetStatus:
@@ -394,9 +393,6 @@ def _spawn(command: list[str], log_path: Path, banner: str) -> tuple[int, int | 
     return proc.pid, _start_time(proc.pid)
 
 
-MARKER = "--- slipway:"
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((REPLICA_HOST, 0))
@@ -511,6 +507,7 @@ def _start_replica(paths: _Paths, release: ReleaseSpec, index: int, previous: _E
         "--port", str(port),
         "--max-batch-size", str(release.settings.max_batch_size),
         "--max-delay-ms", str(release.settings.max_delay_ms),
+        "--drain-timeout-s", str(STOP_GRACE_S - 2),
         # As on Kubernetes: a replica sees a GPU only when its settings ask for one.
         "--device", "cuda" if release.settings.gpus else "cpu",
     ]  # fmt: skip
@@ -658,6 +655,20 @@ def _connect_host() -> str:
 def _endpoint(port: int) -> str:
     host = _connect_host()
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _ensure_router(paths: _Paths, generation: str, *, wait: bool) -> int:
+    """Start the deployment's router unless it runs; `wait`: until it serves `generation`. Its port."""
+    port = _stable_port(paths)
+    router = _read_json(paths.router)
+    if router is not None and _is_running(router["pid"], router["start_time"]):
+        if wait:
+            _wait_for_router(paths, router, generation)
+        return port
+    if router is not None:
+        _CHILDREN.pop(router["pid"], None)
+    _wait_for_router(paths, _start_router(paths, port), generation)
+    return port
 
 
 def _start_router(paths: _Paths, port: int) -> dict:

@@ -414,6 +414,13 @@ def test_each_deployment_keeps_its_own_port_until_teardown(local, settings):
     wait_for(lambda: local.status(a).endpoint is None, timeout=10, what="the router to be seen dead")
     assert local.route(a, {1: 100}) == endpoint_a
     assert LocalTarget().status(a).endpoint == endpoint_a
+    # apply() brings it back too, since the deployment was routed before.
+    router_pid = json.loads((local_dir(a) / "router.json").read_text())["pid"]
+    os.kill(router_pid, signal.SIGKILL)
+    wait_for(lambda: local.status(a).endpoint is None, timeout=10, what="the router to be seen dead")
+    local.apply(a, ReleaseSpec(1, "app", 1, "0" * 64, None, RuntimeSettings()), 0)
+    assert local.status(a).endpoint == endpoint_a
+    assert httpx.get(f"{endpoint_a}/-/healthy").json()["weights"] == {"1": 100}
 
     local.teardown(a)
     assert local.route(c, {1: 100}) == endpoint_a  # a's port is free again
