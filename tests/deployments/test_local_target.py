@@ -270,10 +270,24 @@ def test_a_killed_replica_is_reported_and_restarted_by_apply(local, model_files)
     assert local.route(IRIS, {1: 100}) == endpoint  # as the engine does once the release is done
     assert answered_by(endpoint, {1: model}, 2) == [1, 1]  # the router follows the new replica
 
+    # Two replicas take turns; scaling down stops the extra one and keeps the first.
+    first_pid = pid_of(local, 1)
+    local.apply(IRIS, release(1, model), 2)
+    status = wait_done(local, 1)
+    pids = [int(r.name.removeprefix("pid ")) for r in status.replicas]
+    assert pids[0] == first_pid and len(set(pids)) == 2
+    assert sorted(runtimes_serving(model)) == sorted(pids)
+    local.route(IRIS, {1: 100})
+    answered_by(endpoint, {1: model}, 4)
+    assert sorted(successes([text]) for text in local.metrics(IRIS, 1)) == [2, 4]  # 2 before, then 2 each
+    local.apply(IRIS, release(1, model), 1)
+    assert start_time_of(pids[1]) is None
+    assert pid_of(local, 1) == first_pid
+    assert answered_by(endpoint, {1: model}, 3) == [1, 1, 1]  # none reaches the stopped one
+
     # Zero replicas: no process, but the release is still known.
-    new_pid = pid_of(local, 1)
     local.apply(IRIS, release(1, model), 0)
-    assert start_time_of(new_pid) is None
+    assert start_time_of(first_pid) is None
     status = local.status(IRIS).releases[1]
     assert (status.desired, status.ready, status.done, status.replicas) == (0, 0, True, [])
 
@@ -382,11 +396,16 @@ def test_replicas_and_router_survive_their_worker_and_teardown_stops_them(local,
     assert answered_by(endpoint, {1: model}, 2) == [1, 1]
     local.apply(IRIS, spec, 1)
     assert runtimes_serving(model) == [pid]
+    # Not our child: when it dies, its exit code is lost, but not the fact.
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: start_time_of(pid) is None, timeout=10, what="the replica to die")
+    (warning,) = local.status(IRIS).releases[1].warnings
+    assert warning.startswith("CrashLoopBackOff: replica 0 exited 1 time (exit code unknown)")
 
     router_pid = json.loads((local_dir(IRIS) / "router.json").read_text())["pid"]
     port = int(endpoint.rsplit(":", 1)[1])
     local.teardown(IRIS)
-    assert start_time_of(pid) is None and start_time_of(router_pid) is None
+    assert start_time_of(router_pid) is None
     assert not local_dir(IRIS).exists()
     assert port_is_free(port)
     assert local.status(IRIS).endpoint is None and local.status(IRIS).releases == {}
