@@ -579,7 +579,7 @@ def _release_status(paths: _Paths, number: int, replicas: list[_Replica], ready:
                 warning = f"CrashLoopBackOff: replica {replica.index} {ended.summary}"
                 status.failed = status.failed or f"{warning}; it is not started again"
             else:
-                warning = f"CrashLoopBackOff: replica {replica.index} {ended.summary}; apply() starts it again"
+                warning = f"CrashLoopBackOff: replica {replica.index} {ended.summary}; the next apply restarts it"
         elif not is_ready and (previous := _Exit.from_state(replica.state)):
             warning = f"CrashLoopBackOff: replica {replica.index} {previous.summary}; starting again"
         if warning:
