@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -83,6 +84,17 @@ def env_json_object(name: str, default: dict | None = None) -> dict:
     if not isinstance(value, dict):
         raise ImproperlyConfigured(f"{name} must be a JSON object.")
     return value
+
+
+def env_port_range(name: str, default: tuple[int, int]) -> tuple[int, int]:
+    """A range of TCP ports written FIRST-LAST, e.g. 8100-8999 (both ends included)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", raw)
+    if not match or not 1 <= int(match[1]) <= int(match[2]) <= 65535:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be a port range FIRST-LAST within 1-65535, e.g. 8100-8999.")
+    return int(match[1]), int(match[2])
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import dj_database_url
 
-from controlplane.env import env_bool, env_choice, env_float, env_int, env_json_object, env_list, env_str
+from controlplane.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_json_object,
+    env_list,
+    env_port_range,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SLIPWAY_VAR_DIR") or BASE_DIR / "var").resolve()
@@ -179,6 +188,11 @@ SLIPWAY_BUILD_MAX_ATTEMPTS = env_int("SLIPWAY_BUILD_MAX_ATTEMPTS", 3, minimum=1)
 SLIPWAY_ROLLOUT_POLL_S = env_float("SLIPWAY_ROLLOUT_POLL_S", 0.5, minimum=0.05)  # between reconciler steps
 SLIPWAY_ROLLOUT_LEASE_S = env_float("SLIPWAY_ROLLOUT_LEASE_S", 60.0, minimum=1)  # a step's worker may hold it
 SLIPWAY_ROLLOUT_SWEEP_S = env_float("SLIPWAY_ROLLOUT_SWEEP_S", 5.0, minimum=0.5)  # the sweeper's period
+
+# --- The local target: runtime processes on this machine ---------------------
+# Each deployment gets one stable port from this range for its router, kept until teardown.
+SLIPWAY_LOCAL_PORTS = env_port_range("SLIPWAY_LOCAL_PORTS", (8100, 8999))
+SLIPWAY_LOCAL_HOST = env_str("SLIPWAY_LOCAL_HOST") or "127.0.0.1"  # where routers listen; replicas stay on loopback
 
 # --- Celery ----------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"

@@ -1,4 +1,4 @@
-"""The real Docker engine and image registry that `make test` provides (.ci/services.sh)."""
+"""The real Docker engine and image registry that `make test` provides (.ci/services.sh); rollout fixtures."""
 
 import json
 import os
@@ -11,8 +11,12 @@ import pytest
 import requests
 from django.conf import settings
 
+from deployments.engine import deployment_ref
+from deployments.models import Deployment, Environment
+from deployments.targets import get_target
 from registry.models import ModelVersion
 from tests.conftest import wait_for
+from tests.deployments.rollout_models import write_constant, write_failing
 from tests.models_zoo import MLP_SIGNATURE
 
 
@@ -77,3 +81,29 @@ def _answers(address: str) -> bool:
         return requests.get(f"http://{address}/v2/", timeout=1).status_code == 401
     except requests.ConnectionError:
         return False
+
+
+# --- Rollouts on the local target --------------------------------------------------------
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("rollout-models")
+    return {
+        "one": write_constant(directory, 1.0),
+        "two": write_constant(directory, 2.0),
+        "broken": write_failing(directory),
+    }
+
+
+@pytest.fixture
+def model_name(worker):
+    """A model of this test's own, and every runtime process it started gone afterwards."""
+    name = f"const-{uuid.uuid4().hex[:6]}"
+    yield name
+    for deployment in Deployment.objects.filter(model__name=name).select_related("environment", "model"):
+        get_target(deployment.environment.target).teardown(deployment_ref(deployment))
+
+
+@pytest.fixture
+def dev(api):
+    assert api.post("/api/v1/environments/", {"name": "dev"}, format="json").status_code == 201
+    return Environment.objects.get(name="dev")

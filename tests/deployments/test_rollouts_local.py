@@ -1,0 +1,155 @@
+"""The rollout engine end to end on the local target: a real worker, real runtime processes, real traffic."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+from controlplane.audit import verify_chain
+from controlplane.models import AuditEvent
+from deployments.engine import deployment_ref
+from deployments.models import Deployment, ImageBuild, Rollout
+from deployments.targets import get_target
+from registry.models import ModelVersion
+from tests.conftest import wait_for
+from tests.deployments.rollouts import ROW, answers, deploy, upload, wait_state
+
+pytestmark = [pytest.mark.worker, pytest.mark.slow]
+
+
+def test_deploy_canary_automatic_rollback_and_one_click_rollback(api, dev, model_name, model_dir):
+    v1, v2, v3 = (upload(api, model_name, model_dir[k]) for k in ("one", "two", "broken"))
+
+    # v1: the first deploy goes straight to all traffic
+    first = deploy(api, model_name, v1)
+    wait_state(first["rollout"]["id"], "succeeded")
+    deployment = api.get(f"/api/v1/deployments/{first['id']}/").json()
+    endpoint = deployment["endpoint"]
+    assert deployment["state"] == "serving" and deployment["current_release"]["version"] == v1
+    assert endpoint.startswith("http://127.0.0.1:")
+    assert answers(endpoint, model_name, 5) == [1.0] * 5
+
+    # v2 as a canary: a quarter of the traffic, then a pause until someone resumes
+    plan = {"strategy": "canary", "steps": [{"set_weight": 25}, {"pause": {}}]}
+    second = deploy(api, model_name, v2, plan=plan)
+    rollout_id = second["rollout"]["id"]
+    paused = wait_state(rollout_id, "paused")
+    assert paused.weight == 25
+    seen = answers(endpoint, model_name, 40)
+    assert seen.count(2.0) == 10 and seen.count(1.0) == 30  # weights are exact on the local router
+    assert api.post(f"/api/v1/rollouts/{rollout_id}/resume/").status_code == 200
+    wait_state(rollout_id, "succeeded")
+    assert answers(endpoint, model_name, 10) == [2.0] * 10
+    assert get_target("local").status(deployment_ref(Deployment.objects.get(pk=first["id"]))).releases.keys() == {2}
+
+    # v3 fails on real traffic: the analysis catches it and rolls back on its own
+    plan = {
+        "strategy": "canary",
+        "steps": [{"set_weight": 50}, {"analysis": {"duration": "3s", "max_error_rate": 0.05, "min_requests": 4}}],
+    }
+    third = deploy(api, model_name, v3, plan=plan)
+    rollout_id = third["rollout"]["id"]
+    stop = threading.Event()
+
+    def traffic():
+        with httpx.Client(timeout=5) as client:
+            while not stop.is_set():
+                client.post(f"{endpoint}/v2/models/{model_name}/infer", json=ROW)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        ended = wait_state(rollout_id, "rolled_back")
+    finally:
+        stop.set()
+        sender.join()
+    assert "error rate" in ended.failure_reason
+    failed = [check for check in ended.analysis["checks"] if not check["passed"]]
+    assert [check["name"] for check in failed] == ["error_rate"]
+    assert failed[0]["measured"] > failed[0]["threshold"]
+    body = api.get(f"/api/v1/rollouts/{rollout_id}/").json()
+    assert body["state"] == "rolled_back" and "error rate" in body["failure_reason"]
+    assert answers(endpoint, model_name, 10) == [2.0] * 10  # v2 still serves
+    assert api.get(f"/api/v1/deployments/{first['id']}/").json()["current_release"]["number"] == 2
+
+    # one click back to v1: a new release that reuses release 1, no build, and the deployment pinned
+    response = api.post(
+        f"/api/v1/deployments/{first['id']}/rollback/", {"reason": "v2 drifts on Mondays"}, format="json"
+    )
+    assert response.status_code == 200, response.json()
+    back = response.json()
+    assert back["rollout"]["version"] == v1 and back["pinned"] is True
+    wait_state(back["rollout"]["id"], "succeeded")
+    assert answers(endpoint, model_name, 10) == [1.0] * 10
+    assert ImageBuild.objects.count() == 0
+
+    history = api.get(f"/api/v1/deployments/{first['id']}/releases/").json()["results"]
+    assert [(r["number"], r["kind"], r["version"], r["rollout"]["state"]) for r in history] == [
+        (4, "rollback", v1, "succeeded"),
+        (3, "deploy", v3, "rolled_back"),
+        (2, "deploy", v2, "succeeded"),
+        (1, "deploy", v1, "succeeded"),
+    ]
+    assert history[0]["source"] == 1 and history[0]["reason"] == "v2 drifts on Mondays"
+    actions = set(AuditEvent.objects.values_list("action", flat=True))
+    assert {"deployment.deploy", "deployment.rollback", "rollout.resume", "rollout.rolled_back"} <= actions
+    assert verify_chain() is None
+
+
+def test_promote_pause_abort_and_promote_now(api, dev, model_name, model_dir):
+    assert (
+        api.post("/api/v1/environments/", {"name": "staging", "promotes_from": "dev"}, format="json").status_code == 201
+    )
+    v1, v2 = (upload(api, model_name, model_dir[k]) for k in ("one", "two"))
+    first = deploy(api, model_name, v1)
+    wait_state(first["rollout"]["id"], "succeeded")
+
+    # promote dev's release to staging in one call
+    response = api.post(f"/api/v1/deployments/{first['id']}/promote/", {}, format="json")
+    assert response.status_code == 201, response.json()
+    staging = response.json()
+    assert staging["environment"] == "staging" and staging["rollout"]["version"] == v1
+    wait_state(staging["rollout"]["id"], "succeeded")
+    staging_endpoint = api.get(f"/api/v1/deployments/{staging['id']}/").json()["endpoint"]
+    assert answers(staging_endpoint, model_name, 3) == [1.0] * 3
+
+    # a canary paused by a person, then aborted: v1 serves alone again
+    plan = {"strategy": "canary", "steps": [{"set_weight": 50}, {"pause": {"duration": "10m"}}]}
+    second = deploy(api, model_name, v2, plan=plan)
+    rollout_id = second["rollout"]["id"]
+    wait_for(lambda: Rollout.objects.get(pk=rollout_id).weight == 50, timeout=60, what="the canary at 50%")
+    assert api.post(f"/api/v1/rollouts/{rollout_id}/pause/").json()["state"] == "paused"
+    assert api.post(f"/api/v1/rollouts/{rollout_id}/pause/").status_code == 409
+    aborted = api.post(f"/api/v1/rollouts/{rollout_id}/abort/", {"reason": "wrong day"}, format="json").json()
+    assert aborted["state"] == "reverting"
+    wait_state(rollout_id, "aborted")
+    endpoint = api.get(f"/api/v1/deployments/{first['id']}/").json()["endpoint"]
+    assert answers(endpoint, model_name, 6) == [1.0] * 6
+
+    # the same canary again, promoted now: straight to all traffic, skipping the long pause
+    third = deploy(api, model_name, v2, plan=plan)
+    rollout_id = third["rollout"]["id"]
+    wait_for(lambda: Rollout.objects.get(pk=rollout_id).weight == 50, timeout=60, what="the canary at 50%")
+    assert api.post(f"/api/v1/rollouts/{rollout_id}/promote/").status_code == 200
+    wait_state(rollout_id, "succeeded", timeout=60)
+    assert answers(endpoint, model_name, 6) == [2.0] * 6
+    assert verify_chain() is None
+
+
+def test_a_release_that_never_gets_ready_is_rolled_back(api, dev, model_name, model_dir, settings):
+    v1, v2 = (upload(api, model_name, model_dir[k]) for k in ("one", "two"))
+    first = deploy(api, model_name, v1)
+    wait_state(first["rollout"]["id"], "succeeded")
+    endpoint = api.get(f"/api/v1/deployments/{first['id']}/").json()["endpoint"]
+
+    # v2's stored file is damaged after validation: the runtime refuses it (SHA-256 mismatch)
+    damaged = ModelVersion.objects.get(model__name=model_name, version=v2)
+    with damaged.artifact.open("ab") as fh:
+        fh.write(b"bit rot")
+    second = deploy(api, model_name, v2, plan={"strategy": "rolling", "progress_deadline": "60s"})
+    ended = wait_state(second["rollout"]["id"], "rolled_back")
+    assert "Release 2 failed" in ended.failure_reason
+    assert "SHA-256" in ended.failure_reason or "sha256" in ended.failure_reason.lower()
+    assert answers(endpoint, model_name, 4) == [1.0] * 4
