@@ -25,9 +25,9 @@ PLAN_EXAMPLES = {
     "canary": {
         "steps": [
             {"set_weight": 20},
-            {"pause": {"duration": "30s"}},
+            {"analysis": {"duration": "1m", "max_error_rate": 0.01, "max_latency_p95_ms": 500}},
             {"set_weight": 50},
-            {"pause": {}},
+            {"pause": {"duration": "5m"}},
         ]
     },
     "blue_green": {"auto_switch": True, "keep_old": "5m"},

@@ -214,6 +214,22 @@ def test_a_refused_environment_is_explained_next_to_the_form_and_audited(browser
     assert Environment.objects.count() == 1
 
 
+def test_a_kubernetes_environment_is_created_from_the_form_fields(browser):
+    fields = {"name": "prod", "target": "kubernetes", "kubeconfig": "/etc/slipway/kubeconfig", "context": "eu-west"}
+    response = post(browser, "/environments/", fields)
+    assert response.status_code == 400  # no namespace
+    assert "namespace: required" in response.content.decode()
+    assert 'value="/etc/slipway/kubeconfig"' in response.content.decode()
+
+    response = post(browser, "/environments/", {**fields, "namespace": "ml-prod", "ingress_host": "models.example.com"})
+    assert response.status_code == 302
+    config = Environment.objects.get(name="prod").target_config
+    assert config["namespace"] == "ml-prod" and config["context"] == "eu-west" and config["in_cluster"] is False
+    assert config["ingress_host"] == "models.example.com"
+    page = browser.get("/environments/").content.decode()
+    assert "namespace <code>ml-prod</code> · context <code>eu-west</code>" in page
+
+
 def test_kubernetes_fields_become_the_target_config_only_for_kubernetes():
     fields = {
         "name": "prod",

@@ -10,27 +10,29 @@ Run with SLIPWAY_E2E_SHOTS=/tmp to keep /tmp/ui-*.png screenshots of the pages.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
-import requests
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from controlplane.audit import Actor
 from deployments import services
+from deployments.engine import deployment_ref
 from deployments.models import Deployment, Environment, Release, Rollout, RolloutEvent
 from deployments.plans import compile_plan
 from deployments.runtime_settings import parse_runtime_settings, settings_to_dict
+from deployments.targets import get_target
 from registry.models import Model, ModelVersion
 from tests.conftest import wait_for
+from tests.deployments.rollout_models import write_constant
+from tests.deployments.rollouts import answers, upload
 from tests.e2e.conftest import log_in, shoot, watch_polls
 from tests.factories import bulk_versions
-from tests.models_zoo import MLP_SIGNATURE
 
 pytestmark = pytest.mark.e2e
 
@@ -267,7 +269,6 @@ def test_the_deployment_page_follows_a_rollout_live_and_its_buttons_act(page: Pa
 
 
 def test_history_lists_releases_newest_first_with_how_each_ended(page: Page, alice, iris):
-    actor = Actor(user=alice)
     deployment = Deployment.objects.create(model=iris, environment=dev(), key="iris-dev", created_by=alice)
     for version, reason in [(1, "first light"), (2, "retrained on the March data")]:
         succeed(held_rollout(deployment, version, plan=None, user=alice, reason=reason))
@@ -279,9 +280,11 @@ def test_history_lists_releases_newest_first_with_how_each_ended(page: Page, ali
         finished_at=timezone.now() + timedelta(seconds=95),
         failure_reason="Analysis failed: error rate 7.5% > 1% (1,204 requests); p95 latency 812 ms > 250 ms",
     )
-    rollback = services.rollback(deployment, actor=actor, reason="v2 drifts on the night traffic", to_release=1)[1]
-    Rollout.objects.filter(pk=rollback.pk).update(
-        lease_owner=HELD, lease_expires_at=timezone.now() + timedelta(hours=1)
+    # A rollback as services.rollback makes it (tested without a browser), but one no worker moves.
+    rollback = held_rollout(deployment, 1, plan=None, user=alice, reason="v2 drifts on the night traffic")
+    Release.objects.filter(pk=rollback.release_id).update(kind="rollback", source=deployment.releases.get(number=1))
+    Deployment.objects.filter(pk=deployment.pk).update(
+        pinned=True, pinned_reason="rolled back to release 1: v2 drifts on the night traffic"
     )
 
     log_in(page, alice)
@@ -361,101 +364,92 @@ def test_the_deploy_form_offers_a_canary_example_and_explains_refusals(page: Pag
 
 
 # --- The real worker and the real local target -------------------------------------------------
-LOCAL_TARGET = importlib.util.find_spec("deployments.targets.local") is not None
 ROLLOUT_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def model_name(worker):
+    """A model of this test's own, and every runtime process it started gone afterwards."""
+    name = f"const-{uuid.uuid4().hex[:6]}"
+    yield name
+    for deployment in Deployment.objects.filter(model__name=name).select_related("environment", "model"):
+        get_target(deployment.environment.target).teardown(deployment_ref(deployment))
 
 
 @pytest.mark.worker
 @pytest.mark.slow
-@pytest.mark.skipif(not LOCAL_TARGET, reason="needs the local target (deployments/targets/local.py) from main")
-def test_deploy_watch_promote_roll_back_and_read_the_history(page: Page, alice, api, worker, model_files):
-    from deployments.engine import deployment_ref
-    from deployments.targets import get_target
-
-    for _ in range(2):
-        with open(model_files["torchscript"], "rb") as fh:
-            if not Model.objects.filter(name="iris").exists():
-                api.post("/api/v1/models/", {"name": "iris"}, format="json")
-            response = api.post(
-                "/api/v1/models/iris/versions/",
-                {"artifact": fh, "signature": json.dumps(MLP_SIGNATURE)},
-                format="multipart",
-            )
-            assert response.status_code == 201, response.json()
-    wait_for(lambda: ModelVersion.objects.filter(model__name="iris", status="ready").count() == 2, timeout=120)
-
+def test_deploy_watch_promote_roll_back_and_read_the_history(page: Page, alice, api, model_name, tmp_path):
+    v1 = upload(api, model_name, write_constant(tmp_path, 1.0))
+    v2 = upload(api, model_name, write_constant(tmp_path, 2.0))
     log_in(page, alice)
-    try:
-        page.goto("/environments/")
-        page.get_by_label("Name", exact=True).fill("dev")
-        page.get_by_role("button", name="Create environment").click()
-        page.get_by_label("Name", exact=True).fill("staging")
-        page.get_by_label("Promotes from").select_option("dev")
-        page.get_by_role("button", name="Create environment").click()
-        expect(page.locator("table.environments tbody tr")).to_have_count(2)
 
-        # First deploy: straight to all traffic, followed live.
-        page.goto("/models/iris/versions/1/")
-        page.locator("#deploy-form").get_by_label("Reason").fill("first light")
-        page.get_by_role("button", name="Deploy v1").click()
-        expect(page).to_have_url(re.compile(r"/deployments/\d+/$"))
-        dev_url = page.url
-        stay_on_this_page(page)
-        record_states(page)
-        expect(badge(page)).to_have_text("succeeded", timeout=ROLLOUT_TIMEOUT_MS)
-        assert_not_reloaded(page)
-        states = seen_states(page)
-        assert states[-1] == "succeeded" and "progressing" in states, states
-        endpoint = page.locator("#endpoint").inner_text()
-        assert requests.get(f"{endpoint}/v2/health/ready", timeout=5).status_code == 200
+    page.goto("/environments/")
+    page.get_by_label("Name", exact=True).fill("dev")
+    page.get_by_role("button", name="Create environment").click()
+    page.get_by_label("Name", exact=True).fill("staging")
+    page.get_by_label("Promotes from").select_option("dev")
+    page.get_by_role("button", name="Create environment").click()
+    expect(page.locator("table.environments tbody tr")).to_have_count(2)
 
-        # Second deploy: a canary that waits for a person at 50%.
-        page.goto("/models/iris/versions/2/")
-        form = page.locator("#deploy-form")
-        form.get_by_label("Strategy").select_option("canary")
-        form.get_by_label("Plan (JSON)").fill('{"steps": [{"set_weight": 50}, {"pause": {}}]}')
-        form.get_by_label("Reason").fill("retrained")
-        form.get_by_role("button", name="Deploy v2").click()
-        expect(page).to_have_url(dev_url)
-        stay_on_this_page(page)
-        record_states(page)
-        expect(badge(page)).to_have_text("paused", timeout=ROLLOUT_TIMEOUT_MS)
-        expect(page.locator("#rollout-step")).to_contain_text("Step 2 of 3: pause until resumed")
-        expect(page.locator("#rollout-weight")).to_have_text("50%")
-        expect(page.locator("table.replicas tbody tr")).to_have_count(2)
-        shoot(page, "ui-deployment-canary-paused")
-        page.get_by_role("button", name="Resume").click()
-        expect(badge(page)).to_have_text("succeeded", timeout=ROLLOUT_TIMEOUT_MS)
-        assert_not_reloaded(page)
-        assert seen_states(page)[-3:] == ["paused", "progressing", "succeeded"], seen_states(page)
+    # The first deploy goes straight to all traffic; the page follows it without a reload.
+    page.goto(f"/models/{model_name}/versions/{v1}/")
+    page.locator("#deploy-form").get_by_label("Reason").fill("first light")
+    page.get_by_role("button", name=f"Deploy v{v1}").click()
+    expect(page).to_have_url(re.compile(r"/deployments/\d+/$"))
+    dev_url = page.url
+    stay_on_this_page(page)
+    record_states(page)
+    expect(badge(page)).to_have_text("succeeded", timeout=ROLLOUT_TIMEOUT_MS)
+    assert_not_reloaded(page)
+    states = seen_states(page)
+    assert states[-2:] == ["progressing", "succeeded"], states
+    endpoint = page.locator("#endpoint").inner_text()
+    assert answers(endpoint, model_name, 3) == [1.0] * 3
 
-        # Promote what dev serves to staging.
-        page.get_by_role("button", name="Promote to staging").click()
-        expect(page.get_by_role("heading", level=1)).to_contain_text("iris in staging")
-        expect(badge(page)).to_have_text("succeeded", timeout=ROLLOUT_TIMEOUT_MS)
-        expect(page.locator(".summary")).to_contain_text("iris v2")
+    # The second is a canary that waits for a person at half the traffic.
+    page.goto(f"/models/{model_name}/versions/{v2}/")
+    form = page.locator("#deploy-form")
+    form.get_by_label("Strategy").select_option("canary")
+    form.get_by_label("Plan (JSON)").fill('{"steps": [{"set_weight": 50}, {"pause": {}}]}')
+    form.get_by_label("Reason").fill("retrained")
+    form.get_by_role("button", name=f"Deploy v{v2}").click()
+    expect(page).to_have_url(dev_url)
+    stay_on_this_page(page)
+    record_states(page)
+    expect(badge(page)).to_have_text("paused", timeout=ROLLOUT_TIMEOUT_MS)
+    expect(page.locator("#rollout-step")).to_contain_text("Step 2 of 3: pause until resumed")
+    expect(page.locator("#rollout-weight")).to_have_text("50%")
+    expect(page.locator("table.replicas tbody tr")).to_have_count(2)
+    assert sorted(answers(endpoint, model_name, 4)) == [1.0, 1.0, 2.0, 2.0]
+    shoot(page, "ui-deployment-canary-paused")
+    page.get_by_role("button", name="Resume").click()
+    expect(badge(page)).to_have_text("succeeded", timeout=ROLLOUT_TIMEOUT_MS)
+    assert_not_reloaded(page)
+    assert seen_states(page)[-3:] == ["paused", "progressing", "succeeded"], seen_states(page)
+    assert answers(endpoint, model_name, 3) == [2.0] * 3
 
-        # Roll dev back to v1, with a reason; it is pinned afterwards.
-        page.goto(dev_url)
-        page.get_by_text("Roll back…").click()
-        page.get_by_label("Reason").fill("v2 drifts on night traffic")
-        page.get_by_role("button", name="Roll back").click()
-        expect(badge(page)).to_have_text("succeeded", timeout=ROLLOUT_TIMEOUT_MS)
-        expect(page.locator(".summary")).to_contain_text("release 3")
-        expect(page.locator(".summary")).to_contain_text("iris v1")
-        expect(page.locator(".pinned")).to_contain_text("v2 drifts on night traffic")
+    # Promote what dev serves to staging.
+    page.get_by_role("button", name="Promote to staging").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(f"{model_name} in staging")
+    expect(badge(page)).to_have_text("succeeded", timeout=ROLLOUT_TIMEOUT_MS)
+    expect(page.locator(".summary")).to_contain_text(f"{model_name} v{v2}")
 
-        page.get_by_role("link", name="History").click()
-        rows = page.locator("table.history tbody tr")
-        expect(rows).to_have_count(3)
-        expect(rows.nth(0)).to_contain_text("rollback")
-        expect(rows.nth(0)).to_contain_text("v2 drifts on night traffic")
-        expect(rows.nth(1)).to_contain_text("retrained")
-        expect(rows.nth(2)).to_contain_text("first light")
-        for n in range(3):
-            expect(rows.nth(n).locator(".badge").last).to_have_text("succeeded")
-        shoot(page, "ui-history-real")
-    finally:
-        target = get_target("local")
-        for deployment in Deployment.objects.select_related("model", "environment"):
-            target.teardown(deployment_ref(deployment))
+    # Roll dev back to v1, with a reason: a new release, and the deployment pinned.
+    page.goto(dev_url)
+    page.get_by_text("Roll back…").click()
+    page.get_by_label("Reason").fill("v2 drifts on night traffic")
+    page.get_by_role("button", name="Roll back").click()
+    expect(page.locator("#rollout-title")).to_contain_text("release 3: rollback")
+    expect(badge(page)).to_have_text("succeeded", timeout=ROLLOUT_TIMEOUT_MS)
+    expect(page.locator(".summary")).to_contain_text(f"{model_name} v{v1}")
+    expect(page.locator(".pinned")).to_contain_text("v2 drifts on night traffic")
+    assert answers(endpoint, model_name, 3) == [1.0] * 3
+
+    page.get_by_role("button", name="History").click()
+    rows = page.locator("table.history tbody tr")
+    expect(rows).to_have_count(3)
+    for n, text in enumerate(["v2 drifts on night traffic", "retrained", "first light"]):
+        expect(rows.nth(n)).to_contain_text(text)
+        expect(rows.nth(n).locator("td.details .badge")).to_have_text("succeeded")
+    expect(rows.nth(0)).to_contain_text("to release 1")
+    shoot(page, "ui-history-real")
