@@ -314,10 +314,10 @@ def unpin(request, pk):
 
 # --- A person's hand on the rollout ---------------------------------------------------
 ROLLOUT_ACTIONS = {
-    "pause": (services.pause_rollout, "Paused: traffic stays as it is until you resume."),
-    "resume": (services.resume_rollout, "Resumed."),
-    "abort": (services.abort_rollout, "Aborted: the previous release is being restored."),
-    "promote": (services.promote_rollout_now, "Promoting now: all traffic moves to the new release."),
+    "pause": services.pause_rollout,
+    "resume": services.resume_rollout,
+    "abort": services.abort_rollout,
+    "promote": services.promote_rollout_now,
 }
 
 
@@ -326,9 +326,8 @@ ROLLOUT_ACTIONS = {
 def rollout_action(request, pk: str, verb: str):
     """Pause, resume, abort or promote now; answers with the live panel, re-rendered at once."""
     rollout = get_object_or_404(Rollout, pk=pk)
-    act, notice = ROLLOUT_ACTIONS[verb]
     try:
-        act(rollout, actor=Actor.from_request(request))
+        rollout = ROLLOUT_ACTIONS[verb](rollout, actor=Actor.from_request(request))
     except ServiceError as exc:
         if request.htmx:
             context = live_context(rollout.deployment_id)
@@ -336,8 +335,23 @@ def rollout_action(request, pk: str, verb: str):
         context = _detail_context(request, rollout.deployment_id)
         return refuse(request, exc, f"rollout.{verb}", "deployments/deployment_detail.html", context)
     if request.htmx:
-        return _live(request, rollout.deployment_id, status=200, notice=notice)
+        return _live(request, rollout.deployment_id, status=200, notice=_acted(verb, rollout))
     return redirect("deployment-detail", pk=rollout.deployment_id)
+
+
+def _acted(verb: str, rollout: Rollout) -> str:
+    """What the action did, as the person who clicked reads it."""
+    if verb == "pause":
+        return "Paused: traffic stays as it is until you resume."
+    if verb == "resume":
+        return "Resumed."
+    if verb == "promote":
+        return "Promoting now: the remaining steps are skipped and all traffic moves to the new release."
+    if rollout.state == RolloutState.ABORTED:
+        return "Aborted before anything changed on the target."
+    if rollout.previous_release_id:
+        return "Aborting: the previous release gets all traffic back, then the new one is removed."
+    return "Aborting: the new release is being removed."
 
 
 # --- History -------------------------------------------------------------------------

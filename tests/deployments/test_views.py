@@ -162,6 +162,9 @@ def test_a_version_that_is_not_ready_offers_no_deploy_form(browser, alice, dev):
     page = browser.get("/models/iris/versions/1/").content.decode()
     assert '<section id="deploy">' in page  # the placeholder the settled version's refresh fills
     assert "Deploy v1" not in page
+    response = post(browser, "/models/iris/versions/1/deploy/", {"environment": "dev"})  # a hand-made post
+    assert response.status_code == 409
+    assert "only a ready version can be deployed" in response.content.decode()
 
 
 def test_without_environments_the_version_page_says_where_to_create_one(browser, iris):
@@ -507,6 +510,7 @@ def test_the_action_buttons_call_the_services_and_re_render_the_panel(browser, i
 
     response = post(browser, f"/rollouts/{rollout.pk}/abort/", htmx=True)
     assert 'data-state="reverting"' in response.content.decode()
+    assert "Aborting: the previous release gets all traffic back" in response.content.decode()
     assert [e.action for e in AuditEvent.objects.filter(action__startswith="rollout.").order_by("id")] == [
         "rollout.pause",
         "rollout.resume",
@@ -521,6 +525,7 @@ def test_aborting_a_pending_rollout_ends_it_and_the_panel_stops_polling(browser,
     assert response.status_code == 200
     page = response.content.decode()
     assert 'data-state="aborted"' in page and FAST_POLL not in page and "watch/?stamp=" in page
+    assert "Aborted before anything changed on the target." in page
     assert Rollout.objects.get().state == "aborted"
 
 
@@ -571,9 +576,17 @@ def test_rollback_needs_a_reason_then_pins_and_unpin_re_renders_the_panel(browse
     assert '<details class="rollback" open>' in response.content.decode()
     assert AuditEvent.objects.filter(action="deployment.rollback", outcome="invalid").count() == 1
 
+    third = start(actor, version=3)  # meanwhile, someone deploys from another tab: this form is stale
+    response = post(browser, f"/deployments/{pk}/rollback/", {"to_release": "1", "reason": "v2 drifts"})
+    assert response.status_code == 409
+    assert f"Rollout #{third.pk} of iris in dev is pending: wait for it to end, or abort it first." in (
+        response.content.decode()
+    )  # shown at the top: the panel of an active rollout offers no rollback form
+    services.abort_rollout(third, actor=actor)
+
     response = post(browser, f"/deployments/{pk}/rollback/", {"to_release": "1", "reason": "v2 drifts"})
     assert response.status_code == 302 and response["Location"] == f"/deployments/{pk}/"
-    release = Release.objects.get(number=3)
+    release = Release.objects.get(number=4)
     assert release.kind == "rollback" and release.source.number == 1 and release.reason == "v2 drifts"
     page = browser.get(f"/deployments/{pk}/").content.decode()
     assert "Pinned" in page and "rolled back to release 1: v2 drifts" in page
