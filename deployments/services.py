@@ -347,8 +347,8 @@ def _start(
         # Created in the same transaction as its first rollout: a refused deploy leaves no deployment,
         # and of two first deploys racing, the one that creates the deployment is the one that wins.
         deployment, created = _deployment_for(env, model_version, actor)
-        deployment = Deployment.objects.select_for_update(of=("self",)).select_related("current_release").get(
-            pk=deployment.pk
+        deployment = (
+            Deployment.objects.select_for_update(of=("self",)).select_related("current_release").get(pk=deployment.pk)
         )
         active = deployment.rollouts.filter(state__in=ROLLOUT_ACTIVE).first()
         if active is not None:

@@ -8,136 +8,331 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('deployments', '0001_initial'),
-        ('registry', '0001_initial'),
+        ("deployments", "0001_initial"),
+        ("registry", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Environment',
+            name="Environment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=30, unique=True, validators=[django.core.validators.RegexValidator('^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$', 'Use 1 to 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit (it becomes part of image names and Kubernetes objects).')])),
-                ('description', models.TextField(blank=True)),
-                ('target', models.CharField(choices=[('local', 'local processes'), ('kubernetes', 'Kubernetes')], default='local', max_length=20)),
-                ('target_config', models.JSONField(blank=True, default=dict)),
-                ('default_plan', models.JSONField(blank=True, default=dict)),
-                ('default_settings', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('promotes_from', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='promotes_to', to='deployments.environment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "name",
+                    models.CharField(
+                        max_length=30,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$",
+                                "Use 1 to 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit (it becomes part of image names and Kubernetes objects).",
+                            )
+                        ],
+                    ),
+                ),
+                ("description", models.TextField(blank=True)),
+                (
+                    "target",
+                    models.CharField(
+                        choices=[("local", "local processes"), ("kubernetes", "Kubernetes")],
+                        default="local",
+                        max_length=20,
+                    ),
+                ),
+                ("target_config", models.JSONField(blank=True, default=dict)),
+                ("default_plan", models.JSONField(blank=True, default=dict)),
+                ("default_settings", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "promotes_from",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="promotes_to",
+                        to="deployments.environment",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'name'],
+                "ordering": ["created_at", "name"],
             },
         ),
         migrations.CreateModel(
-            name='Deployment',
+            name="Deployment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(help_text="DNS-safe name of the target's objects.", max_length=40, unique=True)),
-                ('endpoint', models.CharField(blank=True, max_length=300)),
-                ('latest_release', models.PositiveIntegerField(default=0, help_text='The highest release number given out.')),
-                ('pinned', models.BooleanField(default=False)),
-                ('pinned_reason', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('model', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='registry.model')),
-                ('environment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='deployments.environment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "key",
+                    models.CharField(help_text="DNS-safe name of the target's objects.", max_length=40, unique=True),
+                ),
+                ("endpoint", models.CharField(blank=True, max_length=300)),
+                (
+                    "latest_release",
+                    models.PositiveIntegerField(default=0, help_text="The highest release number given out."),
+                ),
+                ("pinned", models.BooleanField(default=False)),
+                ("pinned_reason", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="deployments", to="registry.model"
+                    ),
+                ),
+                (
+                    "environment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="deployments",
+                        to="deployments.environment",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['model__name', 'environment__created_at'],
+                "ordering": ["model__name", "environment__created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Release',
+            name="Release",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('image', models.CharField(blank=True, help_text='repository:tag@sha256:digest', max_length=500)),
-                ('settings', models.JSONField(default=dict)),
-                ('kind', models.CharField(choices=[('deploy', 'deploy'), ('promote', 'promote'), ('rollback', 'rollback')], default='deploy', max_length=10)),
-                ('reason', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('build', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='releases', to='deployments.imagebuild')),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='releases', to='deployments.deployment')),
-                ('model_version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='releases', to='registry.modelversion')),
-                ('source', models.ForeignKey(blank=True, help_text='rollback: the release restored; promote: the release promoted from the previous environment', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='deployments.release')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("number", models.PositiveIntegerField()),
+                ("image", models.CharField(blank=True, help_text="repository:tag@sha256:digest", max_length=500)),
+                ("settings", models.JSONField(default=dict)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("deploy", "deploy"), ("promote", "promote"), ("rollback", "rollback")],
+                        default="deploy",
+                        max_length=10,
+                    ),
+                ),
+                ("reason", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "build",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="releases",
+                        to="deployments.imagebuild",
+                    ),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="releases",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "model_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="releases", to="registry.modelversion"
+                    ),
+                ),
+                (
+                    "source",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="rollback: the release restored; promote: the release promoted from the previous environment",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="deployments.release",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['deployment', '-number'],
+                "ordering": ["deployment", "-number"],
             },
         ),
         migrations.AddField(
-            model_name='deployment',
-            name='current_release',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='deployments.release'),
+            model_name="deployment",
+            name="current_release",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to="deployments.release",
+            ),
         ),
         migrations.CreateModel(
-            name='Rollout',
+            name="Rollout",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('plan', models.JSONField(help_text='the plan as given, normalised')),
-                ('steps', models.JSONField(help_text='the plan compiled to steps')),
-                ('state', models.CharField(choices=[('pending', 'pending'), ('building', 'building'), ('deploying', 'deploying'), ('progressing', 'progressing'), ('paused', 'paused'), ('reverting', 'reverting'), ('succeeded', 'succeeded'), ('failed', 'failed'), ('aborted', 'aborted'), ('rolled_back', 'rolled back')], default='pending', max_length=12)),
-                ('step_index', models.PositiveIntegerField(default=0)),
-                ('step_started_at', models.DateTimeField(blank=True, null=True)),
-                ('weight', models.PositiveSmallIntegerField(default=0, help_text='percent of traffic on the new release')),
-                ('revert_to', models.CharField(blank=True, help_text='the terminal state reverting ends in', max_length=12)),
-                ('skip_steps', models.BooleanField(default=False, help_text='promote-now: go straight to full weight')),
-                ('pause_reason', models.CharField(blank=True, max_length=200)),
-                ('analysis_baseline', models.JSONField(blank=True, null=True)),
-                ('analysis', models.JSONField(blank=True, help_text='the latest analysis: checks with measured values', null=True)),
-                ('status', models.JSONField(blank=True, default=dict, help_text="the target's latest status, for the pages")),
-                ('failure_reason', models.TextField(blank=True)),
-                ('revision', models.PositiveIntegerField(default=0, help_text="bumped on every write: the engine's guard")),
-                ('next_at', models.DateTimeField(default=django.utils.timezone.now, help_text='when the reconciler should act next')),
-                ('lease_owner', models.CharField(blank=True, max_length=64)),
-                ('lease_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='rollouts', to='deployments.deployment')),
-                ('previous_release', models.ForeignKey(blank=True, help_text='what served when the rollout began; restored if it fails', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='deployments.release')),
-                ('release', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='rollout', to='deployments.release')),
-                ('requested_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("plan", models.JSONField(help_text="the plan as given, normalised")),
+                ("steps", models.JSONField(help_text="the plan compiled to steps")),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("building", "building"),
+                            ("deploying", "deploying"),
+                            ("progressing", "progressing"),
+                            ("paused", "paused"),
+                            ("reverting", "reverting"),
+                            ("succeeded", "succeeded"),
+                            ("failed", "failed"),
+                            ("aborted", "aborted"),
+                            ("rolled_back", "rolled back"),
+                        ],
+                        default="pending",
+                        max_length=12,
+                    ),
+                ),
+                ("step_index", models.PositiveIntegerField(default=0)),
+                ("step_started_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "weight",
+                    models.PositiveSmallIntegerField(default=0, help_text="percent of traffic on the new release"),
+                ),
+                (
+                    "revert_to",
+                    models.CharField(blank=True, help_text="the terminal state reverting ends in", max_length=12),
+                ),
+                ("skip_steps", models.BooleanField(default=False, help_text="promote-now: go straight to full weight")),
+                ("pause_reason", models.CharField(blank=True, max_length=200)),
+                ("analysis_baseline", models.JSONField(blank=True, null=True)),
+                (
+                    "analysis",
+                    models.JSONField(
+                        blank=True, help_text="the latest analysis: checks with measured values", null=True
+                    ),
+                ),
+                (
+                    "status",
+                    models.JSONField(blank=True, default=dict, help_text="the target's latest status, for the pages"),
+                ),
+                ("failure_reason", models.TextField(blank=True)),
+                (
+                    "revision",
+                    models.PositiveIntegerField(default=0, help_text="bumped on every write: the engine's guard"),
+                ),
+                (
+                    "next_at",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, help_text="when the reconciler should act next"
+                    ),
+                ),
+                ("lease_owner", models.CharField(blank=True, max_length=64)),
+                ("lease_expires_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="rollouts",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "previous_release",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="what served when the rollout began; restored if it fails",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="deployments.release",
+                    ),
+                ),
+                (
+                    "release",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="rollout", to="deployments.release"
+                    ),
+                ),
+                (
+                    "requested_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='RolloutEvent',
+            name="RolloutEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('kind', models.CharField(max_length=20)),
-                ('message', models.TextField()),
-                ('data', models.JSONField(blank=True, default=dict)),
-                ('rollout', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='deployments.rollout')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("kind", models.CharField(max_length=20)),
+                ("message", models.TextField()),
+                ("data", models.JSONField(blank=True, default=dict)),
+                (
+                    "rollout",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="events", to="deployments.rollout"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['at', 'pk'],
+                "ordering": ["at", "pk"],
             },
         ),
         migrations.AddConstraint(
-            model_name='release',
-            constraint=models.UniqueConstraint(fields=('deployment', 'number'), name='unique_release_number'),
+            model_name="release",
+            constraint=models.UniqueConstraint(fields=("deployment", "number"), name="unique_release_number"),
         ),
         migrations.AddConstraint(
-            model_name='deployment',
-            constraint=models.UniqueConstraint(fields=('model', 'environment'), name='one_deployment_per_environment'),
+            model_name="deployment",
+            constraint=models.UniqueConstraint(fields=("model", "environment"), name="one_deployment_per_environment"),
         ),
         migrations.AddIndex(
-            model_name='rollout',
-            index=models.Index(fields=['state', 'next_at'], name='deployments_state_6fff05_idx'),
+            model_name="rollout",
+            index=models.Index(fields=["state", "next_at"], name="deployments_state_6fff05_idx"),
         ),
         migrations.AddConstraint(
-            model_name='rollout',
-            constraint=models.UniqueConstraint(condition=models.Q(('state__in', ['pending', 'building', 'deploying', 'progressing', 'paused', 'reverting'])), fields=('deployment',), name='one_active_rollout_per_deployment'),
+            model_name="rollout",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(
+                    ("state__in", ["pending", "building", "deploying", "progressing", "paused", "reverting"])
+                ),
+                fields=("deployment",),
+                name="one_active_rollout_per_deployment",
+            ),
         ),
     ]
