@@ -488,7 +488,10 @@ class Reconciler:
     def failure(self, status: TargetStatus) -> Step | None:
         mine = status.releases.get(self.release.slot)
         if mine is not None and mine.failed:
-            return self.fail(f"Release {self.release.number} failed: {mine.failed}", status)
+            # The warnings say why (ImagePullBackOff...): keep them, the status that holds them is replaced on revert.
+            why = [warning for warning in mine.warnings if warning not in mine.failed]
+            detail = f" ({'; '.join(why)})" if why else ""
+            return self.fail(f"Release {self.release.number} failed: {mine.failed}{detail}", status)
         return None
 
     def fail(self, reason: str, status: TargetStatus | None = None) -> Step:
