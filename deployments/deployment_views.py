@@ -12,6 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from controlplane.audit import Actor
@@ -104,7 +105,10 @@ def deployment_list(request):
 def live_context(pk: int) -> dict:
     """Everything the live panel shows, in five queries at most, whatever the number of events or releases."""
     deployment = get_object_or_404(
-        Deployment.objects.select_related("model", "environment", "current_release__model_version"), pk=pk
+        Deployment.objects.select_related(
+            "model", "environment", "current_release__model_version", "warm_release__model_version"
+        ),
+        pk=pk,
     )
     rollout = (
         Rollout.objects.filter(deployment=deployment)
@@ -128,10 +132,12 @@ def live_context(pk: int) -> dict:
             .select_related("model_version")
             .order_by("-number")[:ROLLBACK_CHOICES]
         )
+    warm = deployment.warm_until is not None and deployment.warm_until > timezone.now()
     context = {
         "deployment": deployment,
         "rollout": rollout,
         "active": active,
+        "warm_release": deployment.warm_release if warm else None,
         "next_environments": next_environments,
         "rollback_choices": rollback_choices,
         "stamp": _stamp(
@@ -163,19 +169,19 @@ def _rollout_context(rollout: Rollout) -> dict:
         else:
             where = "todo"
         steps.append({"number": index + 1, "text": describe(step), "where": where})
+    # The target reports by slot: a release's own number, unless it took over a warm release's processes.
     status = rollout.status or {}
     weights = status.get("weights", {})
+    known = {str(rollout.release.slot): (f"release {rollout.release.number}", "new")}
+    if rollout.previous_release:
+        known.setdefault(str(rollout.previous_release.slot), (f"release {rollout.previous_release.number}", "previous"))
     releases, warnings = [], []
-    for number, facts in status.get("releases", {}).items():
-        role = ""
-        if int(number) == rollout.release.number:
-            role = "new"
-        elif rollout.previous_release and int(number) == rollout.previous_release.number:
-            role = "previous"
-        releases.append({"number": number, "role": role, "weight": weights.get(number), **facts})
-        warnings += [f"Release {number}: {warning}" for warning in facts.get("warnings") or []]
+    for slot, facts in status.get("releases", {}).items():
+        name, role = known.get(slot, (f"release {slot}", ""))
+        releases.append({"name": name, "role": role, "weight": weights.get(slot), **facts})
+        warnings += [f"{name.capitalize()}: {warning}" for warning in facts.get("warnings") or []]
         if facts.get("failed"):
-            warnings.append(f"Release {number} failed: {facts['failed']}")
+            warnings.append(f"{name.capitalize()} failed: {facts['failed']}")
     return {
         "events": newest[:EVENTS_SHOWN][::-1],  # oldest first: the timeline reads downwards
         "earlier_events": len(newest) > EVENTS_SHOWN,

@@ -93,7 +93,7 @@ def release_spec(release: Release) -> ReleaseSpec:
 
     version = release.model_version
     return ReleaseSpec(
-        number=release.number,
+        number=release.slot,
         model_name=version.model.name,
         model_version=version.version,
         artifact_sha256=version.sha256,
@@ -234,8 +234,12 @@ def enqueue(rollout_id: int, revision: int, *, countdown: float = 0.0) -> None:
 
 
 def sweep() -> list[int]:
-    """Re-enqueue active rollouts that are overdue and unleased (their worker died or a message was lost)."""
+    """Re-enqueue active rollouts that are overdue and unleased (their worker died or a message was lost).
+
+    Also stops previous releases whose time kept warm (for a quick rollback) is over.
+    """
     now = timezone.now()
+    reap_warm_releases(now)
     overdue = list(
         Rollout.objects.filter(state__in=ROLLOUT_ACTIVE, next_at__lte=now - _grace())
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
@@ -246,6 +250,26 @@ def sweep() -> list[int]:
 
         advance_rollout.delay(pk, None)
     return overdue
+
+
+def reap_warm_releases(now) -> None:
+    expired = (
+        Deployment.objects.filter(warm_until__lt=now)
+        .exclude(rollouts__state__in=ROLLOUT_ACTIVE)
+        .select_related("environment", "model", "warm_release")
+    )
+    for deployment in expired:
+        slot = deployment.warm_release.slot
+        current_slot = deployment.current_release.slot if deployment.current_release_id else None
+        if slot != current_slot:
+            try:
+                target_for(deployment).remove(deployment_ref(deployment), slot)
+            except TargetError as exc:
+                log.warning("could not stop the warm release of %s yet: %s", deployment, exc)
+                continue
+        Deployment.objects.filter(pk=deployment.pk, warm_until=deployment.warm_until).update(
+            warm_release=None, warm_until=None
+        )
 
 
 # --- One step -------------------------------------------------------------------------
@@ -356,7 +380,7 @@ class Reconciler:
         if failed := self.failure(status):
             return failed
         result = Step(fields={"status": status_snapshot(status)}, delay=self.poll)
-        mine = status.releases.get(self.release.number)
+        mine = status.releases.get(self.release.slot)
         if mine is None or not mine.done or mine.desired != wanted or mine.ready < wanted:
             deadline = self.rollout.plan.get("progress_deadline", 300)
             if self.elapsed() > deadline:
@@ -369,9 +393,9 @@ class Reconciler:
             return self.next_step(
                 result.event("info", f"Release {self.release.number} is up: {wanted} ready, no traffic yet.")
             )
-        weights = {self.release.number: weight}
+        weights = {self.release.slot: weight}
         if self.previous is not None and weight < 100:
-            weights[self.previous.number] = 100 - weight
+            weights[self.previous.slot] = 100 - weight
             if not exact:
                 old_total = self.previous.settings.get("replicas", 1)
                 self.target.apply(self.ref, release_spec(self.previous), max(1, old_total - wanted))
@@ -394,7 +418,7 @@ class Reconciler:
         from deployments.analysis import Sample, Thresholds, judge, parse, window
 
         rollout = self.rollout
-        number = self.release.number
+        number = self.release.slot
         if rollout.analysis_baseline is None:
             baseline = parse(self.target.metrics(self.ref, number))
             result.fields["analysis_baseline"] = baseline.to_dict()
@@ -430,10 +454,25 @@ class Reconciler:
     def finish(self, result: Step | None = None) -> Step:
         """Everything on the new release: remove every other release, and mark it current."""
         result = result or Step()
-        endpoint = self.target.route(self.ref, {self.release.number: 100})
-        for number in self.target.status(self.ref).releases:
-            if number != self.release.number:
-                self.target.remove(self.ref, number)
+        endpoint = self.target.route(self.ref, {self.release.slot: 100})
+        keep = self.previous.slot if self.previous is not None and self.rollout.plan.get("keep_previous") else None
+        for slot in self.target.status(self.ref).releases:
+            if slot not in (self.release.slot, keep):
+                self.target.remove(self.ref, slot)
+        if keep is not None:
+            # The previous release stays up without traffic for a while: a rollback to it only re-routes.
+            result.deployment.update(
+                warm_release_id=self.previous.pk,
+                warm_until=self.now + timedelta(seconds=self.rollout.plan["keep_previous"]),
+            )
+            kept = self.rollout.plan["keep_previous"]
+            result.event(
+                "info",
+                f"Release {self.previous.number} stays up without traffic for {kept:g} s: "
+                "a rollback to it only re-routes.",
+            )
+        else:
+            result.deployment.update(warm_release_id=None, warm_until=None)
         result.fields.update(state=S.SUCCEEDED, weight=100, step_index=len(self.rollout.steps))
         result.fields["status"] = status_snapshot(self.target.status(self.ref))
         result.deployment.update(current_release_id=self.release.pk, endpoint=endpoint)
@@ -447,9 +486,12 @@ class Reconciler:
         return Step(fields={"status": status_snapshot(status)}, delay=max(self.poll, 1.0))
 
     def failure(self, status: TargetStatus) -> Step | None:
-        mine = status.releases.get(self.release.number)
+        mine = status.releases.get(self.release.slot)
         if mine is not None and mine.failed:
-            return self.fail(f"Release {self.release.number} failed: {mine.failed}", status)
+            # The warnings say why (ImagePullBackOff...): keep them, the status that holds them is replaced on revert.
+            why = [warning for warning in mine.warnings if warning not in mine.failed]
+            detail = f" ({'; '.join(why)})" if why else ""
+            return self.fail(f"Release {self.release.number} failed: {mine.failed}{detail}", status)
         return None
 
     def fail(self, reason: str, status: TargetStatus | None = None) -> Step:
@@ -471,7 +513,7 @@ class Reconciler:
             self.target.apply(self.ref, release_spec(self.previous), total)
             status = self.target.status(self.ref)
             result.fields["status"] = status_snapshot(status)
-            theirs = status.releases.get(self.previous.number)
+            theirs = status.releases.get(self.previous.slot)
             deadline = self.rollout.plan.get("progress_deadline", 300)
             if theirs is None or not theirs.done or theirs.ready < total:
                 if self.elapsed() <= deadline:
@@ -479,9 +521,10 @@ class Reconciler:
                 result.event(
                     "warning", f"Release {self.previous.number} was not fully ready again after {deadline:g} s."
                 )
-            endpoint = self.target.route(self.ref, {self.previous.number: 100})
+            endpoint = self.target.route(self.ref, {self.previous.slot: 100})
             result.deployment["endpoint"] = endpoint
-            self.target.remove(self.ref, self.release.number)
+            if self.release.slot != self.previous.slot:
+                self.target.remove(self.ref, self.release.slot)
             message = f"Release {self.previous.number} serves all traffic again; release {self.release.number} removed."
         else:
             self.target.teardown(self.ref)

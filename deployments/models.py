@@ -135,6 +135,10 @@ class Deployment(models.Model):
     current_release = models.ForeignKey("Release", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     endpoint = models.CharField(max_length=300, blank=True)
     latest_release = models.PositiveIntegerField(default=0, help_text="The highest release number given out.")
+    # The release that served before the current one, still up without traffic until warm_until,
+    # so that a rollback to it only re-routes (no process or pod to start).
+    warm_release = models.ForeignKey("Release", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    warm_until = models.DateTimeField(null=True, blank=True)
     pinned = models.BooleanField(default=False)
     pinned_reason = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
@@ -165,6 +169,9 @@ class Release(models.Model):
 
     deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="releases")
     number = models.PositiveIntegerField()
+    # What the target runs it as: its own number, or, for a rollback to a release still kept
+    # warm, that release's slot (its processes or pods are taken over, not started again).
+    slot = models.PositiveIntegerField()
     # (before `settings` below, which hides django.conf.settings in this class body)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="releases")

@@ -24,7 +24,8 @@ ROLLBACK_PLAN: dict[str, Any] = {"strategy": "rolling", "max_surge": "100%", "ma
 DEFAULT_PROGRESS_DEADLINE_S = 300.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_COMMON = {"strategy", "progress_deadline", "analysis"}
+DEFAULT_KEEP_PREVIOUS_S = 600.0
+_COMMON = {"strategy", "progress_deadline", "analysis", "keep_previous"}
 _KEYS = {
     "rolling": _COMMON | {"max_surge", "max_unavailable"},
     "canary": _COMMON | {"steps"},
@@ -99,6 +100,7 @@ def compile_plan(plan: dict | None, *, replicas: int, first: bool = False) -> tu
     )
     if plan["progress_deadline"] < 1:
         raise InvalidPlan({"progress_deadline": ["must be at least 1 second."]})
+    plan["keep_previous"] = duration_s(plan.get("keep_previous", DEFAULT_KEEP_PREVIOUS_S), "keep_previous")
     analysis = None
     if plan.get("analysis") is not None:
         seconds, thresholds = _thresholds(plan["analysis"], "analysis")

@@ -385,9 +385,14 @@ def _start(
         Deployment.objects.filter(pk=deployment.pk).update(latest_release=number)
         if source is None and kind != ReleaseKind.ROLLBACK:
             image, build = _reusable_image(model_version, env)
+        slot = number
+        warm = deployment.warm_until is not None and deployment.warm_until > timezone.now()
+        if kind == ReleaseKind.ROLLBACK and warm and deployment.warm_release_id == source.pk:
+            slot = source.slot  # still up without traffic: take it over instead of starting it again
         release = Release.objects.create(
             deployment=deployment,
             number=number,
+            slot=slot,
             model_version=model_version,
             settings=runtime,
             kind=kind,
@@ -499,6 +504,12 @@ def rollback(deployment: Deployment, *, actor: Actor, reason: str, to_release: i
     """A new release that restores an earlier one: same version, same image, same settings; no build."""
     if not reason or not reason.strip():
         raise InvalidInput("Say why you roll back: a reason is required.", fields={"reason": ["required"]})
+    active = deployment.rollouts.filter(state__in=ROLLOUT_ACTIVE).first()
+    if active is not None:
+        raise Conflict(
+            f"Rollout #{active.pk} is {active.state}: abort it to go back to what served before it, "
+            "then roll back if you need an older release."
+        )
     current = deployment.current_release
     if to_release is not None:
         target = deployment.releases.filter(number=to_release).first()

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -364,6 +365,21 @@ class KubeStandin:
             obj["status"] = copy.deepcopy(status)
             obj["metadata"]["resourceVersion"] = str(next(self._rv))
 
+    def delete_pod(self, ns: str, name: str) -> None:
+        """Remove a pod as the ReplicaSet controller does when it scales down; already gone is fine."""
+        with self._lock:
+            self.objects.pop(("pods", ns, name), None)
+            self.metrics_text.pop(name, None)
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by a test's controller for one pass, so a client's request lands between passes, never inside.
+
+        (A pod a controller makes for a Deployment deleted meanwhile would outlive it here; in a cluster
+        the garbage collector removes it through its owner reference.)
+        """
+        return self._lock
+
     def put_pod(self, pod: dict) -> None:
         """Create or replace a pod as the ReplicaSet controller and the kubelet would; it is validated too."""
         with self._lock:
@@ -395,6 +411,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:  # the tests read `requests` instead
         pass
+
+
+def write_kubeconfig(path: Path, server: str, token: str) -> Path:
+    """A kubeconfig for the stand-in, as a cluster's admin would hand one out: one cluster, one token."""
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters:\n- name: standin\n  cluster:\n    server: {server}\n"
+        f"users:\n- name: slipway\n  user:\n    token: {token}\n"
+        "contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: slipway\n"
+        "current-context: standin\n"
+    )
+    return path
 
 
 # --- Pieces of the API server's behaviour ----------------------------------------------------------------

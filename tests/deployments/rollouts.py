@@ -61,3 +61,8 @@ def ask(endpoint: str, name: str) -> tuple[float, str]:
 
 def answers(endpoint: str, name: str, n: int) -> list[float]:
     return [ask(endpoint, name)[0] for _ in range(n)]
+
+
+def serving(status) -> dict[int, int]:
+    """The releases that get traffic, with their percent."""
+    return {number: weight for number, weight in status.weights.items() if weight}

@@ -121,6 +121,11 @@ def test_rollback_needs_a_reason_and_an_earlier_release(api, dev, versions):
     assert response.status_code == 400 and "reason" in response.json()["fields"]
     response = api.post(f"/api/v1/deployments/{deployment_id}/rollback/", {"reason": "bad"}, format="json")
     assert response.status_code == 409
+    assert "abort it to go back" in response.json()["error"]
+    rollout_id = Rollout.objects.get().pk
+    assert api.post(f"/api/v1/rollouts/{rollout_id}/abort/").status_code == 200
+    response = api.post(f"/api/v1/deployments/{deployment_id}/rollback/", {"reason": "bad"}, format="json")
+    assert response.status_code == 409
     assert "no earlier successful release" in response.json()["error"]
 
 

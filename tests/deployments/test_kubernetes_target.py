@@ -27,6 +27,7 @@ from deployments.targets import (
 from deployments.targets.kubernetes import KubernetesTarget, validate_config
 from tests.deployments.kube_schemas import validate_manifest
 from tests.deployments.kube_standin import KubeStandin
+from tests.deployments.kube_standin import write_kubeconfig as standin_kubeconfig
 from tests.models_zoo import MLP_SIGNATURE
 
 NS = "ml"
@@ -44,14 +45,7 @@ def kube():
 
 
 def write_kubeconfig(path: Path, server: str, token: str = TOKEN) -> Path:
-    path.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- name: standin\n  cluster:\n    server: {server}\n"
-        f"users:\n- name: slipway\n  user:\n    token: {token}\n"
-        "contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: slipway\n"
-        "current-context: standin\n"
-    )
-    return path
+    return standin_kubeconfig(path, server, token)
 
 
 @pytest.fixture

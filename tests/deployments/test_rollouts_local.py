@@ -14,7 +14,7 @@ from deployments.models import Deployment, ImageBuild, Rollout
 from deployments.targets import get_target
 from registry.models import ModelVersion
 from tests.conftest import wait_for
-from tests.deployments.rollouts import ROW, answers, deploy, upload, wait_state
+from tests.deployments.rollouts import ROW, answers, deploy, serving, upload, wait_state
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -42,7 +42,9 @@ def test_deploy_canary_automatic_rollback_and_one_click_rollback(api, dev, model
     assert api.post(f"/api/v1/rollouts/{rollout_id}/resume/").status_code == 200
     wait_state(rollout_id, "succeeded")
     assert answers(endpoint, model_name, 10) == [2.0] * 10
-    assert get_target("local").status(deployment_ref(Deployment.objects.get(pk=first["id"]))).releases.keys() == {2}
+    # release 1 stays up without traffic for a while, so a rollback to it only re-routes
+    status = get_target("local").status(deployment_ref(Deployment.objects.get(pk=first["id"])))
+    assert serving(status) == {2: 100} and status.releases.keys() == {1, 2}
 
     # v3 fails on real traffic: the analysis catches it and rolls back on its own
     plan = {
@@ -75,6 +77,8 @@ def test_deploy_canary_automatic_rollback_and_one_click_rollback(api, dev, model
     assert api.get(f"/api/v1/deployments/{first['id']}/").json()["current_release"]["number"] == 2
 
     # one click back to v1: a new release that reuses release 1, no build, and the deployment pinned
+    ref = deployment_ref(Deployment.objects.get(pk=first["id"]))
+    warm_pid = get_target("local").status(ref).releases[1].replicas[0].name
     response = api.post(
         f"/api/v1/deployments/{first['id']}/rollback/", {"reason": "v2 drifts on Mondays"}, format="json"
     )
@@ -84,6 +88,9 @@ def test_deploy_canary_automatic_rollback_and_one_click_rollback(api, dev, model
     wait_state(back["rollout"]["id"], "succeeded")
     assert answers(endpoint, model_name, 10) == [1.0] * 10
     assert ImageBuild.objects.count() == 0
+    # release 1 was still up without traffic: the rollback took its process over instead of starting one
+    status = get_target("local").status(ref)
+    assert serving(status) == {1: 100} and status.releases[1].replicas[0].name == warm_pid
 
     history = api.get(f"/api/v1/deployments/{first['id']}/releases/").json()["results"]
     assert [(r["number"], r["kind"], r["version"], r["rollout"]["state"]) for r in history] == [

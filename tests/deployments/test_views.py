@@ -7,6 +7,7 @@ along, it moves the row as the worker would (the reconciler has its own tests).
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -433,6 +434,23 @@ def test_the_panel_shows_steps_weight_replicas_warnings_analysis_and_events(brow
     assert ">Pause</button>" not in page
 
 
+def test_a_rollback_onto_a_warm_release_is_shown_by_release_not_by_slot(browser, iris, dev, actor):
+    first = settle(start(actor, version=1))
+    settle(start(actor, version=2))
+    deployment = Deployment.objects.get()
+    Deployment.objects.update(warm_release=first.release, warm_until=timezone.now() + timedelta(minutes=10))
+    page = browser.get(f"/deployments/{deployment.pk}/").content.decode()
+    assert "Kept warm</th><td>release 1 · v1, up without traffic until" in page
+
+    rollout = services.rollback(deployment, actor=actor, reason="v2 drifts", to_release=1)[1]
+    assert (rollout.release.number, rollout.release.slot) == (3, 1)  # release 1's processes, taken over
+    Rollout.objects.filter(pk=rollout.pk).update(state="progressing", status=status_of(2, 1))
+    page = browser.get(f"/deployments/{deployment.pk}/").content.decode()
+    rows = re.findall(r'<td class="nowrap">(\d+) <small class="muted">(\w+)</small>', page)
+    assert rows == [("3", "new"), ("2", "previous")]
+    assert "Release 3: replica 1: CrashLoopBackOff" in page  # status_of warns about its last slot: 1
+
+
 def test_a_failed_rollout_says_why(browser, iris, dev, actor):
     rollout = start(actor)
     settle(rollout, "failed", failure_reason="Release 1 was not ready after 300 s: ImagePullBackOff")
@@ -579,9 +597,8 @@ def test_rollback_needs_a_reason_then_pins_and_unpin_re_renders_the_panel(browse
     third = start(actor, version=3)  # meanwhile, someone deploys from another tab: this form is stale
     response = post(browser, f"/deployments/{pk}/rollback/", {"to_release": "1", "reason": "v2 drifts"})
     assert response.status_code == 409
-    assert f"Rollout #{third.pk} of iris in dev is pending: wait for it to end, or abort it first." in (
-        response.content.decode()
-    )  # shown at the top: the panel of an active rollout offers no rollback form
+    assert f"Rollout #{third.pk} is pending: abort it" in response.content.decode()
+    # (shown at the top: the panel of an active rollout offers no rollback form)
     services.abort_rollout(third, actor=actor)
 
     response = post(browser, f"/deployments/{pk}/rollback/", {"to_release": "1", "reason": "v2 drifts"})

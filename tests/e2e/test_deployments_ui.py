@@ -98,6 +98,7 @@ def held_rollout(deployment: Deployment, version: int, *, plan: dict | None, use
     release = Release.objects.create(
         deployment=deployment,
         number=number,
+        slot=number,
         model_version=ModelVersion.objects.get(model=deployment.model, version=version),
         settings=settings,
         reason=reason,
