@@ -420,12 +420,18 @@ class Reconciler:
         rollout = self.rollout
         number = self.release.slot
         if rollout.analysis_baseline is None:
-            baseline = parse(self.target.metrics(self.ref, number))
+            try:
+                baseline = parse(self.target.metrics(self.ref, number))
+            except ValueError as exc:  # not the runtime's metrics: nothing to judge by
+                return self.fail(f"Analysis could not read release {number}'s /metrics: {exc}")
             result.fields["analysis_baseline"] = baseline.to_dict()
             return result.event("analysis", f"Analysis started: watching release {number} for {step['duration_s']:g} s")
         if self.elapsed() < step["duration_s"]:
             return result
-        after = parse(self.target.metrics(self.ref, number))
+        try:
+            after = parse(self.target.metrics(self.ref, number))
+        except ValueError as exc:
+            return self.fail(f"Analysis could not read release {number}'s /metrics: {exc}")
         sample = window(Sample.from_dict(rollout.analysis_baseline), after)
         mine = status.releases.get(number)
         verdict = judge(

@@ -20,7 +20,8 @@ from typing import Any
 
 STRATEGIES = ("rolling", "canary", "blue_green")
 DEFAULT_PLAN: dict[str, Any] = {"strategy": "rolling", "max_surge": "25%", "max_unavailable": 0}
-ROLLBACK_PLAN: dict[str, Any] = {"strategy": "rolling", "max_surge": "100%", "max_unavailable": 0}
+# A rollback replaces the release at once, and leaves nothing of it behind (no keep_previous).
+ROLLBACK_PLAN: dict[str, Any] = {"strategy": "rolling", "max_surge": "100%", "max_unavailable": 0, "keep_previous": 0}
 DEFAULT_PROGRESS_DEADLINE_S = 300.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

@@ -315,7 +315,8 @@ def test_deploy_canary_stalled_release_rollback_and_abort(api, prod, model, mode
     )
     assert api.post(f"/api/v1/rollouts/{rollout_id}/resume/").status_code == 200
     wait_state(rollout_id, "succeeded", timeout=30)
-    assert of_release(kube, key, 1) == []  # nothing of release 1 left behind
+    # release 1 stays up without traffic (keep_previous), so a rollback to it only re-routes
+    assert replicas(kube, key, 1) == 1
     assert service_selector(kube, key) == pins(key, 2)
     assert replicas(kube, key, 2) == 2 and image_of(kube, key, 2) == images[v2]
     assert api.get(f"/api/v1/deployments/{deployment_id}/").json()["endpoint"] == endpoint
@@ -339,10 +340,13 @@ def test_deploy_canary_stalled_release_rollback_and_abort(api, prod, model, mode
     assert back["pinned"] is True and back["rollout"]["release"] == 4 and back["rollout"]["version"] == v1
     wait_state(back["rollout"]["id"], "succeeded", timeout=30)
     assert Release.objects.get(deployment_id=deployment_id, number=4).image == images[v1]
-    assert image_of(kube, key, 4) == images[v1]
+    # release 1's Deployment was still there: the rollback took it over (slot 1) and scaled it back up
+    assert Release.objects.get(deployment_id=deployment_id, number=4).slot == 1
+    assert of_release(kube, key, 4) == []
+    assert image_of(kube, key, 1) == images[v1] and replicas(kube, key, 1) == 2
     assert ImageBuild.objects.count() == builds
-    assert service_selector(kube, key) == pins(key, 4)
-    assert of_release(kube, key, 2) == []
+    assert service_selector(kube, key) == pins(key, 1)
+    assert of_release(kube, key, 2) == []  # a rollback leaves nothing of what it replaced
     assert api.get(f"/api/v1/deployments/{deployment_id}/").json()["pinned"] is True
 
     # (5) a canary aborted during its pause: everything of the new release goes, release 4 serves alone
@@ -350,21 +354,21 @@ def test_deploy_canary_stalled_release_rollback_and_abort(api, prod, model, mode
     fifth = deploy(api, model, v2, env="prod", plan=CANARY_50_THEN_PAUSE)
     rollout_id = fifth["rollout"]["id"]
     wait_state(rollout_id, "paused", timeout=30)
-    assert (replicas(kube, key, 4), replicas(kube, key, 5)) == (1, 1)
+    assert (replicas(kube, key, 1), replicas(kube, key, 5)) == (1, 1)
     assert image_of(kube, key, 5) == images[v2]  # release 2's image, reused
     response = api.post(f"/api/v1/rollouts/{rollout_id}/abort/", {"reason": "wrong day"}, format="json")
     assert response.json()["state"] == "reverting"
     aborted = wait_state(rollout_id, "aborted", timeout=30)
     assert "wrong day" in aborted.failure_reason
     assert of_release(kube, key, 5) == []
-    assert service_selector(kube, key) == pins(key, 4)
-    assert replicas(kube, key, 4) == 2
+    assert service_selector(kube, key) == pins(key, 1)
+    assert replicas(kube, key, 1) == 2
     assert ImageBuild.objects.count() == builds
 
-    # What is left in the cluster is exactly what serves: release 4 and the stable Service.
+    # What is left in the cluster is exactly what serves: release 4 (in slot 1) and the stable Service.
     left = sorted((plural, name) for plural, _, name in kube.objects if plural != "pods")
-    assert left == [("deployments", f"{key}-r4"), ("services", key)]
-    wait_for(lambda: pods(kube, key, 4) == 2, timeout=10, what="release 4 back to two pods")
+    assert left == [("deployments", f"{key}-r1"), ("services", key)]
+    wait_for(lambda: pods(kube, key, 1) == 2, timeout=10, what="release 4 (slot 1) back to two pods")
     assert api.get(f"/api/v1/deployments/{deployment_id}/").json()["current_release"]["number"] == 4
     assert verify_chain() is None
 

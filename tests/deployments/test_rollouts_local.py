@@ -91,6 +91,7 @@ def test_deploy_canary_automatic_rollback_and_one_click_rollback(api, dev, model
     # release 1 was still up without traffic: the rollback took its process over instead of starting one
     status = get_target("local").status(ref)
     assert serving(status) == {1: 100} and status.releases[1].replicas[0].name == warm_pid
+    assert status.releases.keys() == {1}  # and left nothing of release 2 behind
 
     history = api.get(f"/api/v1/deployments/{first['id']}/releases/").json()["results"]
     assert [(r["number"], r["kind"], r["version"], r["rollout"]["state"]) for r in history] == [
