@@ -81,7 +81,21 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    still_serving(var)
     return exit_code
+
+
+def still_serving(var: Path) -> None:
+    """Local deployments outlive the control plane, as pods outlive theirs: say which, and how to stop them."""
+    ports = sorted((p.parent.name, p.read_text().strip()) for p in (var / "deployments").glob("*/port"))
+    if ports:
+        endpoints = ", ".join(f"{key} on :{port}" for key, port in ports)
+        print(
+            f"Still serving: {endpoints} (runtime processes outlive the control plane, as pods do; "
+            "the next `make run` manages them again). To stop them: "
+            "pkill -f 'inference_runtime|deployments.targets.router'",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -161,3 +161,25 @@ def test_a_release_that_never_gets_ready_is_rolled_back(api, dev, model_name, mo
     assert "Release 2 failed" in ended.failure_reason
     assert "SHA-256" in ended.failure_reason or "sha256" in ended.failure_reason.lower()
     assert answers(endpoint, model_name, 4) == [1.0] * 4
+
+
+def test_blue_green_brings_the_new_release_up_without_traffic_then_switches(api, dev, model_name, model_dir):
+    v1, v2 = (upload(api, model_name, model_dir[k]) for k in ("one", "two"))
+    first = deploy(api, model_name, v1)
+    wait_state(first["rollout"]["id"], "succeeded")
+    endpoint = api.get(f"/api/v1/deployments/{first['id']}/").json()["endpoint"]
+
+    plan = {"strategy": "blue_green", "auto_switch": False, "keep_old": "1s", "keep_previous": 0}
+    rollout_id = deploy(api, model_name, v2, plan=plan)["rollout"]["id"]
+    paused = wait_state(rollout_id, "paused")  # verified and waiting for someone to switch
+    ref = deployment_ref(Deployment.objects.get(pk=first["id"]))
+    status = get_target("local").status(ref)
+    assert status.releases[2].ready == 1 and serving(status) == {1: 100}  # green is up, blue takes everything
+    assert paused.weight == 0
+    assert answers(endpoint, model_name, 6) == [1.0] * 6
+
+    assert api.post(f"/api/v1/rollouts/{rollout_id}/resume/").status_code == 200
+    wait_for(lambda: Rollout.objects.get(pk=rollout_id).weight == 100, timeout=30, what="the switch")
+    assert answers(endpoint, model_name, 6) == [2.0] * 6  # switched at once, for every request
+    wait_state(rollout_id, "succeeded")
+    assert get_target("local").status(ref).releases.keys() == {2}  # the old release kept 1 s, then removed
