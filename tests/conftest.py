@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ from rest_framework.test import APIClient
 
 from controlplane.audit import Actor
 from controlplane.tokens import create_token
+from deployments.engine import deployment_ref
+from deployments.models import Deployment
+from deployments.targets import get_target
 from tests.factories import UserFactory
 from tests.models_zoo import write_models
 
@@ -182,3 +186,13 @@ def wait_for(predicate, *, timeout: float = 60, interval: float = 0.1, what: str
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# --- Deployments a test makes, and every runtime process they started gone afterwards ----
+@pytest.fixture
+def model_name(worker):
+    """A model of this test's own, and every runtime process it started gone afterwards."""
+    name = f"const-{uuid.uuid4().hex[:6]}"
+    yield name
+    for deployment in Deployment.objects.filter(model__name=name).select_related("environment", "model"):
+        get_target(deployment.environment.target).teardown(deployment_ref(deployment))

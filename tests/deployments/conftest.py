@@ -11,9 +11,7 @@ import pytest
 import requests
 from django.conf import settings
 
-from deployments.engine import deployment_ref
-from deployments.models import Deployment, Environment
-from deployments.targets import get_target
+from deployments.models import Environment
 from registry.models import ModelVersion
 from tests.conftest import wait_for
 from tests.deployments.rollout_models import write_constant, write_failing
@@ -92,15 +90,6 @@ def model_dir(tmp_path_factory):
         "two": write_constant(directory, 2.0),
         "broken": write_failing(directory),
     }
-
-
-@pytest.fixture
-def model_name(worker):
-    """A model of this test's own, and every runtime process it started gone afterwards."""
-    name = f"const-{uuid.uuid4().hex[:6]}"
-    yield name
-    for deployment in Deployment.objects.filter(model__name=name).select_related("environment", "model"):
-        get_target(deployment.environment.target).teardown(deployment_ref(deployment))
 
 
 @pytest.fixture

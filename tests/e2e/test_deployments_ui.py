@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -21,11 +20,9 @@ from playwright.sync_api import Page, expect
 
 from controlplane.audit import Actor
 from deployments import services
-from deployments.engine import deployment_ref
 from deployments.models import Deployment, Environment, Release, Rollout, RolloutEvent
 from deployments.plans import compile_plan
 from deployments.runtime_settings import parse_runtime_settings, settings_to_dict
-from deployments.targets import get_target
 from registry.models import Model, ModelVersion
 from tests.conftest import wait_for
 from tests.deployments.rollout_models import write_constant
@@ -361,15 +358,6 @@ def test_the_deploy_form_offers_a_canary_example_and_explains_refusals(page: Pag
 
 # --- The real worker and the real local target -------------------------------------------------
 ROLLOUT_TIMEOUT_MS = 120_000
-
-
-@pytest.fixture
-def model_name(worker):
-    """A model of this test's own, and every runtime process it started gone afterwards."""
-    name = f"const-{uuid.uuid4().hex[:6]}"
-    yield name
-    for deployment in Deployment.objects.filter(model__name=name).select_related("environment", "model"):
-        get_target(deployment.environment.target).teardown(deployment_ref(deployment))
 
 
 @pytest.mark.worker
