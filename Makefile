@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: run test lint bench bench-runtime bench-build demo-model migrate check clean
+.PHONY: run test lint bench bench-runtime bench-build bench-rollouts demo-model migrate check clean
 
 $(VENV)/.run-installed: requirements.txt requirements-validator.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-runtime: $(VENV)/.run-installed
 ## bench-build: image builds (cold, new version, cache hit, sizes) vs `litserve dockerize`; not part of `make test`
 bench-build: $(VENV)/.run-installed
 	@bash .ci/bench-build.sh $(ARGS)
+
+## bench-rollouts: deploy vs warm/cold rollback, and the deployment page's latency in Chromium (~5 min); not part of `make test`
+bench-rollouts: $(VENV)/.dev-installed
+	@bash .ci/bench-rollouts.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) var
