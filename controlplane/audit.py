@@ -95,8 +95,13 @@ def record(
     after: dict | None = None,
     outcome: str = Outcome.SUCCESS,
     message: str = "",
+    environment: str = "",
 ) -> AuditEvent:
-    """Append one event to the chain. Call inside the change's transaction."""
+    """Append one event to the chain. Call inside the change's transaction.
+
+    `environment` names the environment the event concerns (a deployment's, a rollout's), so the
+    log can be read per environment.
+    """
     target_type, target_id, target_repr = describe(target)
     with transaction.atomic():
         _lock_chain()
@@ -109,6 +114,7 @@ def record(
             target_type=target_type,
             target_id=target_id,
             target_repr=target_repr,
+            environment=environment,
             before=_as_json(before),
             after=_as_json(after),
             outcome=outcome,
