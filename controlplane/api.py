@@ -58,8 +58,8 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
         filters=True,
         parameters=[OpenApiParameter("format", enum=list(audit_export.FORMATS), default="jsonl")],
         responses={
-            (200, "application/jsonl"): OpenApiResponse(OpenApiTypes.STR, description="One event per line"),
-            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="One event per row, with a header"),
+            (200, media): OpenApiResponse(OpenApiTypes.STR, description="One event per line; CSV starts with a header")
+            for media in ("application/jsonl", "text/csv")
         },
     )
     @action(detail=False, pagination_class=None)

@@ -90,7 +90,6 @@ def test_the_hash_covers_the_environment_but_rows_without_one_hash_as_before(ali
     assert broken is not None and broken.id == tagged.id
 
 
-@pytest.mark.slow
 def test_the_embedded_sqlite_database_keeps_its_append_only_triggers_after_every_migration(tmp_path):
     # Some migrations rebuild the table on SQLite, which drops its triggers: the last one must leave them in place.
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"SLIPWAY_VAR_DIR": str(tmp_path)}
