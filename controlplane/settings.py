@@ -278,6 +278,13 @@ CONTENT_SECURITY_POLICY = {
         "object-src": [NONE],
     },
 }
+# Pages carry the CSRF token themselves (forms, and hx-headers for htmx): no script reads the cookie.
+CSRF_COOKIE_HTTPONLY = True
+SESSION_COOKIE_HTTPONLY = True
+# Lax, not Strict: a link to a deployment page pasted in chat must open it signed in. Lax already keeps
+# the cookies off cross-site POSTs, subresources and frames.
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
 
 # --- Production hardening (SLIPWAY_HTTPS=true behind TLS) -------------------
 if env_bool("SLIPWAY_HTTPS", False):
