@@ -13,6 +13,7 @@ import dj_database_url
 from csp.constants import NONE, SELF
 
 from controlplane.env import (
+    cache_from_url,
     env_bool,
     env_choice,
     env_float,
@@ -20,6 +21,7 @@ from controlplane.env import (
     env_json_object,
     env_list,
     env_port_range,
+    env_rate,
     env_str,
 )
 
@@ -114,6 +116,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+# Django's cache holds the API's request counts: in production, one every web process shares.
+CACHES = {"default": cache_from_url("SLIPWAY_CACHE_URL", "locmem://")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -228,6 +233,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- API -------------------------------------------------------------------
+# Where the client's address comes from: only trust X-Forwarded-For behind a proxy you run.
+SLIPWAY_TRUST_X_FORWARDED_FOR = env_bool("SLIPWAY_TRUST_X_FORWARDED_FOR", False)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "controlplane.authentication.BearerTokenAuthentication",
@@ -245,6 +253,18 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # 429 with Retry-After past these rates: per user (token or session), and per address for anonymous calls.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "controlplane.throttling.AnonRateThrottle",
+        "controlplane.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env_rate("SLIPWAY_API_RATE_USER", "600/min"),
+        "anon": env_rate("SLIPWAY_API_RATE_ANON", "60/min"),
+    },
+    # Limits count by address, so they believe only the hop your proxy appended to X-Forwarded-For (its
+    # last entry), never what a client wrote before it; without a trusted proxy, the socket's address.
+    "NUM_PROXIES": 1 if SLIPWAY_TRUST_X_FORWARDED_FOR else 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Slipway API",
@@ -259,9 +279,6 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
-
-# Where the client's address comes from: only trust X-Forwarded-For behind a proxy you run.
-SLIPWAY_TRUST_X_FORWARDED_FOR = env_bool("SLIPWAY_TRUST_X_FORWARDED_FOR", False)
 
 # --- Browser security ---------------------------------------------------------
 # No inline script, style or eval anywhere: every page's code and CSS come from static files.
