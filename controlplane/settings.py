@@ -7,6 +7,7 @@ artifacts under var/. Production sets DATABASE_URL, CELERY_BROKER_URL and friend
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -62,6 +63,7 @@ INSTALLED_APPS = [
     "django_filters",
     "django_htmx",
     "csp",
+    "axes",
     "controlplane",
     "registry",
     "deployments",
@@ -80,6 +82,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out log-in's answer into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -127,6 +131,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out log-in before the password is checked
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "registry:model-list"
@@ -303,6 +311,22 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 
+# Log-in attempts (django-axes, counted in the database so every web process sees them): after
+# SLIPWAY_LOGIN_MAX_ATTEMPTS failures for one username, or from one address, log-ins are refused for
+# SLIPWAY_LOGIN_LOCKOUT_S. Applies to /login/ and the admin's log-in alike.
+AXES_FAILURE_LIMIT = env_int("SLIPWAY_LOGIN_MAX_ATTEMPTS", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("SLIPWAY_LOGIN_LOCKOUT_S", 900, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one reaching the limit locks
+AXES_CLIENT_IP_CALLABLE = "controlplane.throttling.client_address"
+AXES_LOCKOUT_CALLABLE = "controlplane.logins.lockout_response"
+# A refused try during a lockout does not extend it, so the page can say exactly when to retry.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Not reset on success: a successful log-in clears its address's failures too, which would let anyone with
+# an account guess another account's password forever (fail, fail, log in as oneself, repeat).
+AXES_RESET_ON_SUCCESS = False
+AXES_DISABLE_ACCESS_LOG = True  # successful log-ins need no second log beside the audit log
+AXES_HTTP_RESPONSE_CODE = 429
+
 # --- Production hardening (SLIPWAY_HTTPS=true behind TLS) -------------------
 if env_bool("SLIPWAY_HTTPS", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -322,5 +346,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("SLIPWAY_LOG_LEVEL") or "INFO"},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    # django-axes logs every successful log-in, and its version at every start: its warnings (failures) are enough.
+    "loggers": {"django.server": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

@@ -224,3 +224,18 @@ def test_the_watch_catches_an_inline_script(page: Page, catalogue, alice):
     page.wait_for_timeout(200)
     assert page.evaluate("window.inlineRan") is None
     assert any("script-src" in seen for seen in refusals.seen), refusals.seen
+
+
+def test_a_locked_out_log_in_says_when_to_retry_under_the_policy(
+    page: Page, refusals: Refusals, alice, live_db, settings
+):
+    settings.AXES_FAILURE_LIMIT = 2
+    refusals.visit("/login/")
+    for _ in range(2):
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill("not the password")
+        page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Log-in refused for now")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("Try again in 15 minutes")
+    shoot(page, "csp-locked-out")
+    refusals.assert_none("the lockout page")
