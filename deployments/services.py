@@ -379,7 +379,8 @@ def _start(
             )
         except InvalidPlan as exc:
             raise InvalidInput(
-                f"The plan is not valid: {exc}", fields={f"plan.{k}": v for k, v in exc.fields.items()}
+                f"The plan is not valid: {exc}",
+                fields={k if k == "plan" else f"plan.{k}": v for k, v in exc.fields.items()},
             ) from None
         number = deployment.latest_release + 1
         Deployment.objects.filter(pk=deployment.pk).update(latest_release=number)
