@@ -48,7 +48,7 @@ def test_environments_are_created_listed_and_chained(api, dev):
         ({"name": "prod", "promotes_from": "nowhere"}, "promotes_from"),
         ({"name": "prod", "target": "local", "target_config": {"namespace": "x"}}, "target_config"),
         ({"name": "prod", "default_plan": {"strategy": "yolo"}}, "default_plan"),
-        ({"name": "prod", "default_plan": True}, "default_plan"),  # was a 500 (found by Schemathesis)
+        ({"name": "prod", "default_plan": True}, "default_plan"),  # was a 500
         ({"name": "prod", "default_settings": True}, "default_settings"),  # was a 500 (found by Schemathesis)
     ],
 )
