@@ -25,7 +25,8 @@ echo "== django checks"
 $BIN/python manage.py check --fail-level WARNING
 $BIN/python manage.py makemigrations --check --dry-run >/dev/null || {
   echo "Models changed without a migration: run 'python manage.py makemigrations'."; exit 1; }
-SLIPWAY_HTTPS=true DJANGO_SECRET_KEY="$(head -c 48 /dev/urandom | base64)" \
+# Production as the README describes it: behind TLS, its own secret key, a cache every web process shares.
+SLIPWAY_HTTPS=true DJANGO_SECRET_KEY="$(head -c 48 /dev/urandom | base64)" SLIPWAY_CACHE_URL=redis://127.0.0.1:6379/1 \
   $BIN/python manage.py check --deploy --fail-level WARNING
 
 echo "== pytest"

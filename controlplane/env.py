@@ -105,3 +105,33 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name}={raw!r} must be one of: {', '.join(choices)}.")
     return value
+
+
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*", re.IGNORECASE)
+
+
+def env_rate(name: str, default: str | None) -> str | None:
+    """A request rate such as 600/min (per s, min, hour or day); `off` turns the limit off (None)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.strip().lower() == "off":
+        return None
+    match = _RATE.fullmatch(raw)
+    if not match or int(match[1]) < 1:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be a rate like 600/min (per s, min, hour or day), or off.")
+    return f"{int(match[1])}/{match[2].lower()}"
+
+
+def cache_from_url(name: str, default: str) -> dict:
+    """Django's CACHES entry for a URL: redis://host:6379/1 (rediss://, unix://) or locmem:// (one per process)."""
+    url = (os.environ.get(name) or "").strip() or default
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url, "KEY_PREFIX": "slipway"}
+    if scheme == "locmem":
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": url.split("://", 1)[1]}
+    raise ImproperlyConfigured(
+        f"{name}={url!r} is not a cache URL Slipway knows: use redis://host:6379/1 (shared by every process) "
+        "or locmem:// (one cache per process)."
+    )

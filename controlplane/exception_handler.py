@@ -1,7 +1,7 @@
 """The one place where errors become HTTP answers for the API.
 
 Every API error body is `{"error": "<what to do>", "code": "...", "fields": {...}?}`.
-Refused attempts (401, 403, 400, 409, 413) are recorded in the audit log.
+Refused attempts (401, 403, 400, 409, 413) are recorded in the audit log; throttled ones (429) are not.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from controlplane.errors import InvalidInput, PayloadTooLarge, ServiceError
 from controlplane.models import Outcome
+from controlplane.throttling import current_rate
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ def exception_handler(exc, context):
         exc = exceptions.NotFound("Not found: check the name or number in the URL.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, exceptions.Throttled):
+        return _throttled(exc, context)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # an unexpected error: Django logs it and answers 500
@@ -73,6 +76,19 @@ def exception_handler(exc, context):
     elif isinstance(exc, exceptions.ValidationError | exceptions.ParseError | exceptions.UnsupportedMediaType):
         _audit_refusal(context, Outcome.INVALID, body["error"], response.status_code)
     return response
+
+
+def _throttled(exc: exceptions.Throttled, context) -> Response:
+    """429 with Retry-After. Not audited: a flood would otherwise write one audit row per request."""
+    request = context.get("request")
+    signed_in = request is not None and request.user.is_authenticated
+    wait = max(1, exc.wait or 1)
+    if signed_in:
+        limit = f"{current_rate('user')} per user"
+    else:
+        limit = f"{current_rate('anon')} per address without an API token"
+    body = {"error": f"Too many requests: the API allows {limit}; retry in {wait} s.", "code": exc.default_code}
+    return Response(body, status=exc.status_code, headers={"Retry-After": str(wait)})
 
 
 def _as_service_error(exc):

@@ -1,7 +1,31 @@
+from datetime import UTC
+
 import django_filters
+from django.core.exceptions import ValidationError
 from django.db.models import Q
+from django_filters.fields import IsoDateTimeField
 
 from controlplane.models import AuditEvent, Outcome
+
+
+class UTCDateTimeField(IsoDateTimeField):
+    """An ISO 8601 time with any offset, handed to the database in UTC.
+
+    PostgreSQL refuses offsets beyond ±15:59 that Python accepts (up to ±23:59).
+    """
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("This time is out of range: use a date between the years 1 and 9999.") from None
+
+
+class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UTCDateTimeField
 
 
 class AuditEventFilterSet(django_filters.FilterSet):
@@ -21,8 +45,8 @@ class AuditEventFilterSet(django_filters.FilterSet):
         choices=Outcome.choices,
         error_messages={"invalid_choice": f"%(value)s is not an outcome; use one of {', '.join(Outcome.values)}."},
     )
-    since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    since = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    until = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
     event = django_filters.NumberFilter(field_name="id", label="One event, by its id")
 
     class Meta:

@@ -7,11 +7,14 @@ artifacts under var/. Production sets DATABASE_URL, CELERY_BROKER_URL and friend
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 
 from controlplane.env import (
+    cache_from_url,
     env_bool,
     env_choice,
     env_float,
@@ -19,6 +22,7 @@ from controlplane.env import (
     env_json_object,
     env_list,
     env_port_range,
+    env_rate,
     env_str,
 )
 
@@ -58,6 +62,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_filters",
     "django_htmx",
+    "csp",
+    "axes",
     "controlplane",
     "registry",
     "deployments",
@@ -65,6 +71,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "controlplane.middleware.RequestIdMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -75,6 +82,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out log-in's answer into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -112,6 +121,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 
+# Django's cache holds the API's request counts: in production, one every web process shares.
+CACHES = {"default": cache_from_url("SLIPWAY_CACHE_URL", "locmem://")}
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -119,6 +131,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out log-in before the password is checked
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "registry:model-list"
@@ -225,6 +241,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- API -------------------------------------------------------------------
+# Where the client's address comes from: only trust X-Forwarded-For behind a proxy you run.
+SLIPWAY_TRUST_X_FORWARDED_FOR = env_bool("SLIPWAY_TRUST_X_FORWARDED_FOR", False)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "controlplane.authentication.BearerTokenAuthentication",
@@ -242,6 +261,18 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # 429 with Retry-After past these rates: per user (token or session), and per address for anonymous calls.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "controlplane.throttling.AnonRateThrottle",
+        "controlplane.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env_rate("SLIPWAY_API_RATE_USER", "600/min"),
+        "anon": env_rate("SLIPWAY_API_RATE_ANON", "60/min"),
+    },
+    # Limits count by address, so they believe only the hop your proxy appended to X-Forwarded-For (its
+    # last entry), never what a client wrote before it; without a trusted proxy, the socket's address.
+    "NUM_PROXIES": 1 if SLIPWAY_TRUST_X_FORWARDED_FOR else 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Slipway API",
@@ -257,8 +288,44 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# Where the client's address comes from: only trust X-Forwarded-For behind a proxy you run.
-SLIPWAY_TRUST_X_FORWARDED_FOR = env_bool("SLIPWAY_TRUST_X_FORWARDED_FOR", False)
+# --- Browser security ---------------------------------------------------------
+# No inline script, style or eval anywhere: every page's code and CSS come from static files.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],  # Pico and Swagger UI draw small icons as data: URLs
+        "connect-src": [SELF],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+        "base-uri": [SELF],
+        "object-src": [NONE],
+    },
+}
+# Pages carry the CSRF token themselves (forms, and hx-headers for htmx): no script reads the cookie.
+CSRF_COOKIE_HTTPONLY = True
+SESSION_COOKIE_HTTPONLY = True
+# Lax, not Strict: a link to a deployment page pasted in chat must open it signed in. Lax already keeps
+# the cookies off cross-site POSTs, subresources and frames.
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+
+# Log-in attempts (django-axes, counted in the database so every web process sees them): after
+# SLIPWAY_LOGIN_MAX_ATTEMPTS failures for one username, or from one address, log-ins are refused for
+# SLIPWAY_LOGIN_LOCKOUT_S. Applies to /login/ and the admin's log-in alike.
+AXES_FAILURE_LIMIT = env_int("SLIPWAY_LOGIN_MAX_ATTEMPTS", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("SLIPWAY_LOGIN_LOCKOUT_S", 900, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one reaching the limit locks
+AXES_CLIENT_IP_CALLABLE = "controlplane.throttling.client_address"
+AXES_LOCKOUT_CALLABLE = "controlplane.logins.lockout_response"
+# A refused try during a lockout does not extend it, so the page can say exactly when to retry.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Not reset on success: a successful log-in clears its address's failures too, which would let anyone with
+# an account guess another account's password forever (fail, fail, log in as oneself, repeat).
+AXES_RESET_ON_SUCCESS = False
+AXES_DISABLE_ACCESS_LOG = True  # successful log-ins need no second log beside the audit log
+AXES_HTTP_RESPONSE_CODE = 429
 
 # --- Production hardening (SLIPWAY_HTTPS=true behind TLS) -------------------
 if env_bool("SLIPWAY_HTTPS", False):
@@ -279,5 +346,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("SLIPWAY_LOG_LEVEL") or "INFO"},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    # django-axes logs every successful log-in, and its version at every start: its warnings (failures) are enough.
+    "loggers": {"django.server": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

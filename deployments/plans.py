@@ -87,6 +87,8 @@ def _thresholds(value: Any, field: str) -> tuple[float, dict]:
 
 def compile_plan(plan: dict | None, *, replicas: int, first: bool = False) -> tuple[dict, list[dict]]:
     """(the plan normalised, its steps). `first`: nothing serves yet, so traffic goes straight to 100%."""
+    if plan is not None and not isinstance(plan, dict):
+        raise InvalidPlan({"plan": ['must be a JSON object, e.g. {"strategy": "canary", "steps": [...]}.']})
     plan = dict(plan or DEFAULT_PLAN)
     strategy = plan.get("strategy", "rolling")
     if strategy not in STRATEGIES:

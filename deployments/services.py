@@ -228,7 +228,7 @@ def create_environment(
                 f"There is no environment {promotes_from!r} to promote from: create it first.",
                 fields={"promotes_from": ["unknown environment"]},
             )
-    settings_ = _runtime_settings(default_settings or {})
+    settings_ = _runtime_settings(default_settings or {}, field="default_settings")
     try:
         compile_plan(default_plan, replicas=settings_["replicas"])
     except InvalidPlan as exc:
@@ -290,7 +290,12 @@ def _target_config(target: str, config: dict) -> dict:
         ) from None
 
 
-def _runtime_settings(data: dict, base: dict | None = None) -> dict:
+def _runtime_settings(data: dict, base: dict | None = None, *, field: str = "config") -> dict:
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            f'{field} must be a JSON object of runtime settings, e.g. {{"replicas": 2}}.',
+            fields={field: ["not an object"]},
+        )
     try:
         merged = parse_runtime_settings({**(base or {}), **(data or {})})
     except InvalidSettings as exc:
@@ -386,7 +391,8 @@ def _start(
             )
         except InvalidPlan as exc:
             raise InvalidInput(
-                f"The plan is not valid: {exc}", fields={f"plan.{k}": v for k, v in exc.fields.items()}
+                f"The plan is not valid: {exc}",
+                fields={k if k == "plan" else f"plan.{k}": v for k, v in exc.fields.items()},
             ) from None
         number = deployment.latest_release + 1
         Deployment.objects.filter(pk=deployment.pk).update(latest_release=number)

@@ -48,6 +48,8 @@ def test_environments_are_created_listed_and_chained(api, dev):
         ({"name": "prod", "promotes_from": "nowhere"}, "promotes_from"),
         ({"name": "prod", "target": "local", "target_config": {"namespace": "x"}}, "target_config"),
         ({"name": "prod", "default_plan": {"strategy": "yolo"}}, "default_plan"),
+        ({"name": "prod", "default_plan": True}, "default_plan"),  # was a 500
+        ({"name": "prod", "default_settings": True}, "default_settings"),  # was a 500 (found by Schemathesis)
     ],
 )
 def test_bad_environments_are_refused_with_the_field(api, dev, body, field):
@@ -95,6 +97,8 @@ def test_a_second_deploy_while_one_is_active_is_refused_409(api, dev, versions):
         ({"config": {"replicas": 0}}, 400, "replicas"),
         ({"config": {"colour": "blue"}}, 400, "colour"),
         ({"plan": {"strategy": "canary", "steps": [{"set_weight": 500}]}}, 400, "plan.steps[0]"),
+        ({"plan": ["canary"]}, 400, "plan"),  # was a 500
+        ({"config": [2]}, 400, "config"),  # was a 500
     ],
 )
 def test_bad_deploys_are_refused_and_leave_nothing(api, dev, versions, body, status, field):
