@@ -153,13 +153,19 @@ def _from_current_release(deployment: Deployment, at: datetime) -> Serving | Non
     return Serving(deployment=deployment, release=release, weight_percent=100, since=since, until=None, recorded=False)
 
 
-def environment_serving(environment, at: datetime) -> Answer:
-    """What served in `environment` at `at`: every deployment there, in model name order."""
+def environment_deployments(environment) -> QuerySet[Deployment]:
+    """The environment's deployments in the order the answers list them (pages paginate this)."""
+    return Deployment.objects.filter(environment=environment).order_by("model__name", "pk")
+
+
+def environment_serving(environment, at: datetime, deployments: QuerySet[Deployment] | None = None) -> Answer:
+    """What served in `environment` at `at`: all its deployments, or the page of them given."""
     if at < environment.created_at:
         created = f"{environment.created_at:%Y-%m-%d %H:%M:%S}"
         note = f"Environment {environment.name} was created at {created} UTC: nothing served in it before."
         return Answer(at=at, rows=[], note=note)
-    deployments = Deployment.objects.filter(environment=environment).order_by("model__name", "pk")
+    if deployments is None:
+        deployments = environment_deployments(environment)
     return Answer(at=at, rows=serving_at(deployments, at), note=_future_note(at))
 
 
