@@ -67,8 +67,8 @@ def parse_instant(text: str | None, *, field_name: str = "at") -> datetime:
             fields={field_name: ["not an ISO 8601 time"]},
         )
     if timezone.is_naive(parsed):
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 @dataclass
