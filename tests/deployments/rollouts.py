@@ -70,5 +70,7 @@ def serving(status) -> dict[int, int]:
 
 def ledger_of(deployment_id: int) -> list[tuple[int, int, bool]]:
     """The deployment's serving intervals in order: (release, percent, still open)."""
-    rows = ServingInterval.objects.filter(deployment_id=deployment_id).order_by("started_at", "-weight_percent", "release__number")
+    rows = ServingInterval.objects.filter(deployment_id=deployment_id).order_by(
+        "started_at", "-weight_percent", "release__number"
+    )
     return [(row.release.number, row.weight_percent, row.ended_at is None) for row in rows.select_related("release")]
