@@ -6,6 +6,7 @@ the end-to-end test drives the real engine on the local target with a real worke
 
 from __future__ import annotations
 
+import importlib
 import re
 from datetime import datetime, timedelta
 
@@ -151,6 +152,19 @@ def test_a_deployment_without_ledger_rows_is_answered_from_its_current_release(a
     assert shares(rows) == [(1, 100)] and rows[0].recorded is False and rows[0].since == ended
     before = ledger.serving_at(Deployment.objects.filter(pk=first.deployment_id), ended - timedelta(seconds=1))
     assert before == []
+
+
+@pytest.mark.django_db
+def test_the_migration_opens_an_interval_for_each_current_release_from_the_end_of_its_rollout(actor, iris, dev):
+    from django.apps import apps
+
+    migration = importlib.import_module("deployments.migrations.0003_serving_ledger")
+    first = release(actor, 1)
+    services.deploy("iris", "dev", 2, actor=actor)  # a rollout still active: its release does not serve yet
+    migration.open_current_releases(apps, None)
+    [interval] = ServingInterval.objects.all()
+    assert (interval.release, interval.weight_percent, interval.ended_at) == (first, 100, None)
+    assert interval.started_at == first.rollout.finished_at
 
 
 @pytest.mark.parametrize(
