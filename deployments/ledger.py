@@ -27,7 +27,8 @@ def record_serving(deployment_id: int, serving: dict[int, int], at: datetime) ->
     """Make the deployment's open intervals say `serving` ({release pk: percent}) from `at` on.
 
     Releases left out, or at 0%, serve nothing from `at`. Returns how many rows
-    were closed or opened: 0 when the ledger already said so.
+    were closed or opened: 0 when the ledger already said so. Call it inside the
+    transaction that records the traffic change (select_for_update insists).
     """
     wanted = {release_id: weight for release_id, weight in serving.items() if weight > 0}
     open_now = {
@@ -36,6 +37,8 @@ def record_serving(deployment_id: int, serving: dict[int, int], at: datetime) ->
             deployment_id=deployment_id, ended_at__isnull=True
         )
     }
+    # Workers' clocks may disagree a little: the ledger never runs backwards.
+    at = max([at, *(interval.started_at for interval in open_now.values())])
     changed = [
         interval.pk for release_id, interval in open_now.items() if wanted.get(release_id) != interval.weight_percent
     ]

@@ -121,6 +121,17 @@ def test_nothing_serves_after_a_first_deploy_is_reverted(actor, iris, dev):
 
 
 @pytest.mark.django_db
+def test_a_change_stamped_before_the_open_interval_began_is_moved_to_its_start(actor, iris, dev):
+    """A worker whose clock runs behind the one that opened the interval must not fail the step."""
+    first = release(actor, 1)
+    second = release(actor, 2)
+    ledger.record_serving(first.deployment_id, {first.pk: 100}, at(10))
+    ledger.record_serving(first.deployment_id, {second.pk: 100}, at(9))
+    rows = ServingInterval.objects.order_by("started_at", "pk").values_list("release__number", "started_at", "ended_at")
+    assert list(rows) == [(1, at(10), at(10)), (2, at(10), None)]
+
+
+@pytest.mark.django_db
 def test_the_engine_writes_the_ledger_in_the_transaction_that_commits_the_step(actor, iris, dev):
     rollout = services.deploy("iris", "dev", 1, actor=actor)[1]
 
