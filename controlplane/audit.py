@@ -95,8 +95,13 @@ def record(
     after: dict | None = None,
     outcome: str = Outcome.SUCCESS,
     message: str = "",
+    environment: str = "",
 ) -> AuditEvent:
-    """Append one event to the chain. Call inside the change's transaction."""
+    """Append one event to the chain. Call inside the change's transaction.
+
+    `environment` names the environment the event concerns (a deployment's, a rollout's), so the
+    log can be read per environment.
+    """
     target_type, target_id, target_repr = describe(target)
     with transaction.atomic():
         _lock_chain()
@@ -109,6 +114,7 @@ def record(
             target_type=target_type,
             target_id=target_id,
             target_repr=target_repr,
+            environment=environment,
             before=_as_json(before),
             after=_as_json(after),
             outcome=outcome,
@@ -135,11 +141,29 @@ def _lock_chain() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_LOCK_KEY])
 
 
-def verify_chain(batch_size: int = 5000) -> AuditEvent | None:
-    """The first row whose hash or link is wrong, or None when the chain holds."""
-    expected_prev = GENESIS_HASH
+@dataclass(frozen=True)
+class ChainReport:
+    """What a walk along the chain found: how far it held, and where it broke if it did."""
+
+    checked: int  # rows found intact (all of them when the chain holds)
+    last_hash: str  # the hash of the last intact row; GENESIS_HASH for an empty log
+    broken: AuditEvent | None  # the first row whose hash or link is wrong
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+
+def check_chain(batch_size: int = 5000) -> ChainReport:
+    """Recompute every row's hash, oldest first, and stop at the first row that does not match."""
+    expected_prev, checked = GENESIS_HASH, 0
     for event in AuditEvent.objects.order_by("id").iterator(chunk_size=batch_size):
         if event.prev_hash != expected_prev or event.compute_hash() != event.hash:
-            return event
-        expected_prev = event.hash
-    return None
+            return ChainReport(checked, expected_prev, event)
+        expected_prev, checked = event.hash, checked + 1
+    return ChainReport(checked, expected_prev, None)
+
+
+def verify_chain(batch_size: int = 5000) -> AuditEvent | None:
+    """The first row whose hash or link is wrong, or None when the chain holds."""
+    return check_chain(batch_size).broken

@@ -5,19 +5,29 @@ from controlplane.models import AuditEvent, Outcome
 
 
 class AuditEventFilterSet(django_filters.FilterSet):
+    """The audit log's filters, shared by the API, the page and the export."""
+
     actor = django_filters.CharFilter(lookup_expr="icontains")
     action = django_filters.CharFilter(method="filter_action", label="Action, or a prefix ending in '.' (model.)")
     target = django_filters.CharFilter(method="filter_target", label="Target type, 'type:id', or text contained")
+    environment = django_filters.CharFilter(
+        method="filter_environment",
+        label="Environment name: the environment itself, its deployments and their rollouts",
+    )
+    search = django_filters.CharFilter(
+        method="filter_search", label="Text contained in the message (reasons), the target's text or the actor"
+    )
     outcome = django_filters.ChoiceFilter(
         choices=Outcome.choices,
         error_messages={"invalid_choice": f"%(value)s is not an outcome; use one of {', '.join(Outcome.values)}."},
     )
     since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
     until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    event = django_filters.NumberFilter(field_name="id", label="One event, by its id")
 
     class Meta:
         model = AuditEvent
-        fields = ["actor", "action", "target", "outcome", "since", "until"]
+        fields = ["actor", "action", "target", "environment", "search", "outcome", "since", "until", "event"]
 
     def filter_action(self, queryset, name, value):
         value = value.strip()
@@ -31,3 +41,17 @@ class AuditEventFilterSet(django_filters.FilterSet):
         if sep:
             return queryset.filter(target_type=kind, target_id=ident)
         return queryset.filter(Q(target_type=value) | Q(target_repr__icontains=value))
+
+    def filter_environment(self, queryset, name, value):
+        """Exact name. Events recorded before events carried their environment are not found by it."""
+        return queryset.filter(environment=value.strip())
+
+    def filter_search(self, queryset, name, value):
+        """Case-insensitive substring of the message (where reasons and refusals go), target text or actor.
+
+        Not before/after: searching JSON as text would match keys and punctuation too.
+        """
+        value = value.strip()
+        return queryset.filter(
+            Q(message__icontains=value) | Q(target_repr__icontains=value) | Q(actor__icontains=value)
+        )

@@ -35,6 +35,8 @@ class AuditEvent(models.Model):
     target_type = models.CharField(max_length=50, blank=True, db_index=True)
     target_id = models.CharField(max_length=100, blank=True)
     target_repr = models.CharField(max_length=300, blank=True)
+    # The environment an event concerns (itself, its deployments, their rollouts), so one filter finds them all.
+    environment = models.CharField(max_length=100, blank=True, default="", db_index=True)
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.SUCCESS)
@@ -67,8 +69,12 @@ class AuditEvent(models.Model):
         "source_ip",
     )
 
+    # Hashed only when set: rows written before the field existed keep the hash they were written with.
+    HASHED_IF_SET = ("environment",)
+
     def compute_hash(self) -> str:
         content = {name: getattr(self, name) for name in self.HASHED_FIELDS}
+        content.update({name: getattr(self, name) for name in self.HASHED_IF_SET if getattr(self, name)})
         content["occurred_at"] = self.occurred_at.astimezone(datetime.UTC).isoformat()
         body = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(f"{self.prev_hash}\n{body}".encode()).hexdigest()

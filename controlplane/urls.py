@@ -35,6 +35,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("tokens/", include("controlplane.token_urls")),
     path("audit/", controlplane_views.audit_log, name="audit-log"),
+    path("audit/verify/", controlplane_views.audit_verify, name="audit-verify"),
     path("healthz", controlplane_views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("", include("deployments.urls")),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import JsonResponse
@@ -10,7 +12,7 @@ from django.views import csrf
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from controlplane import tokens
-from controlplane.audit import Actor, record_refusal
+from controlplane.audit import Actor, check_chain, record_refusal
 from controlplane.errors import ServiceError
 from controlplane.filtersets import AuditEventFilterSet
 from controlplane.models import APIToken, AuditEvent, Outcome
@@ -44,10 +46,26 @@ def token_revoke(request, pk):
 def audit_log(request):
     filterset = AuditEventFilterSet(request.GET, queryset=AuditEvent.objects.order_by("-id"))
     events = filterset.qs if filterset.is_valid() else AuditEvent.objects.none()
+    filters = request.GET.copy()
+    filters.pop("page", None)
+    filters.pop("format", None)
     return render(
         request,
         "controlplane/audit.html",
-        {"filter": filterset, "page": paginate(request, events), "query": request.GET.copy()},
+        {"filter": filterset, "page": paginate(request, events), "query": request.GET.copy(), "filters": filters},
+    )
+
+
+@login_required
+@require_GET
+def audit_verify(request):
+    """The chain check, on request: it reads every row, too slow for each page load of a big log."""
+    started = time.monotonic()
+    report = check_chain()
+    return render(
+        request,
+        "controlplane/htmx/audit_verify.html",
+        {"report": report, "seconds": time.monotonic() - started},
     )
 
 

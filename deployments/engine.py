@@ -231,6 +231,7 @@ def _record_end(rollout: Rollout, state: str, reason: str) -> None:
         },
         outcome=Outcome.SUCCESS if state == S.SUCCEEDED else Outcome.FAILED,
         message=reason,
+        environment=rollout.deployment.environment.name,
     )
 
 

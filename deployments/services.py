@@ -250,6 +250,7 @@ def create_environment(
                 actor=actor,
                 target=env,
                 after={"target": target, "promotes_from": promotes_from, "target_config": config},
+                environment=env.name,
             )
     except IntegrityError:
         raise Conflict(f"An environment named {name!r} already exists.", fields={"name": ["taken"]}) from None
@@ -337,7 +338,13 @@ def _deployment_for(env: Environment, model_version: ModelVersion, actor: Actor)
             deployment = Deployment.objects.create(
                 model=model, environment=env, key=deployment_key(model.name, env.name), created_by=actor.user
             )
-            record("deployment.create", actor=actor, target=deployment, after={"key": deployment.key})
+            record(
+                "deployment.create",
+                actor=actor,
+                target=deployment,
+                after={"key": deployment.key},
+                environment=env.name,
+            )
         return deployment, True
     except IntegrityError:
         return Deployment.objects.get(model=model, environment=env), False
@@ -436,6 +443,7 @@ def _start(
                 "rollout": rollout.pk,
             },
             message=reason,
+            environment=env.name,
         )
         transaction.on_commit(lambda: _advance(rollout.pk, 0))
     deployment.refresh_from_db()
@@ -544,7 +552,14 @@ def rollback(deployment: Deployment, *, actor: Actor, reason: str, to_release: i
         Deployment.objects.filter(pk=deployment.pk).update(
             pinned=True, pinned_reason=f"rolled back to release {target.number}: {reason}"
         )
-        record("deployment.pin", actor=actor, target=deployment, after={"pinned": True}, message=reason)
+        record(
+            "deployment.pin",
+            actor=actor,
+            target=deployment,
+            after={"pinned": True},
+            message=reason,
+            environment=deployment.environment.name,
+        )
     result[0].refresh_from_db()
     return result
 
@@ -558,6 +573,7 @@ def unpin(deployment: Deployment, *, actor: Actor) -> Deployment:
             target=deployment,
             before={"pinned": deployment.pinned},
             after={"pinned": False},
+            environment=deployment.environment.name,
         )
     deployment.refresh_from_db()
     return deployment
@@ -640,7 +656,10 @@ def _act(rollout: Rollout, verb: str, actor: Actor, allowed: frozenset[str], cha
     from deployments.engine import check_transition
 
     with transaction.atomic():
-        locked = Rollout.objects.select_for_update().get(pk=rollout.pk)
+        locked = (
+            Rollout.objects.select_for_update(of=("self",)).select_related("deployment__environment").get(pk=rollout.pk)
+        )
+        environment = locked.deployment.environment.name  # refresh_from_db() below forgets related rows
         if locked.state not in allowed:
             states = " or ".join(sorted(allowed))
             raise Conflict(f"{locked} is {locked.state}: only a {states} rollout can {verb}.")
@@ -657,7 +676,14 @@ def _act(rollout: Rollout, verb: str, actor: Actor, allowed: frozenset[str], cha
             RolloutEvent.objects.create(
                 rollout=locked, kind="transition", message=f"{before} → {locked.state}", data={"from": before}
             )
-        record(f"rollout.{verb}", actor=actor, target=locked, before={"state": before}, after={"state": locked.state})
+        record(
+            f"rollout.{verb}",
+            actor=actor,
+            target=locked,
+            before={"state": before},
+            after={"state": locked.state},
+            environment=environment,
+        )
         if locked.state in ROLLOUT_ACTIVE:
             revision = locked.revision
             transaction.on_commit(lambda: _advance(locked.pk, revision))

@@ -6,6 +6,8 @@ import json
 
 from django import template
 
+from controlplane.changes import Change, diff
+
 register = template.Library()
 
 
@@ -24,3 +26,9 @@ def as_text(value) -> str:
 @register.filter
 def is_url(value) -> bool:
     return isinstance(value, str) and value.startswith(("https://", "http://"))
+
+
+@register.filter
+def audit_changes(event) -> list[Change]:
+    """An audit event's before/after as changed, added and removed keys."""
+    return diff(event.before, event.after)

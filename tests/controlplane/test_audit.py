@@ -1,3 +1,11 @@
+import datetime
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -5,6 +13,7 @@ from django.db import DatabaseError, connection, transaction
 
 from controlplane.audit import Actor, record, verify_chain
 from controlplane.models import AuditEvent
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -60,3 +69,40 @@ def test_verify_audit_notices_a_deleted_row(alice):
         cursor.execute("ALTER TABLE controlplane_auditevent ENABLE TRIGGER audit_no_update_delete")
     broken = verify_chain()
     assert broken is not None and broken.id == events[2].id
+
+
+def test_the_hash_covers_the_environment_but_rows_without_one_hash_as_before(alice):
+    plain, tagged = (
+        record("test.event", actor=Actor(user=alice), after={"i": 1}),
+        record("deployment.unpin", actor=Actor(user=alice), after={"pinned": False}, environment="prod"),
+    )
+    # The scheme from before the field existed, written out: rows recorded then still verify.
+    content = {name: getattr(plain, name) for name in AuditEvent.HASHED_FIELDS}
+    content["occurred_at"] = plain.occurred_at.astimezone(datetime.UTC).isoformat()
+    body = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert plain.hash == hashlib.sha256(f"{plain.prev_hash}\n{body}".encode()).hexdigest()
+
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE controlplane_auditevent DISABLE TRIGGER audit_no_update_delete")
+        cursor.execute("UPDATE controlplane_auditevent SET environment = 'dev' WHERE id = %s", [tagged.id])
+        cursor.execute("ALTER TABLE controlplane_auditevent ENABLE TRIGGER audit_no_update_delete")
+    broken = verify_chain()
+    assert broken is not None and broken.id == tagged.id
+
+
+def test_the_embedded_sqlite_database_keeps_its_append_only_triggers_after_every_migration(tmp_path):
+    # Some migrations rebuild the table on SQLite, which drops its triggers: the last one must leave them in place.
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"SLIPWAY_VAR_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v0"], env=env, cwd=ROOT, check=True)
+    with sqlite3.connect(tmp_path / "slipway.sqlite3") as db:
+        triggers = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        assert {"audit_no_update", "audit_no_delete"} <= triggers
+        db.execute(
+            "INSERT INTO controlplane_auditevent (occurred_at, actor, action, target_type, target_id, target_repr,"
+            " environment, outcome, message, request_id, prev_hash, hash)"
+            " VALUES ('2026-01-01', 'alice', 'x', '', '', '', '', 'success', '', '', '', 'h')"
+        )
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute("UPDATE controlplane_auditevent SET actor = 'mallory'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute("DELETE FROM controlplane_auditevent")

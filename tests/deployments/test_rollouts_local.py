@@ -143,6 +143,20 @@ def test_promote_pause_abort_and_promote_now(api, dev, model_name, model_dir):
     assert api.post(f"/api/v1/rollouts/{rollout_id}/promote/").status_code == 200
     wait_state(rollout_id, "succeeded", timeout=60)
     assert answers(endpoint, model_name, 6) == [2.0] * 6
+
+    # the audit log read per environment: people's actions and the engine's outcomes alike
+    def in_env(name: str) -> list[str]:
+        return [e["action"] for e in api.get(f"/api/v1/audit/?environment={name}").json()["results"]]
+
+    assert in_env("staging") == ["rollout.succeeded", "deployment.promote", "deployment.create", "environment.create"]
+    assert in_env("dev")[:6] == [
+        "rollout.succeeded",
+        "rollout.promote",
+        "deployment.deploy",
+        "rollout.aborted",
+        "rollout.abort",
+        "rollout.pause",
+    ]
     assert verify_chain() is None
 
 

@@ -5,10 +5,13 @@ Run with SLIPWAY_E2E_SHOTS=/tmp/e2e-shots to keep a screenshot of each page.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.files.base import ContentFile
@@ -301,9 +304,20 @@ def test_the_audit_log_lists_changes_and_refusals_and_filters_them(page: Page, a
     expect(rows).to_have_count(5)
     expect(rows.first).to_contain_text("model.create")
     expect(rows.first.locator(".badge")).to_have_text("invalid")
-    rows.nth(2).get_by_text("Change").click()
-    expect(rows.nth(2)).to_contain_text('"name": "customer-churn-propensity')  # JSON, as the API shows it
+    expect(rows.nth(2).locator("ul.diff")).to_contain_text('+ name: "customer-churn-propensity')  # key by key
+    page.get_by_role("button", name="Verify the hash chain").click()
+    expect(page.get_by_role("status")).to_contain_text("Chain intact. 5 events checked")
     shoot(page, "17-audit")
+
+    page.get_by_label("Search").fill("laptop")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows).to_have_count(1)
+    with page.expect_download() as download:
+        page.get_by_role("link", name="CSV").click()
+    assert download.value.suggested_filename.endswith(".csv")
+    exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [row["action"] for row in exported] == ["token.create"] and "laptop" in exported[0]["target_repr"]
+    page.get_by_role("button", name="Clear").click()
 
     page.get_by_label("Action").fill("token.")
     page.get_by_role("button", name="Filter").click()
