@@ -6,13 +6,14 @@ import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from controlplane.audit import Actor
-from deployments import services
+from deployments import ledger, services
 from deployments.models import (
     ROLLOUT_ACTIVE,
     BuildStatus,
@@ -170,6 +171,67 @@ class EnvironmentCreateSerializer(serializers.Serializer):
         return value
 
 
+AT_PARAMETER = OpenApiParameter(
+    "at",
+    OpenApiTypes.DATETIME,
+    OpenApiParameter.QUERY,
+    description="The instant asked about, ISO 8601 (e.g. 2026-05-01T14:30:00Z; no offset means UTC). Default: now.",
+)
+
+
+class ServingSerializer(serializers.Serializer):
+    """One release serving one deployment at the instant asked about."""
+
+    model = serializers.CharField(source="deployment.model.name")
+    deployment = serializers.IntegerField(source="deployment.pk")
+    release = serializers.IntegerField(source="release.number")
+    version = serializers.IntegerField(source="release.model_version.version")
+    image = serializers.CharField(source="release.image", help_text="repository:tag@sha256:digest; empty on local")
+    digest = serializers.CharField(source="release.digest")
+    weight_percent = serializers.IntegerField(help_text="its share of the deployment's traffic then; 100: all")
+    since = serializers.DateTimeField(allow_null=True, help_text="when it started serving at this share")
+    until = serializers.DateTimeField(allow_null=True, help_text="when that share ended; null: it still holds")
+    kind = serializers.CharField(source="release.kind", help_text="deploy, promote or rollback")
+    source_release = serializers.IntegerField(source="release.source.number", allow_null=True)
+    deployed_by = serializers.CharField(source="release.created_by.username", allow_null=True)
+    reason = serializers.CharField(source="release.reason")
+    rollout = serializers.SerializerMethodField()
+    approved_by = serializers.ListField(
+        child=serializers.CharField(), help_text="who approved the release (always empty until approvals land)"
+    )
+    recorded = serializers.BooleanField(
+        help_text="false: no ledger rows for this deployment; derived from its current release"
+    )
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {"id": {"type": "integer"}, "state": {"type": "string", "description": "its state now"}},
+        }
+    )
+    def get_rollout(self, row: ledger.Serving):
+        rollout = row.rollout
+        return None if rollout is None else {"id": rollout.pk, "state": rollout.state}
+
+
+class ServingAnswerSerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    note = serializers.CharField(help_text="why the list is empty or partial, when it is; else empty")
+    results = ServingSerializer(source="rows", many=True)
+
+
+class DeploymentServingSerializer(ServingAnswerSerializer):
+    deployment = serializers.IntegerField()
+
+
+class EnvironmentServingSerializer(ServingAnswerSerializer):
+    environment = serializers.CharField()
+    count = serializers.IntegerField(help_text="deployments in the environment (pages are by deployment)")
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+
+
 class EnvironmentViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
 ):
@@ -184,6 +246,24 @@ class EnvironmentViewSet(
         params.is_valid(raise_exception=True)
         env = services.create_environment(actor=Actor.from_request(request), **params.validated_data)
         return Response(EnvironmentSerializer(env).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[AT_PARAMETER],
+        responses={200: EnvironmentServingSerializer},
+        description="What served in this environment at `at`: per deployment, each release that had traffic, "
+        "with its share (a canary shows both releases), since when, who deployed it and why. Paginated by "
+        "deployment. 400 when `at` is not a time; before the environment existed: no results and a note.",
+    )
+    @action(detail=True, methods=["get"])
+    def serving(self, request, name=None):
+        env = self.get_object()
+        at = ledger.parse_instant(request.query_params.get("at"))
+        ids = self.paginate_queryset(ledger.environment_deployments(env).values_list("pk", flat=True))
+        page = Deployment.objects.filter(pk__in=ids).order_by("model__name", "pk")
+        answer = ledger.environment_serving(env, at, page)
+        body = ServingAnswerSerializer(answer).data
+        paginated = self.get_paginated_response(body["results"]).data
+        return Response({"environment": env.name, "at": body["at"], "note": body["note"], **paginated})
 
 
 class RolloutEventSerializer(serializers.ModelSerializer):
@@ -472,6 +552,18 @@ class DeploymentViewSet(
     def unpin(self, request, pk=None):
         deployment = services.unpin(self.get_object(), actor=Actor.from_request(request))
         return Response(DeploymentSerializer(deployments_query().get(pk=deployment.pk)).data)
+
+    @extend_schema(
+        parameters=[AT_PARAMETER],
+        responses={200: DeploymentServingSerializer},
+        description="What served this deployment at `at`: each release that had traffic, with its share.",
+    )
+    @action(detail=True, methods=["get"])
+    def serving(self, request, pk=None):
+        deployment = get_object_or_404(Deployment.objects.select_related("model", "environment"), pk=pk)
+        at = ledger.parse_instant(request.query_params.get("at"))
+        body = ServingAnswerSerializer(ledger.deployment_serving(deployment, at)).data
+        return Response({"deployment": deployment.pk, **body})
 
     @extend_schema(responses={200: ReleaseSerializer(many=True)})
     @action(detail=True, methods=["get"])

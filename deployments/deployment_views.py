@@ -8,6 +8,8 @@ asks the target anything: the worker stores the target's status in the rollout.
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpResponse
@@ -18,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, ServiceError
 from controlplane.web import HTMX_STOP_POLLING, paginate, refuse
-from deployments import forms, services
+from deployments import forms, ledger, services
 from deployments.models import ROLLOUT_ACTIVE, Deployment, Environment, Release, Rollout, RolloutState, TargetKind
 from deployments.plans import describe
 from registry.models import ModelVersion
@@ -55,6 +57,27 @@ def _environments_context(request) -> dict:
         "form": request.POST,
         "plan_placeholder": '{"strategy": "canary", "steps": [{"set_weight": 20}, {"pause": {"duration": "1m"}}]}',
     }
+
+
+@login_required
+@require_GET
+def environment_detail(request, name):
+    """An environment and what served in it at any instant (the ledger), now by default."""
+    environment = get_object_or_404(Environment.objects.select_related("promotes_from"), name=name)
+    context = {"environment": environment, "at_text": request.GET.get("at", "")}
+    try:
+        at = ledger.parse_instant(request.GET.get("at"))
+    except InvalidInput as exc:
+        return render(request, "deployments/environment_detail.html", {**context, "error": exc.message}, status=400)
+    page = paginate(request, ledger.environment_deployments(environment).values_list("pk", flat=True))
+    deployments = Deployment.objects.filter(pk__in=list(page)).order_by("model__name", "pk")
+    answer = ledger.environment_serving(environment, at, deployments)
+    at_input = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return render(
+        request,
+        "deployments/environment_detail.html",
+        {**context, "answer": answer, "page": page, "at": at, "at_input": at_input},
+    )
 
 
 # --- Deploying a version (the form is on the version's page: templatetags/deploy.py) ---------

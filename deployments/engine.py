@@ -30,6 +30,7 @@ from django.utils import timezone
 from controlplane.audit import Actor, record
 from controlplane.errors import ServiceError
 from controlplane.models import Outcome
+from deployments.ledger import record_serving
 from deployments.models import (
     ROLLOUT_ACTIVE,
     ROLLOUT_TRANSITIONS,
@@ -70,6 +71,10 @@ class Step:
     events: list[tuple[str, str, dict]] = field(default_factory=list)
     delay: float = 0.0
     deployment: dict = field(default_factory=dict)
+    # The deployment's whole traffic split once this step commits, {release pk: percent}, for the
+    # ledger (deployments.ledger); None: traffic did not move. Keyed by release, not slot: a
+    # rollback onto a warm release runs in that release's slot but is a release of its own.
+    serving: dict[int, int] | None = None
 
     def event(self, kind: str, message: str, **data) -> Step:
         self.events.append((kind, message, data))
@@ -201,6 +206,8 @@ def commit(rollout: Rollout, step: Step, token: str) -> str:
         )
         if step.deployment:
             Deployment.objects.filter(pk=rollout.deployment_id).update(**step.deployment)
+        if step.serving is not None:
+            record_serving(rollout.deployment_id, step.serving, now)
         if new_state in (S.SUCCEEDED, S.FAILED, S.ABORTED, S.ROLLED_BACK) and new_state != rollout.state:
             _record_end(rollout, new_state, fields.get("failure_reason", rollout.failure_reason))
         if new_state in ROLLOUT_ACTIVE:
@@ -403,6 +410,10 @@ class Reconciler:
         endpoint = self.target.route(self.ref, weights)
         result.deployment["endpoint"] = endpoint
         result.fields["weight"] = weight
+        if self.previous is None:
+            result.serving = {self.release.pk: 100}  # the only release routed: every request goes to it
+        else:
+            result.serving = {self.release.pk: weight, self.previous.pk: 100 - weight}
         note = "" if exact or weight >= 100 or self.previous is None else " (by replica ratio)"
         result.event("step", f"{weight}% of traffic on release {self.release.number}{note}", weights=weights)
         if self.rollout.skip_steps:
@@ -483,6 +494,7 @@ class Reconciler:
         result.fields.update(state=S.SUCCEEDED, weight=100, step_index=len(self.rollout.steps))
         result.fields["status"] = status_snapshot(self.target.status(self.ref))
         result.deployment.update(current_release_id=self.release.pk, endpoint=endpoint)
+        result.serving = {self.release.pk: 100}
         return result.event("info", f"Release {self.release.number} serves all traffic at {endpoint}")
 
     # paused: keep watching, so a release that breaks while paused still rolls back
@@ -530,12 +542,14 @@ class Reconciler:
                 )
             endpoint = self.target.route(self.ref, {self.previous.slot: 100})
             result.deployment["endpoint"] = endpoint
+            result.serving = {self.previous.pk: 100}
             if self.release.slot != self.previous.slot:
                 self.target.remove(self.ref, self.release.slot)
             message = f"Release {self.previous.number} serves all traffic again; release {self.release.number} removed."
         else:
             self.target.teardown(self.ref)
             result.deployment["endpoint"] = ""
+            result.serving = {}
             message = f"Release {self.release.number} removed; nothing serves in this environment."
         result.fields.update(state=outcome, weight=0)
         result.fields["status"] = status_snapshot(self.target.status(self.ref))

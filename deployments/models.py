@@ -310,3 +310,37 @@ class RolloutEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
+
+
+class ServingInterval(models.Model):
+    """The ledger of what served: one release at one share of traffic, from `started_at` until `ended_at`.
+
+    Written by the rollout engine in the transaction that records a traffic change
+    (deployments.ledger.record_serving), so "what served at T" is a range lookup, not
+    a replay of events. Rows are closed, never changed otherwise nor deleted.
+    """
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="serving_intervals")
+    release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="serving_intervals")
+    weight_percent = models.PositiveSmallIntegerField(help_text="percent of the deployment's traffic; 100: all of it")
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True, help_text="null while it serves")
+
+    class Meta:
+        ordering = ["deployment", "started_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "release"], condition=models.Q(ended_at__isnull=True), name="one_open_interval"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(weight_percent__gt=0, weight_percent__lte=100), name="interval_weight_percent"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(ended_at__isnull=True) | models.Q(ended_at__gte=models.F("started_at")),
+                name="interval_ends_after_it_starts",
+            ),
+        ]
+        indexes = [models.Index(fields=["deployment", "started_at"])]
+
+    def __str__(self) -> str:
+        return f"release {self.release_id} at {self.weight_percent}% from {self.started_at:%Y-%m-%d %H:%M:%S}"

@@ -8,6 +8,7 @@ urlpatterns = [
     path("builds/<int:pk>/status/", views.build_status, name="build-status"),
     path("builds/<int:pk>/cancel/", views.cancel_build, name="build-cancel"),
     path("environments/", deployment_views.environment_list, name="environment-list"),
+    path("environments/<str:name>/", deployment_views.environment_detail, name="environment-detail"),
     path("models/<str:name>/versions/<int:version>/deploy/", deployment_views.deploy, name="deploy"),
     path("deployments/", deployment_views.deployment_list, name="deployment-list"),
     path("deployments/<int:pk>/", deployment_views.deployment_detail, name="deployment-detail"),

@@ -19,6 +19,7 @@ from controlplane.audit import Actor, record
 from controlplane.audit_export import FIELDS
 from controlplane.models import AuditEvent
 from deployments import services
+from deployments.models import Rollout
 from registry.models import Model
 from tests.factories import UserFactory, bulk_versions
 
@@ -55,8 +56,9 @@ def actions(response) -> list[tuple[str, str]]:
 
 
 def test_events_about_an_environment_are_found_by_its_name(api, estate):
+    staging_rollout = Rollout.objects.get(deployment__environment__name="staging")
     assert actions(api.get("/api/v1/audit/?environment=staging")) == [
-        ("rollout.abort", "rollout #2 of iris in staging"),
+        ("rollout.abort", f"rollout #{staging_rollout.pk} of iris in staging"),
         ("deployment.deploy", "iris in staging"),
         ("deployment.create", "iris in staging"),
         ("environment.create", "staging"),

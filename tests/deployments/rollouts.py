@@ -6,7 +6,7 @@ import json
 
 import httpx
 
-from deployments.models import Rollout
+from deployments.models import Rollout, ServingInterval
 from registry.models import ModelVersion
 from tests.conftest import wait_for
 from tests.deployments.rollout_models import SIGNATURE
@@ -66,3 +66,11 @@ def answers(endpoint: str, name: str, n: int) -> list[float]:
 def serving(status) -> dict[int, int]:
     """The releases that get traffic, with their percent."""
     return {number: weight for number, weight in status.weights.items() if weight}
+
+
+def ledger_of(deployment_id: int) -> list[tuple[int, int, bool]]:
+    """The deployment's serving intervals in order: (release, percent, still open)."""
+    rows = ServingInterval.objects.filter(deployment_id=deployment_id).order_by(
+        "started_at", "-weight_percent", "release__number"
+    )
+    return [(row.release.number, row.weight_percent, row.ended_at is None) for row in rows.select_related("release")]

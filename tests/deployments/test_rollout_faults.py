@@ -3,8 +3,8 @@
 After each kill a new worker starts; the sweeper finds the rollout whose lease
 ran out and the reconciler carries on from the stored state. At the end the
 rollout has finished, no side effect happened twice (one runtime process per
-replica, one event per step, one audit record per outcome), and the audit chain
-verifies.
+replica, one event per step, one audit record per outcome, one ledger interval per
+traffic split), and the audit chain verifies.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from controlplane.models import AuditEvent
 from deployments.engine import deployment_ref
 from deployments.models import Deployment, Rollout
 from deployments.targets import get_target
-from tests.deployments.rollouts import answers, deploy, serving, upload, wait_state
+from tests.deployments.rollouts import answers, deploy, ledger_of, serving, upload, wait_state
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -61,5 +61,7 @@ def test_a_worker_killed_at_every_step_still_finishes_each_rollout_once(api, dev
     messages = collections.Counter(e.message for e in rollout.events.exclude(kind="warning"))
     repeated = {message: n for message, n in messages.items() if n > 1}
     assert not repeated, repeated
+    # The ledger of what served has each split once: 100% on 1, the canary, 100% on 2.
+    assert ledger_of(deployment.pk) == [(1, 100, False), (1, 50, False), (2, 50, False), (2, 100, True)]
     assert AuditEvent.objects.filter(action="rollout.succeeded", target_id=str(rollout_id)).count() == 1
     assert verify_chain() is None

@@ -31,7 +31,7 @@ from registry.models import ModelVersion
 from tests.conftest import wait_for
 from tests.deployments.kube_schemas import validate_manifest
 from tests.deployments.kube_standin import KubeStandin, write_kubeconfig
-from tests.deployments.rollouts import deploy, upload, wait_state
+from tests.deployments.rollouts import deploy, ledger_of, upload, wait_state
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -370,6 +370,17 @@ def test_deploy_canary_stalled_release_rollback_and_abort(api, prod, model, mode
     assert left == [("deployments", f"{key}-r1"), ("services", key)]
     wait_for(lambda: pods(kube, key, 1) == 2, timeout=10, what="release 4 (slot 1) back to two pods")
     assert api.get(f"/api/v1/deployments/{deployment_id}/").json()["current_release"]["number"] == 4
+    # The ledger of what served: release 3 never got traffic; the abort gave release 4 all of it back.
+    assert ledger_of(deployment_id) == [
+        (1, 100, False),
+        (1, 50, False),
+        (2, 50, False),
+        (2, 100, False),
+        (4, 100, False),
+        (4, 50, False),
+        (5, 50, False),
+        (4, 100, True),
+    ]
     assert verify_chain() is None
 
 

@@ -15,11 +15,13 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from controlplane.audit import Actor
 from deployments import services
+from deployments.ledger import record_serving
 from deployments.models import Deployment, Environment, Release, Rollout, RolloutEvent
 from deployments.plans import compile_plan
 from deployments.runtime_settings import parse_runtime_settings, settings_to_dict
@@ -309,6 +311,51 @@ def test_history_lists_releases_newest_first_with_how_each_ended(page: Page, ali
     expect(row.locator(".badge")).to_have_text("pending")  # the rollback's rollout, which nothing advances here
     expect(row).to_contain_text("release 2")
     shoot(page, "ui-deployments")
+
+
+def test_the_environment_page_says_what_was_serving_at_a_time_chosen_in_the_form(page: Page, alice, iris):
+    deployment = Deployment.objects.create(model=iris, environment=dev(), key="iris-dev", created_by=alice)
+    first = held_rollout(deployment, 1, plan=None, user=alice, reason="first light")
+    succeed(first)
+    deployment.refresh_from_db()
+    second = held_rollout(deployment, 2, plan=CANARY, user=alice, reason="better recall on setosa")
+    hour_ago = timezone.now().replace(microsecond=0) - timedelta(hours=1)
+    Environment.objects.filter(name="dev").update(created_at=hour_ago - timedelta(days=1))
+    with transaction.atomic():
+        record_serving(deployment.pk, {first.release_id: 100}, hour_ago)
+        record_serving(deployment.pk, {first.release_id: 75, second.release_id: 25}, hour_ago + timedelta(minutes=30))
+
+    log_in(page, alice)
+    page.goto(f"/deployments/{deployment.pk}/history/")
+    page.get_by_role("link", name="What was serving in dev at…").click()
+    rows = page.locator("table.serving tbody tr")
+    expect(rows).to_have_count(2)  # now: the canary and the release it is measured against
+    expect(rows.nth(0)).to_contain_text("75%")
+    expect(rows.nth(1)).to_contain_text("25%")
+    expect(rows.nth(1)).to_contain_text("better recall on setosa")
+
+    page.get_by_label("Time (UTC)").fill((hour_ago + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S"))
+    page.get_by_role("button", name="Show").click()
+    expect(rows).to_have_count(1)
+    expect(rows.nth(0)).to_contain_text("100%")
+    expect(rows.nth(0)).to_contain_text("first light")
+    assert_styled_table(page)
+    shoot(page, "ui-environment-serving")
+
+    page.get_by_label("Time (UTC)").fill((hour_ago - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S"))
+    page.get_by_role("button", name="Show").click()
+    expect(rows).to_have_count(1)
+    expect(rows.nth(0)).to_contain_text("Nothing served in dev at that time.")
+
+    page.get_by_label("Time (UTC)").fill((hour_ago - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S"))
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#serving-note")).to_contain_text("Environment dev was created at")
+
+
+def assert_styled_table(page: Page) -> None:
+    """The bundled stylesheet applies: the table is laid out, not raw HTML."""
+    padding = page.locator("table.serving td").first.evaluate("e => getComputedStyle(e).paddingLeft")
+    assert padding not in ("", "0px"), padding
 
 
 def test_environments_are_created_from_their_page(page: Page, alice, live_db):
