@@ -217,6 +217,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "celery" / "queue"
     for _dir in (_queue_dir, VAR_DIR / "celery" / "processed", VAR_DIR / "celery" / "control"):
         _dir.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT = "controlplane.fs_broker:Transport"  # writes each message atomically
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
