@@ -99,32 +99,17 @@ def live_db(transactional_db):
 
 
 # --- A real Celery worker process on the test database -----------------------------------
-class WorkerProcess:
-    """`celery worker` with beat (the sweepers) on the test database; the fault tests kill and restart it."""
+class CeleryProcess:
+    """A real `celery worker` (or `celery beat`) on the test database; the fault tests kill and restart it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
-        self.env, self.log_path, self.proc = env, log_path, None
+    def __init__(self, env: dict[str, str], log_path: Path, args: list[str], ready: bytes):
+        self.env, self.log_path, self.args, self.ready, self.proc = env, log_path, args, ready, None
 
     def start(self) -> None:
-        schedule = Path(settings.VAR_DIR) / "celerybeat-schedule"
         with open(self.log_path, "ab") as log:
             offset = log.tell()
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "controlplane",
-                    "worker",
-                    "--pool",
-                    "solo",
-                    "--beat",
-                    "--schedule",
-                    str(schedule),
-                    "--loglevel",
-                    "INFO",
-                ],
+                [sys.executable, "-m", "celery", "-A", "controlplane", *self.args, "--loglevel", "INFO"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -132,9 +117,9 @@ class WorkerProcess:
                 start_new_session=True,
             )
         deadline = time.monotonic() + 60
-        while b"ready." not in self.log_path.read_bytes()[offset:]:
+        while self.ready not in self.log_path.read_bytes()[offset:]:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Celery worker did not start:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"celery {self.args[0]} did not start:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.1)
 
     def kill(self) -> None:
@@ -152,30 +137,65 @@ class WorkerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker):
+def _celery_env() -> dict[str, str]:
     db = settings.DATABASES["default"]
-    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    env = {
+    return {
         **os.environ,
-        "DATABASE_URL": url,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "PYTHONUNBUFFERED": "1",
         # A killed worker's rollout is picked up again within seconds, not a minute.
         "SLIPWAY_ROLLOUT_LEASE_S": "3",
         "SLIPWAY_ROLLOUT_SWEEP_S": "1",
     }
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker):
+    """The worker, without the scheduler: nothing polls the database between tests (a sweeper
+    running while a test's tables are truncated can deadlock the truncation)."""
+    env = _celery_env()
     subprocess.run(
         [sys.executable, "-m", "celery", "-A", "controlplane", "purge", "-f"], env=env, check=True, capture_output=True
     )
-    worker = WorkerProcess(env, Path(settings.VAR_DIR) / "worker.log")
+    worker = CeleryProcess(env, Path(settings.VAR_DIR) / "worker.log", ["worker", "--pool", "solo"], b"ready.")
     worker.start()
     yield worker
     worker.stop()
 
 
 @pytest.fixture
+def scheduler(worker):
+    """`celery beat` for one test: the sweepers every second; stopped before the test's tables are flushed."""
+    schedule = Path(settings.VAR_DIR) / f"celerybeat-{uuid.uuid4().hex[:6]}"
+    beat = CeleryProcess(
+        _celery_env(), Path(settings.VAR_DIR) / "beat.log", ["beat", "--schedule", str(schedule)], b"beat: Starting"
+    )
+    beat.start()
+    yield beat
+    beat.stop()
+
+
+@pytest.fixture
 def worker(celery_worker_process, live_db):
-    return celery_worker_process
+    yield celery_worker_process
+    quiesce_worker()
+
+
+def quiesce_worker(timeout: float = 20.0) -> None:
+    """Let the worker finish what it is running before the test's tables are flushed.
+
+    A task still writing while the flush truncates every table can deadlock it. Messages still
+    queued are dropped; a countdown the worker holds runs later, finds no row and does nothing.
+    """
+    from controlplane.celery import app
+
+    app.control.purge()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        active = app.control.inspect(timeout=0.5).active()
+        if active is not None and not any(active.values()):
+            return
+        time.sleep(0.1)
 
 
 def wait_for(predicate, *, timeout: float = 60, interval: float = 0.1, what: str = "condition"):

@@ -160,7 +160,7 @@ def test_anonymous_callers_get_401(anonymous_api, dev):
     assert anonymous_api.post("/api/v1/environments/", {"name": "x"}, format="json").status_code == 401
 
 
-def test_concurrent_deploys_give_one_winner_and_409s(live_db, alice, alice_token):
+def test_concurrent_deploys_give_one_winner_and_409s(worker, alice, alice_token):
     model = Model.objects.create(name="iris", created_by=alice)
     bulk_versions(model, 4, uploaded_by=alice)
     Environment.objects.create(name="dev")

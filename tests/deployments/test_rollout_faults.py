@@ -1,6 +1,6 @@
 """Fault injection: the worker is killed with SIGKILL at every step of a rollout.
 
-After each kill a new worker starts; the sweeper finds the rollout whose lease
+After each kill a new worker starts; the sweeper (a real `celery beat`) finds the rollout whose lease
 ran out and the reconciler carries on from the stored state. At the end the
 rollout has finished, no side effect happened twice (one runtime process per
 replica, one event per step, one audit record per outcome, one ledger interval per
@@ -24,7 +24,9 @@ from tests.deployments.rollouts import answers, deploy, ledger_of, serving, uplo
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 
-def test_a_worker_killed_at_every_step_still_finishes_each_rollout_once(api, dev, model_name, model_dir, worker):
+def test_a_worker_killed_at_every_step_still_finishes_each_rollout_once(
+    api, dev, model_name, model_dir, worker, scheduler
+):
     v1, v2 = (upload(api, model_name, model_dir[k]) for k in ("one", "two"))
     first = deploy(api, model_name, v1)
     wait_state(first["rollout"]["id"], "succeeded")
