@@ -560,7 +560,7 @@ class DeploymentViewSet(
     )
     @action(detail=True, methods=["get"])
     def serving(self, request, pk=None):
-        deployment = get_object_or_404(Deployment.objects.select_related("model", "environment"), pk=pk)
+        deployment = self.get_object()  # DRF's: an id that is not a number is a 404, not a 500
         at = ledger.parse_instant(request.query_params.get("at"))
         body = ServingAnswerSerializer(ledger.deployment_serving(deployment, at)).data
         return Response({"deployment": deployment.pk, **body})
