@@ -64,6 +64,7 @@ VERSION_ROW_COLUMNS = (
     "uploaded_by_username",
 )
 _FORMAT_LABELS = dict(ArtifactFormat.choices)
+_STATUS_LABELS = dict(VersionStatus.choices)
 
 
 def version_rows_html(rows, versions_url: str) -> SafeString:
@@ -103,9 +104,6 @@ def status_badge_html(status: str, reason: str) -> str:
         mark = ""
     label = escape(_STATUS_LABELS.get(status, status))
     return f'<span class="badge badge-{escape(status)}" data-status="{escape(status)}"{title}>{mark}{label}</span>'
-
-
-_STATUS_LABELS = dict(VersionStatus.choices)
 
 
 @login_required
