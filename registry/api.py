@@ -16,7 +16,13 @@ from controlplane.errors import InvalidInput, LengthRequired, NotFound
 from registry import services
 from registry.filtersets import ModelFilterSet, ModelVersionFilterSet
 from registry.models import Model, ModelVersion
-from registry.serializers import ModelSerializer, ModelVersionSerializer, VersionUploadSerializer
+from registry.serializers import (
+    VERSION_LIST_COLUMNS,
+    ModelSerializer,
+    ModelVersionSerializer,
+    VersionUploadSerializer,
+    version_list_rows,
+)
 from registry.uploads import raise_if_too_large
 
 
@@ -133,6 +139,15 @@ class ModelVersionViewSet(
         # Through the model's own manager every row shares the instance loaded above
         # (no join, no copy per row); the uploader is one column, not a User per row.
         return self.get_model().versions.annotate(uploaded_by_username=uploader_name()).order_by("-version")
+
+    def list(self, request, *args, **kwargs):
+        # ModelVersionSerializer's JSON, from plain tuples: see version_list_rows.
+        model = self.get_model()
+        rows = self.filter_queryset(self.get_queryset()).values_list(*VERSION_LIST_COLUMNS)
+        page = self.paginate_queryset(rows)
+        versions_url = request.build_absolute_uri(f"/api/v1/models/{model.name}/versions/")
+        data = version_list_rows(rows if page is None else page, model_name=model.name, versions_url=versions_url)
+        return Response(data) if page is None else self.get_paginated_response(data)
 
     def get_parsers(self):
         if getattr(self, "action", None) == "create" or (self.request is not None and self.request.method == "POST"):

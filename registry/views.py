@@ -5,8 +5,11 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import filesizeformat, truncatechars
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from controlplane.audit import Actor
@@ -14,7 +17,7 @@ from controlplane.errors import InvalidInput, ServiceError
 from controlplane.web import HTMX_STOP_POLLING, paginate, refuse
 from registry import services
 from registry.api import artifact_response, uploader_name
-from registry.models import VERSION_TERMINAL, Model, ModelVersion
+from registry.models import VERSION_TERMINAL, ArtifactFormat, Model, ModelVersion, VersionStatus
 from registry.uploads import raise_if_too_large
 
 
@@ -41,20 +44,66 @@ def _model_list_context(request) -> dict:
 
 
 def _versions_context(request, model: Model) -> dict:
-    # 50 rows: what the template would work out for each row (a User, two |date
-    # filters, a URL reverse) costs more than the queries; done here once or in plain
-    # Python it takes a third off the page. Same text, in the current time zone.
     versions = model.versions.annotate(uploaded_by_username=uploader_name()).order_by("-version")
-    page = paginate(request, versions)
-    zone = timezone.get_current_timezone()
-    for version in page:
-        created = version.created_at.astimezone(zone)
-        version.created_iso = created.isoformat()
-        version.created_label = created.strftime("%Y-%m-%d %H:%M")
-    in_flight = any(v.status not in VERSION_TERMINAL for v in page)
+    page = paginate(request, versions.values_list(*VERSION_ROW_COLUMNS))
     # Reversed once with a placeholder; each row appends its number.
     versions_url = reverse("registry:version-detail", args=[model.name, 0]).removesuffix("0/")
-    return {"model": model, "page": page, "in_flight": in_flight, "versions_url": versions_url}
+    in_flight = any(row[1] not in VERSION_TERMINAL for row in page)
+    return {"model": model, "page": page, "in_flight": in_flight, "rows": version_rows_html(page, versions_url)}
+
+
+# What version_rows_html reads, in this order.
+VERSION_ROW_COLUMNS = (
+    "version",
+    "status",
+    "rejection_reason",
+    "format",
+    "size",
+    "sha256",
+    "created_at",
+    "uploaded_by_username",
+)
+_FORMAT_LABELS = dict(ArtifactFormat.choices)
+_STATUS_LABELS = dict(VersionStatus.choices)
+
+
+def version_rows_html(rows, versions_url: str) -> SafeString:
+    """The versions table's rows, as its template would write them, in plain Python.
+
+    50 rows through the template engine (an include, filters, a lookup per variable)
+    took half of the page's time; tests/registry/test_version_list.py holds this equal
+    to the template it replaced, byte for byte.
+    """
+    zone = timezone.get_current_timezone()
+    out = []
+    for version, status, reason, format_, size, sha256, created_at, uploaded_by in rows:
+        created = created_at.astimezone(zone)
+        note = f'<small class="reason error">{escape(truncatechars(reason, 180))}</small>' if reason else ""
+        out.append(
+            f'\n    <tr>\n      <td><a href="{escape(versions_url)}{version}/"><strong>v{version}</strong></a></td>'
+            f'\n      <td class="status">{status_badge_html(status, reason)}\n\n        {note}</td>'
+            f'\n      <td class="nowrap">{escape(_FORMAT_LABELS.get(format_, format_))}</td>'
+            f'\n      <td class="num nowrap">{escape(filesizeformat(size))}</td>'
+            f'\n      <td><code title="{escape(sha256)}">{escape(sha256[:12])}…</code></td>'
+            f'\n      <td><span class="nowrap" title="{escape(created.isoformat())}">'
+            f"{escape(created.strftime('%Y-%m-%d %H:%M'))}</span>"
+            f' <span class="muted nowrap">by {escape(uploaded_by)}</span></td>'
+            "\n    </tr>\n  "
+        )
+    return mark_safe("".join(out))  # noqa: S308 (every value above is escaped)
+
+
+def status_badge_html(status: str, reason: str) -> str:
+    """templates/registry/htmx/status_badge.html for one row (tested equal)."""
+    title = f' title="{escape(reason)}"' if reason else ""
+    if status == VersionStatus.VALIDATING:
+        mark = '<span class="spinner" aria-hidden="true"></span>'
+    elif status not in VERSION_TERMINAL:
+        mark = '<span class="dot" aria-hidden="true"></span>'
+    else:
+        mark = ""
+    label = escape(_STATUS_LABELS.get(status, status))
+    return f'<span class="badge badge-{escape(status)}" data-status="{escape(status)}"{title}>{mark}{label}</span>'
 
 
 @login_required
