@@ -61,10 +61,14 @@ class Actor:
 
 
 def client_ip(request) -> str | None:
+    """The caller's address: behind your proxy, the entry it appended to X-Forwarded-For (the last).
+
+    Earlier entries are whatever the client wrote; the rate limits use the same rule.
+    """
     if settings.SLIPWAY_TRUST_X_FORWARDED_FOR:
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
         if forwarded:
-            return forwarded.split(",")[0].strip() or None
+            return forwarded.split(",")[-1].strip() or None
     return request.META.get("REMOTE_ADDR") or None
 
 

@@ -131,7 +131,8 @@ def test_a_conflict_is_audited_as_invalid(api, alice):
 def test_a_forwarded_for_header_is_believed_only_behind_a_trusted_proxy(api, settings):
     api.post("/api/v1/models/", {"name": "one"}, format="json", HTTP_X_FORWARDED_FOR="203.0.113.9")
     settings.SLIPWAY_TRUST_X_FORWARDED_FOR = True
-    api.post("/api/v1/models/", {"name": "two"}, format="json", HTTP_X_FORWARDED_FOR="203.0.113.9, 10.0.0.1")
+    # The client wrote 198.51.100.66 itself; the proxy appended the address it saw, 203.0.113.9.
+    api.post("/api/v1/models/", {"name": "two"}, format="json", HTTP_X_FORWARDED_FOR="198.51.100.66, 203.0.113.9")
     ips = dict(AuditEvent.objects.filter(action="model.create").values_list("target_repr", "source_ip"))
     assert ips == {"one": "127.0.0.1", "two": "203.0.113.9"}
 
