@@ -1,17 +1,20 @@
-"""Celery's filesystem broker (the embedded default), without its half-written messages.
+"""Celery's filesystem broker (the embedded default), without its half-written files.
 
-kombu's filesystem transport creates a message file and only then writes it, while a
-consumer takes any file whose name ends in `.msg` without locking. A worker that polls
-at the wrong moment reads an empty file and stops with "Unrecoverable error:
-JSONDecodeError" (seen under `make run` during a rollout). Here a message is written
-under a name no consumer looks at, then renamed into place, which is atomic.
+kombu's filesystem transport creates a file and only then writes it, while readers do
+not wait for it: a message file (`_put`; any consumer polling for `*.msg` may take it
+empty) and an exchange's table of bound queues (`_queue_bind` creates it before it
+locks it; `get_table` reads it on every publish). A process that reads at the wrong
+moment gets an empty file and stops with "Unrecoverable error: JSONDecodeError" (seen
+under `make run` during a rollout). Here a message is written under another name and
+renamed into place, which is atomic, and a table read while it is being created is
+read again.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from time import monotonic
 
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
@@ -20,9 +23,9 @@ from kombu.utils.json import dumps
 
 class Channel(filesystem.Channel):
     def _put(self, queue, payload, **kwargs):
-        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
-        # A leading dot: the consumer matches on what follows the first '.', which is then not "<queue>.msg".
+        # A leading dot: consumers match what follows the first '.', which is then not "<queue>.msg".
         partial = os.path.join(self.data_folder_out, f".{name}.partial")
         try:
             with open(partial, "wb") as fh:
@@ -30,6 +33,14 @@ class Channel(filesystem.Channel):
             os.replace(partial, final)
         except OSError as exc:
             raise filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    def get_table(self, exchange):
+        for _ in range(200):
+            try:
+                return super().get_table(exchange)
+            except ValueError:  # JSONDecodeError: created, not yet written (its writer locks it only after)
+                time.sleep(0.005)
+        return super().get_table(exchange)
 
 
 class Transport(filesystem.Transport):
