@@ -30,4 +30,5 @@ SLIPWAY_HTTPS=true DJANGO_SECRET_KEY="$(head -c 48 /dev/urandom | base64)" SLIPW
   $BIN/python manage.py check --deploy --fail-level WARNING
 
 echo "== pytest"
-exec $BIN/python -m pytest "$@"
+# Not exec: the EXIT trap then stops the throwaway services this script started (the registry...).
+$BIN/python -m pytest "$@"
