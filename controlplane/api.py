@@ -1,7 +1,8 @@
-"""REST API v1: the audit log and the caller's API tokens."""
+"""REST API v1: the audit log, the caller's API tokens, and roles."""
 
 from __future__ import annotations
 
+import django_filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -9,11 +10,11 @@ from rest_framework.decorators import action
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from controlplane import audit_export, tokens
+from controlplane import access, audit_export, roles, tokens
 from controlplane.audit import Actor, record
-from controlplane.errors import InvalidInput
+from controlplane.errors import InvalidInput, NotFound
 from controlplane.filtersets import AuditEventFilterSet
-from controlplane.models import APIToken, AuditEvent
+from controlplane.models import APIToken, AuditEvent, Role, RoleBinding, TokenScope
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
@@ -43,9 +44,14 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
 
 class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
+    """The events the caller may read: their environments', the registry's and their own (auditors: all)."""
+
     queryset = AuditEvent.objects.order_by("-id")
     serializer_class = AuditEventSerializer
     filterset_class = AuditEventFilterSet
+
+    def get_queryset(self):
+        return access.audit_scope(self.queryset, Actor.from_request(self.request))
 
     def perform_content_negotiation(self, request, force=False):
         if self.action == "export":
@@ -84,10 +90,41 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class APITokenSerializer(serializers.ModelSerializer):
+    environments = serializers.SlugRelatedField(
+        slug_field="name", many=True, read_only=True, help_text="limited to these; empty: all of yours"
+    )
+    active = serializers.BooleanField(source="is_active", read_only=True)
+
     class Meta:
         model = APIToken
-        fields = ["id", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
-        read_only_fields = ["id", "prefix", "created_at", "last_used_at", "revoked_at"]
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "scope",
+            "environments",
+            "expires_at",
+            "active",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        ]
+        read_only_fields = fields
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    scope = serializers.ChoiceField(
+        choices=TokenScope.choices,
+        default=TokenScope.ADMIN,
+        help_text="read: look only; deploy: also upload, build and deploy; admin (default): all you may do",
+    )
+    environments = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list, help_text="limit it to these environments"
+    )
+    expires_in_days = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=tokens.MAX_LIFETIME_DAYS
+    )
 
 
 class NewAPITokenSerializer(APITokenSerializer):
@@ -97,6 +134,7 @@ class NewAPITokenSerializer(APITokenSerializer):
         fields = [*APITokenSerializer.Meta.fields, "token"]
 
 
+@extend_schema(request=TokenRequestSerializer, responses={201: NewAPITokenSerializer})
 class APITokenViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
     serializer_class = APITokenSerializer
     audit_actions = {"create": "token.create", "revoke": "token.revoke"}
@@ -106,12 +144,13 @@ class APITokenViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.G
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
-        return APIToken.objects.filter(user=self.request.user).order_by("-created_at")
+        return APIToken.objects.filter(user=self.request.user).prefetch_related("environments").order_by("-created_at")
 
+    @extend_schema(request=TokenRequestSerializer, responses={201: NewAPITokenSerializer})
     def create(self, request, *args, **kwargs):
-        serializer = self.get_serializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        issued = tokens.create_token(request.user, serializer.validated_data["name"], actor=Actor.from_request(request))
+        params = TokenRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        issued = tokens.create_token(request.user, actor=Actor.from_request(request), **params.validated_data)
         data = NewAPITokenSerializer(issued.token).data | {"token": issued.raw}
         return Response(data, status=status.HTTP_201_CREATED)
 
@@ -119,3 +158,76 @@ class APITokenViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.G
     def revoke(self, request, pk=None):
         token = tokens.revoke_token(self.get_object(), actor=Actor.from_request(request))
         return Response(APITokenSerializer(token).data)
+
+
+# --- Roles -----------------------------------------------------------------------------------
+class RoleBindingSerializer(serializers.ModelSerializer):
+    environment = serializers.CharField(
+        source="environment.name", read_only=True, allow_null=True, help_text="null: every environment"
+    )
+    user = serializers.CharField(source="user.username", read_only=True, allow_null=True)
+    group = serializers.CharField(source="group.name", read_only=True, allow_null=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = RoleBinding
+        fields = ["id", "environment", "user", "group", "role", "created_by", "created_at"]
+        read_only_fields = fields
+
+
+class GrantSerializer(serializers.Serializer):
+    environment = serializers.CharField(
+        allow_null=True, help_text="the environment's name; null: every environment (superusers and global admins)"
+    )
+    user = serializers.CharField(required=False, allow_blank=True, default="", help_text="a username, or:")
+    group = serializers.CharField(required=False, allow_blank=True, default="", help_text="a group's name")
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class RoleBindingFilterSet(django_filters.FilterSet):
+    environment = django_filters.CharFilter(field_name="environment__name")
+    user = django_filters.CharFilter(field_name="user__username")
+    role = django_filters.ChoiceFilter(choices=Role.choices)
+
+    class Meta:
+        model = RoleBinding
+        fields = ["environment", "user", "role"]
+
+
+class RoleBindingViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Who holds which role where. Granting again changes the role; an environment's admins manage its roles."""
+
+    serializer_class = RoleBindingSerializer
+    filterset_class = RoleBindingFilterSet
+    queryset = RoleBinding.objects.none()  # for the schema
+    audit_actions = {"create": "role.grant", "destroy": "role.revoke"}
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        return roles.visible_bindings(Actor.from_request(self.request)).order_by("environment__name", "pk")
+
+    @extend_schema(request=GrantSerializer, responses={201: RoleBindingSerializer, 200: RoleBindingSerializer})
+    def create(self, request, *args, **kwargs):
+        from deployments.models import Environment
+
+        params = GrantSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        actor = Actor.from_request(request)
+        environment = None
+        if data["environment"] is not None:
+            environment = access.scope(Environment.objects, actor, field="pk").filter(name=data["environment"]).first()
+            if environment is None:
+                raise NotFound(f"There is no environment {data['environment']!r}.", fields={"environment": ["unknown"]})
+        binding = roles.grant_role(environment, data["role"], actor=actor, user=data["user"], group=data["group"])
+        return Response(RoleBindingSerializer(binding).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        roles.revoke_role(instance, actor=Actor.from_request(self.request))

@@ -9,7 +9,7 @@ transaction of their own.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -32,6 +32,9 @@ class Actor:
     request_id: str = ""
     source_ip: str | None = None
     is_system: bool = False
+    token: Any = None  # the APIToken the request came with: its scope and environments limit the user's roles
+    # What controlplane.access worked out about this actor's roles, kept for the rest of the request.
+    grants_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def system(cls, request_id: str = "") -> Actor:
@@ -39,15 +42,22 @@ class Actor:
 
     @classmethod
     def from_request(cls, request, *, user=None) -> Actor:
-        user = user or getattr(request, "user", None)
+        """The request's actor: made once per request (so its roles are read once), unless `user` is given."""
+        if user is None and (cached := getattr(request, "_slipway_actor", None)) is not None:
+            return cached
+        who = user or getattr(request, "user", None)
         auth = getattr(request, "auth", None)  # set by DRF
-        token_name = getattr(auth, "name", "") if auth is not None else ""
-        return cls(
-            user=user if user is not None and user.is_authenticated else None,
-            token_name=token_name,
+        token = auth if getattr(auth, "key_hash", None) else None
+        actor = cls(
+            user=who if who is not None and who.is_authenticated else None,
+            token_name=getattr(token, "name", ""),
+            token=token,
             request_id=getattr(request, "request_id", ""),
             source_ip=client_ip(request),
         )
+        if user is None and actor.user is not None:
+            request._slipway_actor = actor
+        return actor
 
     @property
     def label(self) -> str:

@@ -23,7 +23,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         token = authenticate_token(header[1])
         if token is None:
             exc = exceptions.AuthenticationFailed(
-                "This API token is unknown or revoked. Create a new one under API tokens in the web UI, "
+                "This API token is unknown, revoked or expired. Create a new one under API tokens in the web UI, "
                 "or with 'python manage.py create_api_token USERNAME'."
             )
             exc.audit_note = describe_refused(header[1])  # which token, for the log only

@@ -22,6 +22,14 @@ class InvalidInput(ServiceError):
     pass
 
 
+class Forbidden(ServiceError):
+    """Signed in, but the role (or the token's scope) does not allow it."""
+
+    status_code = 403
+    code = "permission_denied"
+    outcome = Outcome.DENIED
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"

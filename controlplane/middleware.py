@@ -8,6 +8,11 @@ import uuid
 from django.contrib.auth.views import redirect_to_login
 from django.utils.deprecation import MiddlewareMixin
 
+from controlplane import access
+from controlplane.audit import Actor
+from controlplane.errors import ServiceError
+from controlplane.models import Role
+
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -24,11 +29,12 @@ class RequestIdMiddleware:
 
 
 class RefuseAnonymousUploadsMiddleware(MiddlewareMixin):
-    """Refuse an anonymous browser upload before its body is read.
+    """Refuse a browser upload from someone who may not upload, before its body is read.
 
     The CSRF middleware reads request.POST, which spools a multipart body to disk,
-    before any view could check the login. Placed above it, this answers first.
-    API views are exempt: DRF authenticates them before parsing.
+    before any view could check the login. Placed above it, this answers first:
+    anonymous callers go to the login page, signed-in ones without the deployer role
+    anywhere get the refusal. API views are exempt: DRF checks them before parsing.
     """
 
     def process_view(self, request, view_func, view_args, view_kwargs):
@@ -36,7 +42,26 @@ class RefuseAnonymousUploadsMiddleware(MiddlewareMixin):
             request.method == "POST"
             and request.content_type == "multipart/form-data"
             and not getattr(view_func, "csrf_exempt", False)
-            and not request.user.is_authenticated
         ):
-            return redirect_to_login(request.get_full_path())
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            try:
+                access.require_registry(Actor.from_request(request), Role.DEPLOYER, "upload versions")
+            except ServiceError as exc:
+                return refusal_page(request, exc)
         return None
+
+
+class ServiceErrorPagesMiddleware(MiddlewareMixin):
+    """A refusal raised in a browser view (a role it lacks, say) becomes a page saying so, and is audited."""
+
+    def process_exception(self, request, exception):
+        return refusal_page(request, exception) if isinstance(exception, ServiceError) else None
+
+
+def refusal_page(request, exc: ServiceError):
+    from controlplane.web import refuse
+
+    match = getattr(request, "resolver_match", None)
+    action = f"page.{match.url_name}" if match and match.url_name else "page"
+    return refuse(request, exc, action, "refused.html", {"status": exc.status_code})

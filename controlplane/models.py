@@ -1,4 +1,4 @@
-"""What every app shares: the audit log and API tokens."""
+"""What every app shares: the audit log, API tokens and roles."""
 
 from __future__ import annotations
 
@@ -80,6 +80,83 @@ class AuditEvent(models.Model):
         return hashlib.sha256(f"{self.prev_hash}\n{body}".encode()).hexdigest()
 
 
+class Role(models.TextChoices):
+    """What someone may do in an environment. Each role includes the ones before it."""
+
+    VIEWER = "viewer", "viewer"  # sees the environment, its deployments, rollouts, ledger and audit events
+    DEPLOYER = "deployer", "deployer"  # deploys, promotes into it, rolls back, pauses, resumes, aborts
+    APPROVER = "approver", "approver"  # approves or rejects other people's rollouts there
+    ADMIN = "admin", "admin"  # changes the environment's settings and who has which role in it
+
+
+ROLE_RANK = {Role.VIEWER: 1, Role.DEPLOYER: 2, Role.APPROVER: 3, Role.ADMIN: 4}
+
+
+class RoleBinding(models.Model):
+    """A user or a group holds a role in one environment, or in every environment (environment null)."""
+
+    environment = models.ForeignKey(
+        "deployments.Environment", null=True, blank=True, on_delete=models.CASCADE, related_name="role_bindings"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="role_bindings"
+    )
+    group = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="role_bindings"
+    )
+    role = models.CharField(max_length=10, choices=Role.choices)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    AUDIT_TYPE = "role_binding"
+
+    class Meta:
+        ordering = ["environment__name", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(user__isnull=False, group__isnull=True)
+                | models.Q(user__isnull=True, group__isnull=False),
+                name="role_binding_user_or_group",
+            ),
+            # One role per person (or group) and environment: granting again changes it.
+            models.UniqueConstraint(
+                fields=["environment", "user"],
+                condition=models.Q(user__isnull=False),
+                nulls_distinct=False,  # also one binding for "every environment"
+                name="one_role_per_user_and_environment",
+            ),
+            models.UniqueConstraint(
+                fields=["environment", "group"],
+                condition=models.Q(group__isnull=False),
+                nulls_distinct=False,
+                name="one_role_per_group_and_environment",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.principal} is {self.role} in {self.scope_name}"
+
+    @property
+    def principal(self) -> str:
+        return self.user.get_username() if self.user_id else f"group {self.group.name}"
+
+    @property
+    def scope_name(self) -> str:
+        return self.environment.name if self.environment_id else "every environment"
+
+
+class TokenScope(models.TextChoices):
+    """The most a token may do, within what its user may do."""
+
+    READ = "read", "read"  # read what the user may see
+    DEPLOY = "deploy", "deploy"  # also upload, build, deploy, promote, roll back
+    ADMIN = "admin", "admin"  # everything the user may do: approve, change environments and roles
+
+
+# The highest role a token of each scope acts with.
+SCOPE_CAP = {TokenScope.READ: Role.VIEWER, TokenScope.DEPLOY: Role.DEPLOYER, TokenScope.ADMIN: Role.ADMIN}
+
+
 class APIToken(models.Model):
     """A bearer token. Only its SHA-256 is stored; the token is shown once."""
 
@@ -90,6 +167,10 @@ class APIToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    scope = models.CharField(max_length=10, choices=TokenScope.choices, default=TokenScope.ADMIN)
+    # Empty: every environment its user has a role in.
+    environments = models.ManyToManyField("deployments.Environment", blank=True, related_name="+")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="null: until revoked")
 
     AUDIT_TYPE = "token"
 
@@ -108,4 +189,8 @@ class APIToken(models.Model):
 
     @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and not self.is_expired
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()

@@ -25,6 +25,8 @@ router.register("deployments", deployments_api.DeploymentViewSet, basename="depl
 router.register("rollouts", deployments_api.RolloutViewSet, basename="rollout")
 router.register("audit", controlplane_api.AuditEventViewSet, basename="audit")
 router.register("tokens", controlplane_api.APITokenViewSet, basename="token")
+router.register("role-bindings", controlplane_api.RoleBindingViewSet, basename="role-binding")
+router.register("approvals", deployments_api.ApprovalViewSet, basename="approval")
 
 urlpatterns = [
     # Namespaced: the browser pages reuse names such as "token-list".

@@ -11,21 +11,37 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views import csrf
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from controlplane import tokens
+from controlplane import access, tokens
 from controlplane.audit import Actor, check_chain, record_refusal
 from controlplane.errors import ServiceError
 from controlplane.filtersets import AuditEventFilterSet
-from controlplane.models import APIToken, AuditEvent, Outcome
+from controlplane.models import APIToken, AuditEvent, Outcome, TokenScope
 from controlplane.web import paginate, refuse
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def token_list(request):
-    context = {"tokens": APIToken.objects.filter(user=request.user).order_by("-created_at")}
+    from deployments.models import Environment
+
+    actor = Actor.from_request(request)
+    context = {
+        "tokens": APIToken.objects.filter(user=request.user).prefetch_related("environments").order_by("-created_at"),
+        "scopes": TokenScope.choices,
+        "environments": access.scope(Environment.objects, actor, field="pk").order_by("created_at", "name"),
+        "lifetimes": [(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "a year"), ("", "until revoked")],
+        "form": request.POST,
+    }
     if request.method == "POST":
         try:
-            issued = tokens.create_token(request.user, request.POST.get("name", ""), actor=Actor.from_request(request))
+            issued = tokens.create_token(
+                request.user,
+                request.POST.get("name", ""),
+                actor=actor,
+                scope=request.POST.get("scope", TokenScope.READ),
+                environments=request.POST.getlist("environments"),
+                expires_in_days=request.POST.get("expires_in_days") or None,
+            )
         except ServiceError as exc:
             return refuse(request, exc, "token.create", "controlplane/tokens.html", context)
         # The raw token is rendered once, in this response only.
@@ -44,7 +60,8 @@ def token_revoke(request, pk):
 @login_required
 @require_GET
 def audit_log(request):
-    filterset = AuditEventFilterSet(request.GET, queryset=AuditEvent.objects.order_by("-id"))
+    visible = access.audit_scope(AuditEvent.objects.order_by("-id"), Actor.from_request(request))
+    filterset = AuditEventFilterSet(request.GET, queryset=visible)
     events = filterset.qs if filterset.is_valid() else AuditEvent.objects.none()
     filters = request.GET.copy()
     filters.pop("page", None)

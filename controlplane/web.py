@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.shortcuts import render
 
+from controlplane import access
 from controlplane.audit import Actor, record_refusal
 from controlplane.errors import ServiceError
+from controlplane.models import Role
 
 # htmx stops polling when a response has this status (https://htmx.org/docs/#polling).
 HTMX_STOP_POLLING = 286
@@ -29,3 +34,15 @@ def paginate(request, queryset, per_page: int = 50):
     others.pop("page", None)
     page.query_prefix = f"{others.urlencode()}&" if others else ""  # keeps filters across pages
     return page
+
+
+def registry_page(view):
+    """A registry page: signed in, with a role in at least one environment (the registry is shared)."""
+
+    @login_required
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        access.require_registry(Actor.from_request(request), Role.VIEWER, "see the registry")
+        return view(request, *args, **kwargs)
+
+    return wrapped

@@ -10,13 +10,20 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
+from controlplane import access
 from controlplane.audit import Actor
-from deployments import ledger, services
+from controlplane.permissions import RegistryAccess
+from deployments import approvals, ledger, services
 from deployments.models import (
     ROLLOUT_ACTIVE,
+    ApprovalDecision,
+    ApprovalRequest,
+    ApprovalState,
     BuildStatus,
+    Decision,
     Deployment,
     Environment,
     ImageBuild,
@@ -81,6 +88,7 @@ def _builds():
 
 
 class ImageBuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    permission_classes = [IsAuthenticated, RegistryAccess]
     queryset = _builds()
     serializer_class = ImageBuildSerializer
     filterset_class = ImageBuildFilterSet
@@ -96,6 +104,7 @@ class ImageBuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 class VersionBuildViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
     """/models/{name}/versions/{version}/builds/: a version's builds, and asking for one."""
 
+    permission_classes = [IsAuthenticated, RegistryAccess]
     queryset = ImageBuild.objects.none()  # for the schema
     serializer_class = ImageBuildSerializer
     audit_actions = {"create": "image_build.start"}
@@ -133,6 +142,7 @@ class VersionBuildViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewse
 class EnvironmentSerializer(serializers.ModelSerializer):
     promotes_from = serializers.SlugRelatedField(slug_field="name", read_only=True)
     created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
+    your_role = serializers.SerializerMethodField(help_text="the caller's role here (with this token)")
 
     class Meta:
         model = Environment
@@ -144,13 +154,32 @@ class EnvironmentSerializer(serializers.ModelSerializer):
             "promotes_from",
             "default_plan",
             "default_settings",
+            "required_approvals",
+            "approval_timeout_s",
+            "approve_pauses",
+            "your_role",
             "created_by",
             "created_at",
         ]
         read_only_fields = fields
 
+    @extend_schema_field({"type": "string", "nullable": True, "description": "viewer, deployer, approver or admin"})
+    def get_your_role(self, env: Environment) -> str | None:
+        request = self.context.get("request")
+        return access.role_in(Actor.from_request(request), env) if request is not None else None
 
-class EnvironmentCreateSerializer(serializers.Serializer):
+
+class ProtectionFields(serializers.Serializer):
+    required_approvals = serializers.IntegerField(
+        min_value=0, max_value=10, help_text="approvals from people other than the requester; 0: not protected"
+    )
+    approval_timeout_s = serializers.IntegerField(
+        min_value=60, max_value=30 * 86400, help_text="a request not approved in time expires"
+    )
+    approve_pauses = serializers.BooleanField(help_text="each pause step of a plan waits for the approvals too")
+
+
+class EnvironmentCreateSerializer(ProtectionFields):
     name = serializers.CharField(max_length=30)
     description = serializers.CharField(required=False, allow_blank=True, default="")
     target = serializers.ChoiceField(choices=TargetKind.choices, default=TargetKind.LOCAL)
@@ -163,12 +192,29 @@ class EnvironmentCreateSerializer(serializers.Serializer):
     default_plan = serializers.JSONField(required=False, default=dict)
     default_settings = serializers.JSONField(required=False, default=dict)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, default in (("required_approvals", 0), ("approval_timeout_s", 86400), ("approve_pauses", False)):
+            self.fields[name].required = False
+            self.fields[name].default = default
+
     def validate_name(self, value):
         try:
             slug_validator(value)
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.messages) from None
         return value
+
+
+class EnvironmentUpdateSerializer(ProtectionFields):
+    description = serializers.CharField(allow_blank=True)
+    default_plan = serializers.JSONField()
+    default_settings = serializers.JSONField()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            field.required = False
 
 
 AT_PARAMETER = OpenApiParameter(
@@ -197,7 +243,9 @@ class ServingSerializer(serializers.Serializer):
     reason = serializers.CharField(source="release.reason")
     rollout = serializers.SerializerMethodField()
     approved_by = serializers.ListField(
-        child=serializers.CharField(), help_text="who approved the release (always empty until approvals land)"
+        source="release.approved_by",
+        child=serializers.CharField(),
+        help_text="who approved the release, in a protected environment; else empty",
     )
     recorded = serializers.BooleanField(
         help_text="false: no ledger rows for this deployment; derived from its current release"
@@ -238,14 +286,29 @@ class EnvironmentViewSet(
     queryset = Environment.objects.select_related("promotes_from", "created_by")
     serializer_class = EnvironmentSerializer
     lookup_field = "name"
-    audit_actions = {"create": "environment.create"}
+    audit_actions = {"create": "environment.create", "partial_update": "environment.update"}
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def get_queryset(self):
+        return access.scope(self.queryset, Actor.from_request(self.request), field="pk")
+
+    @extend_schema(
+        request=EnvironmentUpdateSerializer,
+        responses={200: EnvironmentSerializer},
+        description="Change the description, default plan and settings, or protection (the environment's admins).",
+    )
+    def partial_update(self, request, *args, **kwargs):
+        params = EnvironmentUpdateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        env = services.update_environment(self.get_object(), actor=Actor.from_request(request), **params.validated_data)
+        return Response(self.get_serializer(env).data)
 
     @extend_schema(request=EnvironmentCreateSerializer, responses={201: EnvironmentSerializer})
     def create(self, request, *args, **kwargs):
         params = EnvironmentCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         env = services.create_environment(actor=Actor.from_request(request), **params.validated_data)
-        return Response(EnvironmentSerializer(env).data, status=status.HTTP_201_CREATED)
+        return Response(self.get_serializer(env).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         parameters=[AT_PARAMETER],
@@ -490,6 +553,10 @@ class DeploymentViewSet(
 ):
     queryset = deployments_query().order_by("pk")
     serializer_class = DeploymentSerializer
+
+    def get_queryset(self):
+        return access.scope(self.queryset, Actor.from_request(self.request))
+
     filterset_class = DeploymentFilterSet
     audit_actions = {
         "create": "deployment.deploy",
@@ -588,6 +655,10 @@ class RolloutFilterSet(django_filters.FilterSet):
 class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = _rollouts().order_by("-created_at")
     serializer_class = RolloutSerializer
+
+    def get_queryset(self):
+        return access.scope(self.queryset, Actor.from_request(self.request), field="deployment__environment")
+
     filterset_class = RolloutFilterSet
     audit_actions = {
         "pause": "rollout.pause",
@@ -628,3 +699,105 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @action(detail=True, methods=["post"])
     def promote(self, request, pk=None):
         return self._do(services.promote_rollout_now)
+
+
+# --- Approvals -------------------------------------------------------------------------------
+class ApprovalDecisionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ApprovalDecision
+        fields = ["approver", "decision", "comment", "at"]
+        read_only_fields = fields
+
+
+class ApprovalSerializer(serializers.ModelSerializer):
+    environment = serializers.CharField(source="environment.name", read_only=True)
+    deployment = serializers.IntegerField(source="rollout.deployment_id", read_only=True)
+    rollout_state = serializers.CharField(source="rollout.state", read_only=True)
+    approvals = serializers.SerializerMethodField(help_text="approvals so far")
+    decisions = ApprovalDecisionSerializer(many=True, read_only=True)
+    change = serializers.JSONField(
+        read_only=True,
+        help_text="what would change: kind, model, version, sha256, release, image, digest, settings, plan, "
+        "and what serves now (previous)",
+    )
+
+    class Meta:
+        model = ApprovalRequest
+        fields = [
+            "id",
+            "environment",
+            "deployment",
+            "rollout",
+            "rollout_state",
+            "kind",
+            "step_index",
+            "state",
+            "required",
+            "approvals",
+            "requester",
+            "reason",
+            "change",
+            "created_at",
+            "expires_at",
+            "decided_at",
+            "decisions",
+        ]
+        read_only_fields = fields
+
+    def get_approvals(self, request: ApprovalRequest) -> int:
+        return sum(1 for decision in request.decisions.all() if decision.decision == Decision.APPROVE)
+
+
+class DecisionSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="", help_text="required to reject")
+
+
+class ApprovalFilterSet(django_filters.FilterSet):
+    state = django_filters.ChoiceFilter(choices=ApprovalState.choices)
+    environment = django_filters.CharFilter(field_name="environment__name")
+
+    class Meta:
+        model = ApprovalRequest
+        fields = ["state", "environment"]
+
+
+class ApprovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Approval requests of protected environments: approvers approve or reject with a comment."""
+
+    queryset = ApprovalRequest.objects.select_related("environment", "rollout").prefetch_related("decisions")
+    serializer_class = ApprovalSerializer
+    filterset_class = ApprovalFilterSet
+    audit_actions = {"approve": "approval.approve", "reject": "approval.reject"}
+
+    def get_queryset(self):
+        return access.scope(self.queryset.order_by("-created_at"), Actor.from_request(self.request))
+
+    def _decide(self, request, decision):
+        params = DecisionSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        approvals.decide(
+            self.get_object(),
+            actor=Actor.from_request(request),
+            decision=decision,
+            comment=params.validated_data["comment"],
+        )
+        return Response(self.get_serializer(self.get_queryset().get(pk=self.kwargs["pk"])).data)
+
+    @extend_schema(
+        request=DecisionSerializer,
+        responses={200: ApprovalSerializer},
+        description="Approve (approvers of the environment, not the requester). The Nth approval starts the "
+        "rollout (or lets it past the pause). 409 when the request is no longer pending or has expired.",
+    )
+    @action(detail=True, methods=["post"])
+    def approve(self, request, pk=None):
+        return self._decide(request, Decision.APPROVE)
+
+    @extend_schema(
+        request=DecisionSerializer,
+        responses={200: ApprovalSerializer},
+        description="Reject with a comment: the rollout ends (aborted) and nothing it would change is changed.",
+    )
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        return self._decide(request, Decision.REJECT)

@@ -11,17 +11,31 @@ from __future__ import annotations
 from datetime import UTC
 
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, OuterRef, Subquery
-from django.http import HttpResponse
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from controlplane import access, roles
 from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, ServiceError
+from controlplane.models import Role, RoleBinding
 from controlplane.web import HTMX_STOP_POLLING, paginate, refuse
 from deployments import forms, ledger, services
-from deployments.models import ROLLOUT_ACTIVE, Deployment, Environment, Release, Rollout, RolloutState, TargetKind
+from deployments.models import (
+    ROLLOUT_ACTIVE,
+    ApprovalRequest,
+    ApprovalState,
+    Decision,
+    Deployment,
+    Environment,
+    Release,
+    Rollout,
+    RolloutState,
+    TargetKind,
+)
 from deployments.plans import describe
 from registry.models import ModelVersion
 
@@ -46,12 +60,15 @@ def environment_list(request):
 
 
 def _environments_context(request) -> dict:
+    actor = Actor.from_request(request)
     environments = (
-        Environment.objects.select_related("promotes_from")
+        access.scope(Environment.objects, actor, field="pk")
+        .select_related("promotes_from")
         .annotate(deployment_count=Count("deployments"))
         .order_by("created_at", "name")
     )
     return {
+        "can_create": access.grants(actor).environment_ids(access.ADMIN_RANK) is None,
         "environments": environments,
         "targets": TargetKind.choices,
         "form": request.POST,
@@ -59,12 +76,30 @@ def _environments_context(request) -> dict:
     }
 
 
+def _environment(request, name: str) -> Environment:
+    visible = access.scope(Environment.objects, Actor.from_request(request), field="pk")
+    return get_object_or_404(visible.select_related("promotes_from"), name=name)
+
+
+def _environment_context(request, environment: Environment) -> dict:
+    actor = Actor.from_request(request)
+    bindings = roles.visible_bindings(actor).filter(Q(environment=environment) | Q(environment__isnull=True))
+    return {
+        "environment": environment,
+        "at_text": request.GET.get("at", ""),
+        "your_role": access.role_in(actor, environment),
+        "may_manage": access.can(actor, Role.ADMIN, environment),
+        "bindings": bindings.order_by("environment_id", "role", "user__username", "group__name"),
+        "roles": Role.choices,
+    }
+
+
 @login_required
 @require_GET
 def environment_detail(request, name):
-    """An environment and what served in it at any instant (the ledger), now by default."""
-    environment = get_object_or_404(Environment.objects.select_related("promotes_from"), name=name)
-    context = {"environment": environment, "at_text": request.GET.get("at", "")}
+    """An environment, who may do what there, and what served in it at any instant (the ledger)."""
+    environment = _environment(request, name)
+    context = _environment_context(request, environment)
     try:
         at = ledger.parse_instant(request.GET.get("at"))
     except InvalidInput as exc:
@@ -78,6 +113,54 @@ def environment_detail(request, name):
         "deployments/environment_detail.html",
         {**context, "answer": answer, "page": page, "at": at, "at_input": at_input},
     )
+
+
+def _environment_refused(request, environment: Environment, exc: ServiceError, action: str, **extra):
+    context = {**_environment_context(request, environment), "form": request.POST, **extra}
+    return refuse(request, exc, action, "deployments/environment_detail.html", context)
+
+
+@login_required
+@require_POST
+def environment_protection(request, name):
+    """Change how many approvals a rollout there needs, how long a request waits, and whether pauses need them."""
+    environment = _environment(request, name)
+    try:
+        services.update_environment(
+            environment, actor=Actor.from_request(request), **forms.protection_args(request.POST)
+        )
+    except ServiceError as exc:
+        return _environment_refused(request, environment, exc, "environment.update", protection_error=True)
+    return redirect(f"{reverse('environment-detail', args=[name])}#protection")
+
+
+@login_required
+@require_POST
+def environment_grant(request, name):
+    environment = _environment(request, name)
+    principal = request.POST.get("principal", "").strip()
+    kind = "group" if request.POST.get("kind") == "group" else "user"
+    try:
+        roles.grant_role(
+            environment, request.POST.get("role", ""), actor=Actor.from_request(request), **{kind: principal}
+        )
+    except ServiceError as exc:
+        return _environment_refused(request, environment, exc, "role.grant", access_error=True)
+    return redirect(f"{reverse('environment-detail', args=[name])}#access")
+
+
+@login_required
+@require_POST
+def environment_revoke(request, name, pk):
+    environment = _environment(request, name)
+    binding = get_object_or_404(RoleBinding.objects.select_related("environment", "user", "group"), pk=pk)
+    if binding.environment_id != environment.pk:
+        raise Http404("No such role in this environment.")
+    try:
+        roles.revoke_role(binding, actor=Actor.from_request(request))
+    except ServiceError as exc:
+        return _environment_refused(request, environment, exc, "role.revoke", access_error=True)
+    return redirect(f"{reverse('environment-detail', args=[name])}#access")
 
 
 # --- Deploying a version (the form is on the version's page: templatetags/deploy.py) ---------
@@ -99,11 +182,13 @@ def deploy(request, name, version):
 
 
 # --- Deployments ---------------------------------------------------------------------
-def _with_active_rollout():
-    """Deployments with the state the list shows: the active rollout's, else serving or empty."""
+def _with_active_rollout(actor: Actor):
+    """The deployments the actor may see, with the state the list shows: the active rollout's, else serving or empty."""
     active = Rollout.objects.filter(deployment=OuterRef("pk"), state__in=ROLLOUT_ACTIVE)
-    return Deployment.objects.select_related("model", "environment", "current_release__model_version").annotate(
-        active_state=Subquery(active.values("state")[:1])
+    return (
+        access.scope(Deployment.objects, actor)
+        .select_related("model", "environment", "current_release__model_version")
+        .annotate(active_state=Subquery(active.values("state")[:1]))
     )
 
 
@@ -111,13 +196,18 @@ def _with_active_rollout():
 @require_GET
 def deployment_list(request):
     environment = request.GET.get("environment", "")
-    deployments = _with_active_rollout().order_by("model__name", "environment__created_at", "pk")
+    actor = Actor.from_request(request)
+    deployments = _with_active_rollout(actor).order_by("model__name", "environment__created_at", "pk")
     if environment:
         deployments = deployments.filter(environment__name=environment)
     page = paginate(request, deployments)
     for deployment in page:
         deployment.state = deployment.active_state or ("serving" if deployment.current_release_id else "empty")
-    environments = Environment.objects.order_by("created_at", "name").values_list("name", flat=True)
+    environments = (
+        access.scope(Environment.objects, actor, field="pk")
+        .order_by("created_at", "name")
+        .values_list("name", flat=True)
+    )
     return render(
         request,
         "deployments/deployment_list.html",
@@ -125,14 +215,17 @@ def deployment_list(request):
     )
 
 
-def live_context(pk: int) -> dict:
-    """Everything the live panel shows, in five queries at most, whatever the number of events or releases."""
+def live_context(request, pk: int) -> dict:
+    """Everything the live panel shows, in a handful of queries, whatever the number of events or releases."""
+    actor = Actor.from_request(request)
     deployment = get_object_or_404(
-        Deployment.objects.select_related(
+        access.scope(Deployment.objects, actor).select_related(
             "model", "environment", "current_release__model_version", "warm_release__model_version"
         ),
         pk=pk,
     )
+    role = access.role_in(actor, deployment.environment)
+    may_deploy = role in (Role.DEPLOYER, Role.APPROVER, Role.ADMIN)
     rollout = (
         Rollout.objects.filter(deployment=deployment)
         .select_related("release__model_version", "release__source", "previous_release__model_version", "requested_by")
@@ -142,13 +235,15 @@ def live_context(pk: int) -> dict:
     active = rollout is not None and not rollout.is_terminal
     next_environments = []
     if deployment.current_release_id and not active:
-        next_environments = list(
-            Environment.objects.filter(promotes_from=deployment.environment_id)
-            .order_by("name")
-            .values_list("name", flat=True)
-        )
+        next_environments = [
+            env.name
+            for env in Environment.objects.filter(promotes_from=deployment.environment_id).order_by("name")
+            if access.can(actor, Role.DEPLOYER, env)
+        ]
     rollback_choices = []
-    if not active and deployment.latest_release > 1:  # a rollback is refused while a rollout is active anyway
+    if (
+        may_deploy and not active and deployment.latest_release > 1
+    ):  # a rollback is refused while a rollout is active anyway
         rollback_choices = list(
             deployment.releases.filter(rollout__state=RolloutState.SUCCEEDED)
             .exclude(pk=deployment.current_release_id)
@@ -160,6 +255,8 @@ def live_context(pk: int) -> dict:
         "deployment": deployment,
         "rollout": rollout,
         "active": active,
+        "your_role": role,
+        "may_deploy": may_deploy,
         "warm_release": deployment.warm_release if warm else None,
         "next_environments": next_environments,
         "rollback_choices": rollback_choices,
@@ -171,7 +268,7 @@ def live_context(pk: int) -> dict:
         ),
     }
     if rollout is not None:
-        context.update(_rollout_context(rollout))
+        context.update(_rollout_context(rollout, may_deploy))
     return context
 
 
@@ -180,7 +277,7 @@ def _stamp(rollout_id, revision, pinned, current_release_id) -> str:
     return f"{rollout_id or 0}.{revision or 0}.{int(pinned)}.{current_release_id or 0}"
 
 
-def _rollout_context(rollout: Rollout) -> dict:
+def _rollout_context(rollout: Rollout, may_deploy: bool) -> dict:
     newest = list(rollout.events.order_by("-at", "-pk")[: EVENTS_SHOWN + 1])
     state = rollout.state
     steps = []
@@ -205,7 +302,15 @@ def _rollout_context(rollout: Rollout) -> dict:
         warnings += [f"{name.capitalize()}: {warning}" for warning in facts.get("warnings") or []]
         if facts.get("failed"):
             warnings.append(f"{name.capitalize()} failed: {facts['failed']}")
+    approval = None
+    if state in (RolloutState.AWAITING_APPROVAL, RolloutState.PAUSED):
+        approval = (
+            ApprovalRequest.objects.filter(rollout=rollout, state=ApprovalState.PENDING)
+            .annotate(approvals=Count("decisions", filter=Q(decisions__decision=Decision.APPROVE)))
+            .first()
+        )
     return {
+        "approval": approval,
         "events": newest[:EVENTS_SHOWN][::-1],  # oldest first: the timeline reads downwards
         "earlier_events": len(newest) > EVENTS_SHOWN,
         "steps": steps,
@@ -217,10 +322,10 @@ def _rollout_context(rollout: Rollout) -> dict:
         "analysis": rollout.analysis,
         "checks": [_check(check) for check in (rollout.analysis or {}).get("checks", [])],
         "can": {
-            "pause": state in services.PAUSABLE,
-            "resume": state in services.RESUMABLE,
-            "abort": state in services.ABORTABLE,
-            "promote": state in services.PROMOTABLE_NOW,
+            "pause": may_deploy and state in services.PAUSABLE,
+            "resume": may_deploy and state in services.RESUMABLE and not rollout.pause_reason.startswith("Waiting for"),
+            "abort": may_deploy and state in services.ABORTABLE,
+            "promote": may_deploy and state in services.PROMOTABLE_NOW,
         },
     }
 
@@ -246,14 +351,14 @@ def _amount(value: float | None, unit: str) -> str:
 
 
 def _live(request, pk: int, *, status: int | None = None, **extra):
-    context = {**live_context(pk), **extra}
+    context = {**live_context(request, pk), **extra}
     if status is None:
         status = 200 if context["active"] else HTMX_STOP_POLLING
     return render(request, LIVE_TEMPLATE, context, status=status)
 
 
 def _detail_context(request, pk: int, **extra) -> dict:
-    return {**live_context(pk), "form": request.POST, **extra}
+    return {**live_context(request, pk), "form": request.POST, **extra}
 
 
 @login_required
@@ -275,7 +380,8 @@ def deployment_watch(request, pk):
     """The idle page's slow poll: 204 while nothing changed, else the live panel (which polls again if active)."""
     latest = Rollout.objects.filter(deployment=OuterRef("pk")).order_by("-created_at", "-pk")
     row = (
-        Deployment.objects.filter(pk=pk)
+        access.scope(Deployment.objects, Actor.from_request(request))
+        .filter(pk=pk)
         .annotate(rollout_id=Subquery(latest.values("pk")[:1]), revision=Subquery(latest.values("revision")[:1]))
         .values_list("rollout_id", "revision", "pinned", "current_release_id")
         .first()
@@ -287,14 +393,15 @@ def deployment_watch(request, pk):
     return _live(request, pk, status=200)
 
 
-def _deployment(pk) -> Deployment:
-    return get_object_or_404(Deployment.objects.select_related("model", "environment", "current_release"), pk=pk)
+def _deployment(request, pk) -> Deployment:
+    visible = access.scope(Deployment.objects, Actor.from_request(request))
+    return get_object_or_404(visible.select_related("model", "environment", "current_release"), pk=pk)
 
 
 @login_required
 @require_POST
 def promote(request, pk):
-    deployment = _deployment(pk)
+    deployment = _deployment(request, pk)
     try:
         downstream, _rollout, _created = services.promote(
             deployment,
@@ -312,7 +419,7 @@ def promote(request, pk):
 @login_required
 @require_POST
 def rollback(request, pk):
-    deployment = _deployment(pk)
+    deployment = _deployment(request, pk)
     try:
         to_release = _release_number(request.POST.get("to_release", ""))
         services.rollback(
@@ -335,7 +442,7 @@ def _release_number(text: str) -> int | None:
 @login_required
 @require_POST
 def unpin(request, pk):
-    deployment = services.unpin(_deployment(pk), actor=Actor.from_request(request))
+    deployment = services.unpin(_deployment(request, pk), actor=Actor.from_request(request))
     if request.htmx:
         return _live(request, pk, status=200, notice=f"Unpinned: {deployment} takes promotions again.")
     return redirect("deployment-detail", pk=pk)
@@ -354,12 +461,14 @@ ROLLOUT_ACTIONS = {
 @require_POST
 def rollout_action(request, pk: str, verb: str):
     """Pause, resume, abort or promote now; answers with the live panel, re-rendered at once."""
-    rollout = get_object_or_404(Rollout, pk=pk)
+    rollout = get_object_or_404(
+        access.scope(Rollout.objects, Actor.from_request(request), field="deployment__environment"), pk=pk
+    )
     try:
         rollout = ROLLOUT_ACTIONS[verb](rollout, actor=Actor.from_request(request))
     except ServiceError as exc:
         if request.htmx:
-            context = live_context(rollout.deployment_id)
+            context = live_context(request, rollout.deployment_id)
             return refuse(request, exc, f"rollout.{verb}", LIVE_TEMPLATE, context)
         context = _detail_context(request, rollout.deployment_id)
         return refuse(request, exc, f"rollout.{verb}", "deployments/deployment_detail.html", context)
@@ -387,7 +496,8 @@ def _acted(verb: str, rollout: Rollout) -> str:
 @login_required
 @require_GET
 def deployment_history(request, pk):
-    deployment = get_object_or_404(Deployment.objects.select_related("model", "environment"), pk=pk)
+    visible = access.scope(Deployment.objects, Actor.from_request(request))
+    deployment = get_object_or_404(visible.select_related("model", "environment"), pk=pk)
     releases = Release.objects.filter(deployment=deployment).select_related(
         "model_version", "source__deployment__environment", "created_by", "rollout"
     )

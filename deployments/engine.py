@@ -30,9 +30,11 @@ from django.utils import timezone
 from controlplane.audit import Actor, record
 from controlplane.errors import ServiceError
 from controlplane.models import Outcome
+from deployments import approvals
 from deployments.ledger import record_serving
 from deployments.models import (
     ROLLOUT_ACTIVE,
+    ROLLOUT_RUNNING,
     ROLLOUT_TRANSITIONS,
     BuildStatus,
     Deployment,
@@ -141,7 +143,7 @@ def advance(rollout_id: int, revision: int | None = None) -> str:
     due = Q(revision=revision) if revision is not None else Q(next_at__lte=now - _grace())
     token = uuid.uuid4().hex
     taken = (
-        Rollout.objects.filter(due, pk=rollout_id, state__in=ROLLOUT_ACTIVE)
+        Rollout.objects.filter(due, pk=rollout_id, state__in=ROLLOUT_RUNNING)
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
         .update(lease_owner=token, lease_expires_at=now + timedelta(seconds=settings.SLIPWAY_ROLLOUT_LEASE_S))
     )
@@ -244,12 +246,14 @@ def enqueue(rollout_id: int, revision: int, *, countdown: float = 0.0) -> None:
 def sweep() -> list[int]:
     """Re-enqueue active rollouts that are overdue and unleased (their worker died or a message was lost).
 
-    Also stops previous releases whose time kept warm (for a quick rollback) is over.
+    Also stops previous releases whose time kept warm (for a quick rollback) is over, and
+    expires approval requests whose time is up.
     """
     now = timezone.now()
     reap_warm_releases(now)
+    approvals.expire_due()
     overdue = list(
-        Rollout.objects.filter(state__in=ROLLOUT_ACTIVE, next_at__lte=now - _grace())
+        Rollout.objects.filter(state__in=ROLLOUT_RUNNING, next_at__lte=now - _grace())
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
         .values_list("pk", flat=True)
     )
@@ -365,6 +369,11 @@ class Reconciler:
         result = Step(fields={"status": status_snapshot(status)}, delay=self.poll)
         elapsed = self.elapsed()
         if kind == "pause":
+            if approvals.waits_for_pause_approval(rollout):
+                request = approvals.open_pause_request(rollout)
+                needed = f"{request.required} approval(s)"
+                result.fields.update(state=S.PAUSED, pause_reason=f"Waiting for {needed} (request #{request.pk}).")
+                return result.event("info", f"Paused by the plan until {needed} let it go on.")
             if step["duration_s"] is None:
                 result.fields.update(state=S.PAUSED, pause_reason="The plan pauses here until someone resumes.")
                 return result.event("info", "Paused by the plan: resume to go on, or promote now.")

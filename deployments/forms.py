@@ -72,6 +72,27 @@ def environment_args(post: QueryDict) -> dict:
         "default_plan": json_object(
             post.get("default_plan", ""), "default_plan", json.dumps({"strategy": "rolling", "max_surge": "25%"})
         ),
+        **protection_args(post),
+    }
+
+
+def protection_args(post: QueryDict) -> dict:
+    """required_approvals, approval_timeout_s (the form asks in hours) and approve_pauses."""
+    hours = post.get("approval_timeout_h", "").strip() or "24"
+    if not hours.isdigit():
+        raise InvalidInput(
+            f"Give the expiry in whole hours, not {hours!r}.", fields={"approval_timeout_h": ["a whole number"]}
+        )
+    required = post.get("required_approvals", "").strip() or "0"
+    if not required.isdigit():
+        raise InvalidInput(
+            f"Approvals needed is a whole number from 0 to 10, not {required!r}.",
+            fields={"required_approvals": ["a whole number"]},
+        )
+    return {
+        "required_approvals": int(required),
+        "approval_timeout_s": int(hours) * 3600,
+        "approve_pauses": bool(post.get("approve_pauses")),
     }
 
 

@@ -12,7 +12,7 @@ the deployments, and the intervals that contain T. Intervals are half-open
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -84,7 +84,11 @@ class Serving:
     since: datetime | None
     until: datetime | None
     recorded: bool = True  # False: derived from the deployment's current release (no ledger rows for it)
-    approved_by: list[str] = field(default_factory=list)  # approvals arrive with a later piece
+
+    @property
+    def approved_by(self) -> list[str]:
+        """Who approved the release, in order (empty outside protected environments)."""
+        return self.release.approved_by
 
     @property
     def rollout(self):

@@ -114,6 +114,12 @@ class Environment(models.Model):
     )
     default_plan = models.JSONField(default=dict, blank=True)
     default_settings = models.JSONField(default=dict, blank=True)
+    # Protection: a rollout starts only after this many approvals from approvers other than its requester.
+    required_approvals = models.PositiveSmallIntegerField(default=0, help_text="0: not protected")
+    approval_timeout_s = models.PositiveIntegerField(default=86400, help_text="a request expires after this long")
+    approve_pauses = models.BooleanField(
+        default=False, help_text="protected: each pause step of a canary also waits for the approvals"
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -124,6 +130,10 @@ class Environment(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_protected(self) -> bool:
+        return self.required_approvals > 0
 
 
 class Deployment(models.Model):
@@ -188,6 +198,8 @@ class Release(models.Model):
         help_text="rollback: the release restored; promote: the release promoted from the previous environment",
     )
     reason = models.TextField(blank=True)
+    # Who approved it in a protected environment, written once when its approval is granted.
+    approved_by = models.JSONField(default=list, blank=True, help_text="usernames, in the order they approved")
     created_at = models.DateTimeField(default=timezone.now)
 
     AUDIT_TYPE = "release"
@@ -205,6 +217,7 @@ class Release(models.Model):
 
 
 class RolloutState(models.TextChoices):
+    AWAITING_APPROVAL = "awaiting_approval", "awaiting approval"  # in a protected environment, before it starts
     PENDING = "pending", "pending"
     BUILDING = "building", "building"
     DEPLOYING = "deploying", "deploying"
@@ -219,6 +232,7 @@ class RolloutState(models.TextChoices):
 
 S = RolloutState
 ROLLOUT_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    S.AWAITING_APPROVAL: (S.PENDING, S.ABORTED),
     S.PENDING: (S.BUILDING, S.DEPLOYING, S.FAILED, S.ABORTED),
     S.BUILDING: (S.DEPLOYING, S.FAILED, S.ABORTED),
     S.DEPLOYING: (S.PROGRESSING, S.REVERTING, S.FAILED),
@@ -232,6 +246,8 @@ ROLLOUT_TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 ROLLOUT_TERMINAL = (S.SUCCEEDED, S.FAILED, S.ABORTED, S.ROLLED_BACK)
 ROLLOUT_ACTIVE = tuple(state for state in ROLLOUT_TRANSITIONS if state not in ROLLOUT_TERMINAL)
+# Active states the engine works on; a rollout awaiting approval waits for people, not for the engine.
+ROLLOUT_RUNNING = tuple(state for state in ROLLOUT_ACTIVE if state != S.AWAITING_APPROVAL)
 
 
 class Rollout(models.Model):
@@ -249,11 +265,11 @@ class Rollout(models.Model):
     )
     plan = models.JSONField(help_text="the plan as given, normalised")
     steps = models.JSONField(help_text="the plan compiled to steps")
-    state = models.CharField(max_length=12, choices=RolloutState.choices, default=RolloutState.PENDING)
+    state = models.CharField(max_length=20, choices=RolloutState.choices, default=RolloutState.PENDING)
     step_index = models.PositiveIntegerField(default=0)
     step_started_at = models.DateTimeField(null=True, blank=True)
     weight = models.PositiveSmallIntegerField(default=0, help_text="percent of traffic on the new release")
-    revert_to = models.CharField(max_length=12, blank=True, help_text="the terminal state reverting ends in")
+    revert_to = models.CharField(max_length=20, blank=True, help_text="the terminal state reverting ends in")
     skip_steps = models.BooleanField(default=False, help_text="promote-now: go straight to full weight")
     pause_reason = models.CharField(max_length=200, blank=True)
     analysis_baseline = models.JSONField(null=True, blank=True)
@@ -344,3 +360,82 @@ class ServingInterval(models.Model):
 
     def __str__(self) -> str:
         return f"release {self.release_id} at {self.weight_percent}% from {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+# --- Approvals ---------------------------------------------------------------------------
+class ApprovalKind(models.TextChoices):
+    START = "start", "start the rollout"
+    PAUSE = "pause", "go past a pause step"
+
+
+class ApprovalState(models.TextChoices):
+    PENDING = "pending", "pending"
+    APPROVED = "approved", "approved"
+    REJECTED = "rejected", "rejected"
+    EXPIRED = "expired", "expired"
+    CANCELLED = "cancelled", "cancelled"  # the rollout was aborted while it waited
+
+
+class ApprovalRequest(models.Model):
+    """A rollout in a protected environment waiting for N approvers other than its requester.
+
+    `change` is a snapshot of what would change (version, artifact and image digests, settings,
+    plan, what serves now), taken when the request is made, so approvers judge a fixed thing.
+    """
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.PROTECT, related_name="approvals")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="approval_requests")
+    kind = models.CharField(max_length=10, choices=ApprovalKind.choices, default=ApprovalKind.START)
+    step_index = models.PositiveIntegerField(null=True, blank=True, help_text="pause approvals: the step")
+    state = models.CharField(max_length=10, choices=ApprovalState.choices, default=ApprovalState.PENDING)
+    required = models.PositiveSmallIntegerField(help_text="approvals needed, as the environment said when asked")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="approval_requests"
+    )
+    requester = models.CharField(max_length=200, help_text="who asked, as the audit log names them")
+    reason = models.TextField(blank=True)
+    change = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    AUDIT_TYPE = "approval"
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rollout", "kind", "step_index"], nulls_distinct=False, name="one_approval_per_rollout_step"
+            )
+        ]
+        indexes = [models.Index(fields=["state", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"approval #{self.pk} for {self.rollout}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.state == ApprovalState.PENDING
+
+
+class Decision(models.TextChoices):
+    APPROVE = "approve", "approved"
+    REJECT = "reject", "rejected"
+
+
+class ApprovalDecision(models.Model):
+    """One approver's answer to one request. One per person: N approvals are N people."""
+
+    request = models.ForeignKey(ApprovalRequest, on_delete=models.CASCADE, related_name="decisions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    approver = models.CharField(max_length=200)
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    comment = models.TextField(blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["at", "pk"]
+        constraints = [models.UniqueConstraint(fields=["request", "user"], name="one_decision_per_approver")]
+
+    def __str__(self) -> str:
+        return f"{self.approver} {self.get_decision_display()} {self.request}"

@@ -13,10 +13,12 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from controlplane import access
 from controlplane.audit import Actor, record
 from controlplane.errors import Conflict, InvalidInput, NotFound
-from controlplane.models import Outcome
+from controlplane.models import Outcome, Role
 from controlplane.states import compare_and_set
+from deployments import approvals
 from deployments.builds import DOCKERFILE, RUNTIME_PACKAGE, image_ref
 from deployments.models import (
     BUILD_ACTIVE,
@@ -56,6 +58,7 @@ def base_image_for(variant: str) -> str:
 
 def request_build(version: ModelVersion, *, actor: Actor, variant: str | None = None) -> tuple[ImageBuild, bool]:
     """The build for this version's image: the existing one, or a new one queued. (build, created)."""
+    access.require_registry(actor, Role.DEPLOYER, "build images")
     variant = variant or settings.SLIPWAY_BUILD_VARIANT
     if variant not in Variant.values:
         raise InvalidInput(f"variant must be one of {', '.join(Variant.values)}.", fields={"variant": ["unknown"]})
@@ -157,6 +160,7 @@ def _end(build_id: int, expected: str, new: str, *, actor: Actor, **fields) -> b
 
 
 def cancel_build(build: ImageBuild, *, actor: Actor) -> ImageBuild:
+    access.require_registry(actor, Role.DEPLOYER, "cancel builds")
     with transaction.atomic():
         locked = ImageBuild.objects.select_for_update().get(pk=build.pk)
         if locked.status not in BUILD_ACTIVE:
@@ -215,7 +219,11 @@ def create_environment(
     description: str = "",
     default_plan: dict | None = None,
     default_settings: dict | None = None,
+    required_approvals: int = 0,
+    approval_timeout_s: int = 86400,
+    approve_pauses: bool = False,
 ) -> Environment:
+    access.require_everywhere(actor, Role.ADMIN, "create environments")
     _check_environment_name(name)
     if target not in TargetKind.values:
         raise InvalidInput(f"target must be one of {', '.join(TargetKind.values)}.", fields={"target": ["unknown"]})
@@ -233,6 +241,7 @@ def create_environment(
         compile_plan(default_plan, replicas=settings_["replicas"])
     except InvalidPlan as exc:
         raise InvalidInput(f"The default plan is not valid: {exc}", fields={"default_plan": [str(exc)]}) from None
+    protection = _protection(required_approvals, approval_timeout_s, approve_pauses)
     try:
         with transaction.atomic():
             env = Environment.objects.create(
@@ -244,16 +253,79 @@ def create_environment(
                 default_plan=default_plan or {},
                 default_settings=default_settings or {},
                 created_by=actor.user,
+                **protection,
             )
             record(
                 "environment.create",
                 actor=actor,
                 target=env,
-                after={"target": target, "promotes_from": promotes_from, "target_config": config},
+                after={"target": target, "promotes_from": promotes_from, "target_config": config, **protection},
                 environment=env.name,
             )
     except IntegrityError:
         raise Conflict(f"An environment named {name!r} already exists.", fields={"name": ["taken"]}) from None
+    return env
+
+
+def _protection(required_approvals, approval_timeout_s, approve_pauses) -> dict:
+    try:
+        required = int(required_approvals)
+        timeout = int(approval_timeout_s)
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            "required_approvals and approval_timeout_s must be whole numbers.",
+            fields={"required_approvals": ["a whole number"], "approval_timeout_s": ["a whole number"]},
+        ) from None
+    if not 0 <= required <= 10:
+        raise InvalidInput(
+            "required_approvals must be from 0 (not protected) to 10.", fields={"required_approvals": ["0 to 10"]}
+        )
+    if not 60 <= timeout <= 30 * 86400:
+        raise InvalidInput(
+            "approval_timeout_s must be from 60 (a minute) to 2592000 (30 days).",
+            fields={"approval_timeout_s": ["60 to 2592000"]},
+        )
+    return {"required_approvals": required, "approval_timeout_s": timeout, "approve_pauses": bool(approve_pauses)}
+
+
+PROTECTION_FIELDS = ("required_approvals", "approval_timeout_s", "approve_pauses")
+
+
+def update_environment(env: Environment, *, actor: Actor, **changes) -> Environment:
+    """Change an environment's description, default plan and settings, or protection (its admins)."""
+    access.require(actor, Role.ADMIN, env, "change the environment's settings")
+    allowed = {"description", "default_plan", "default_settings", *PROTECTION_FIELDS}
+    unknown = sorted(set(changes) - allowed)
+    if unknown:
+        raise InvalidInput(
+            f"These cannot be changed: {', '.join(unknown)}. Changeable: {', '.join(sorted(allowed))}.",
+            fields={name: ["not changeable"] for name in unknown},
+        )
+    with transaction.atomic():
+        locked = Environment.objects.select_for_update().get(pk=env.pk)
+        current = {name: getattr(locked, name) for name in allowed}
+        wanted = {**current, **changes}
+        wanted.update(_protection(*(wanted[name] for name in PROTECTION_FIELDS)))
+        settings_ = _runtime_settings(wanted["default_settings"] or {}, field="default_settings")
+        try:
+            compile_plan(wanted["default_plan"] or None, replicas=settings_["replicas"])
+        except InvalidPlan as exc:
+            raise InvalidInput(f"The default plan is not valid: {exc}", fields={"default_plan": [str(exc)]}) from None
+        wanted["description"] = str(wanted["description"] or "")
+        wanted["default_plan"] = wanted["default_plan"] or {}
+        wanted["default_settings"] = wanted["default_settings"] or {}
+        changed = {name: value for name, value in wanted.items() if value != current[name]}
+        if changed:
+            Environment.objects.filter(pk=locked.pk).update(**changed)
+            record(
+                "environment.update",
+                actor=actor,
+                target=locked,
+                before={name: current[name] for name in changed},
+                after=changed,
+                environment=locked.name,
+            )
+    env.refresh_from_db()
     return env
 
 
@@ -327,6 +399,7 @@ def deploy(
     env = Environment.objects.filter(name=environment).first()
     if env is None:
         raise NotFound(f"There is no environment {environment!r}.", fields={"environment": ["unknown"]})
+    access.require(actor, Role.DEPLOYER, env, "deploy")
     model_version = ModelVersion.objects.select_related("model").filter(model__name=model_name, version=version).first()
     if model_version is None:
         raise NotFound(f"There is no version {version} of model {model_name!r}.", fields={"version": ["unknown"]})
@@ -424,6 +497,7 @@ def _start(
                     plan=normalised,
                     steps=steps,
                     requested_by=actor.user,
+                    state=RolloutState.AWAITING_APPROVAL if env.is_protected else RolloutState.PENDING,
                 )
         except IntegrityError:
             raise Conflict(
@@ -451,7 +525,10 @@ def _start(
             message=reason,
             environment=env.name,
         )
-        transaction.on_commit(lambda: _advance(rollout.pk, 0))
+        if env.is_protected:
+            approvals.open_request(rollout, env, actor=actor, reason=reason)
+        else:
+            transaction.on_commit(lambda: _advance(rollout.pk, 0))
     deployment.refresh_from_db()
     return deployment, rollout, created
 
@@ -474,6 +551,7 @@ def promote(
     deployment: Deployment, *, actor: Actor, environment: str | None = None, reason: str = "", plan: dict | None = None
 ):
     """Roll what is live in `deployment` out to the next environment, with that environment's plan."""
+    access.require(actor, Role.VIEWER, deployment.environment, "promote from it")
     current = deployment.current_release
     if current is None:
         raise Conflict(f"Nothing serves in {deployment} yet: deploy a version there before promoting it.")
@@ -494,6 +572,7 @@ def promote(
             fields={"environment": ["required"]},
         )
     env = nexts[0]
+    access.require(actor, Role.DEPLOYER, env, f"promote into {env.name}")
     downstream = Deployment.objects.filter(model=deployment.model, environment=env).first()
     if downstream is not None and downstream.pinned:
         raise Conflict(
@@ -516,6 +595,7 @@ def promote(
 
 def rollback(deployment: Deployment, *, actor: Actor, reason: str, to_release: int | None = None):
     """A new release that restores an earlier one: same version, same image, same settings; no build."""
+    access.require(actor, Role.DEPLOYER, deployment.environment, "roll back")
     if not reason or not reason.strip():
         raise InvalidInput("Say why you roll back: a reason is required.", fields={"reason": ["required"]})
     active = deployment.rollouts.filter(state__in=ROLLOUT_ACTIVE).first()
@@ -571,6 +651,7 @@ def rollback(deployment: Deployment, *, actor: Actor, reason: str, to_release: i
 
 
 def unpin(deployment: Deployment, *, actor: Actor) -> Deployment:
+    access.require(actor, Role.DEPLOYER, deployment.environment, "unpin deployments")
     with transaction.atomic():
         Deployment.objects.filter(pk=deployment.pk).update(pinned=False, pinned_reason="")
         record(
@@ -591,6 +672,7 @@ PAUSABLE = frozenset({RolloutState.PROGRESSING})
 RESUMABLE = frozenset({RolloutState.PAUSED})
 ABORTABLE = frozenset(
     {
+        RolloutState.AWAITING_APPROVAL,
         RolloutState.PENDING,
         RolloutState.BUILDING,
         RolloutState.DEPLOYING,
@@ -613,6 +695,12 @@ def pause_rollout(rollout: Rollout, *, actor: Actor) -> Rollout:
 
 def resume_rollout(rollout: Rollout, *, actor: Actor) -> Rollout:
     def change(r: Rollout) -> dict:
+        waiting = approvals.pending_pause_request(r)
+        if waiting is not None:
+            raise Conflict(
+                f"{r} waits for {waiting.required} approval(s) to go on (request #{waiting.pk}): "
+                "approvers approve it on the Approvals page; it cannot be resumed by hand."
+            )
         fields = {"state": RolloutState.PROGRESSING, "pause_reason": ""}
         step = r.current_step
         if step and step["kind"] == "pause" and step["duration_s"] is None:  # the plan's pause: move past it
@@ -634,7 +722,8 @@ def abort_rollout(rollout: Rollout, *, actor: Actor, reason: str = "") -> Rollou
 
 def _abort_fields(rollout: Rollout, actor: Actor, reason: str) -> dict:
     why = f"Aborted by {actor.label}" + (f": {reason}" if reason else "")
-    if rollout.state in (RolloutState.PENDING, RolloutState.BUILDING):
+    approvals.cancel_for(rollout, actor=actor, why=why)
+    if rollout.state in (RolloutState.AWAITING_APPROVAL, RolloutState.PENDING, RolloutState.BUILDING):
         return {"state": RolloutState.ABORTED, "failure_reason": why, "finished_at": timezone.now()}
     return {
         "state": RolloutState.REVERTING,
@@ -645,17 +734,19 @@ def _abort_fields(rollout: Rollout, actor: Actor, reason: str) -> dict:
 
 
 def promote_rollout_now(rollout: Rollout, *, actor: Actor) -> Rollout:
-    return _act(
-        rollout,
-        "promote",
-        actor,
-        PROMOTABLE_NOW,
-        lambda r: {
+    def change(r: Rollout) -> dict:
+        if approvals.waits_for_pause_approval(r):
+            raise Conflict(
+                f"{r.deployment.environment.name} requires approvals at each pause step: promote-now would skip "
+                "them. Let the plan run, or abort and deploy with a plan without pauses."
+            )
+        return {
             "state": RolloutState.PROGRESSING if r.state == RolloutState.PAUSED else r.state,
             "skip_steps": True,
             "pause_reason": "",
-        },
-    )
+        }
+
+    return _act(rollout, "promote", actor, PROMOTABLE_NOW, change)
 
 
 def _act(rollout: Rollout, verb: str, actor: Actor, allowed: frozenset[str], change) -> Rollout:
@@ -666,6 +757,7 @@ def _act(rollout: Rollout, verb: str, actor: Actor, allowed: frozenset[str], cha
             Rollout.objects.select_for_update(of=("self",)).select_related("deployment__environment").get(pk=rollout.pk)
         )
         environment = locked.deployment.environment.name  # refresh_from_db() below forgets related rows
+        access.require(actor, Role.DEPLOYER, locked.deployment.environment, f"{verb} rollouts")
         if locked.state not in allowed:
             states = " or ".join(sorted(allowed))
             raise Conflict(f"{locked} is {locked.state}: only a {states} rollout can {verb}.")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.audit import Actor
 from controlplane.errors import ServiceError
-from controlplane.web import HTMX_STOP_POLLING, refuse
+from controlplane.web import HTMX_STOP_POLLING, refuse, registry_page
 from deployments import services
 from deployments.models import ImageBuild
 from registry.models import ModelVersion
@@ -18,7 +17,7 @@ def _build(pk) -> ImageBuild:
     return get_object_or_404(ImageBuild.objects.select_related("model_version__model", "requested_by"), pk=pk)
 
 
-@login_required
+@registry_page
 @require_POST
 def request_build(request, name, version):
     version = get_object_or_404(ModelVersion.objects.select_related("model"), model__name=name, version=version)
@@ -31,13 +30,13 @@ def request_build(request, name, version):
     return redirect("build-detail", pk=build.pk)
 
 
-@login_required
+@registry_page
 @require_GET
 def build_detail(request, pk):
     return render(request, "deployments/build_detail.html", {"build": _build(pk)})
 
 
-@login_required
+@registry_page
 @require_GET
 def build_status(request, pk):
     build = _build(pk)
@@ -45,7 +44,7 @@ def build_status(request, pk):
     return render(request, "deployments/htmx/build_panel.html", {"build": build}, status=status)
 
 
-@login_required
+@registry_page
 @require_POST
 def cancel_build(request, pk):
     build = _build(pk)

@@ -9,10 +9,12 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, mixins, renderers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import MultiPartParser
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, LengthRequired, NotFound
+from controlplane.permissions import RegistryAccess
 from registry import services
 from registry.filtersets import ModelFilterSet, ModelVersionFilterSet
 from registry.models import Model, ModelVersion
@@ -76,6 +78,7 @@ def uploader_name() -> Subquery:
 
 
 class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
+    permission_classes = [IsAuthenticated, RegistryAccess]
     serializer_class = ModelSerializer
     filterset_class = ModelFilterSet
     lookup_field = "name"
@@ -106,6 +109,7 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
 class ModelVersionViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
 ):
+    permission_classes = [IsAuthenticated, RegistryAccess]
     serializer_class = ModelVersionSerializer
     filterset_class = ModelVersionFilterSet
     lookup_field = "version"

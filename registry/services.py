@@ -15,8 +15,10 @@ from django.db import IntegrityError, transaction
 from django.db.models.deletion import ProtectedError, RestrictedError
 from django.utils import timezone
 
+from controlplane import access
 from controlplane.audit import Actor, record
 from controlplane.errors import Conflict, InvalidInput
+from controlplane.models import Role
 from controlplane.states import compare_and_set
 from registry.artifacts import ArtifactRejected, inspect_artifact
 from registry.models import (
@@ -38,6 +40,7 @@ _EXTENSIONS = {ArtifactFormat.TORCHSCRIPT: ".pt", ArtifactFormat.TORCH_EXPORT: "
 
 
 def create_model(name: str, description: str = "", *, actor: Actor) -> Model:
+    access.require_registry(actor, Role.DEPLOYER, "create models")
     name = (name or "").strip()
     try:
         slug_validator(name)
@@ -83,6 +86,7 @@ def upload_version(
     a refusal keeps nothing. Loading happens later, in the sandboxed validator.
     """
     try:
+        access.require_registry(actor, Role.DEPLOYER, "upload versions")
         if sha256:
             sha256 = sha256.strip().lower()
             if not _SHA256.match(sha256):
@@ -230,6 +234,7 @@ def requeue_stale_validations(*, older_than_s: float, actor: Actor) -> list[int]
 
 def delete_version(version: ModelVersion, *, actor: Actor) -> None:
     """Delete a version and its artifact, unless something depends on it."""
+    access.require_registry(actor, Role.ADMIN, "delete versions")
     name = version.artifact.name
     try:
         with transaction.atomic():

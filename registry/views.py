@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import filesizeformat, truncatechars
@@ -14,14 +13,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, ServiceError
-from controlplane.web import HTMX_STOP_POLLING, paginate, refuse
+from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page
 from registry import services
 from registry.api import artifact_response, uploader_name
 from registry.models import VERSION_TERMINAL, ArtifactFormat, Model, ModelVersion, VersionStatus
 from registry.uploads import raise_if_too_large
 
 
-@login_required
+@registry_page
 @require_http_methods(["GET", "POST"])
 def model_list(request):
     if request.method == "POST":
@@ -106,14 +105,14 @@ def status_badge_html(status: str, reason: str) -> str:
     return f'<span class="badge badge-{escape(status)}" data-status="{escape(status)}"{title}>{mark}{label}</span>'
 
 
-@login_required
+@registry_page
 @require_GET
 def model_detail(request, name):
     model = get_object_or_404(Model, name=name)
     return render(request, "registry/model_detail.html", _versions_context(request, model))
 
 
-@login_required
+@registry_page
 @require_GET
 def version_rows(request, name):
     model = get_object_or_404(Model, name=name)
@@ -122,7 +121,7 @@ def version_rows(request, name):
     return render(request, "registry/htmx/version_table.html", context, status=status)
 
 
-@login_required
+@registry_page
 @require_POST
 def upload(request, name):
     model = get_object_or_404(Model, name=name)
@@ -147,7 +146,7 @@ def upload(request, name):
     return response
 
 
-@login_required
+@registry_page
 @require_GET
 def version_detail(request, name, version):
     version = get_object_or_404(
@@ -156,7 +155,7 @@ def version_detail(request, name, version):
     return render(request, "registry/version_detail.html", {"version": version, "model": version.model})
 
 
-@login_required
+@registry_page
 @require_GET
 def version_status(request, name, version):
     version = get_object_or_404(
@@ -166,7 +165,7 @@ def version_status(request, name, version):
     return render(request, "registry/htmx/version_facts.html", {"version": version}, status=status)
 
 
-@login_required
+@registry_page
 @require_GET
 def download(request, name, version):
     version = get_object_or_404(ModelVersion.objects.select_related("model"), model__name=name, version=version)

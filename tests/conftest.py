@@ -16,6 +16,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from controlplane.audit import Actor
+from controlplane.models import Role, RoleBinding
 from controlplane.tokens import create_token
 from deployments.engine import deployment_ref
 from deployments.models import Deployment
@@ -59,8 +60,11 @@ def admin(db):
 
 @pytest.fixture
 def alice(db):
-    """A data scientist who uploads models."""
-    return UserFactory(username="alice")
+    """A data scientist who uploads models, and admin of every environment (tests/controlplane/test_access.py
+    checks each role on its own)."""
+    user = UserFactory(username="alice")
+    RoleBinding.objects.create(user=user, role=Role.ADMIN)
+    return user
 
 
 @pytest.fixture

@@ -11,6 +11,9 @@ import json
 
 from django import template
 
+from controlplane import access
+from controlplane.audit import Actor
+from controlplane.models import Role
 from deployments.forms import PLAN_EXAMPLES, SETTINGS_INTEGERS, SETTINGS_NUMBERS, SETTINGS_QUANTITIES
 from deployments.models import Environment
 from deployments.plans import STRATEGIES
@@ -40,9 +43,7 @@ def deploy_form(context, version, oob: bool = False) -> dict:
         "csrf_token": context.get("csrf_token"),
         "error": context.get("error") if form else "",
         "form": form,
-        "environments": list(Environment.objects.order_by("created_at", "name").values_list("name", flat=True))
-        if ready
-        else [],
+        "environments": _deployable(context) if ready else [],
         "strategies": [(name, STRATEGY_LABELS[name], json.dumps(PLAN_EXAMPLES[name], indent=2)) for name in STRATEGIES],
         "settings": [
             (name, name.replace("_", " ").capitalize(), SETTING_HINTS[name], form.get(name, ""))
@@ -50,3 +51,12 @@ def deploy_form(context, version, oob: bool = False) -> dict:
             if name != "replicas"
         ],
     }
+
+
+def _deployable(context) -> list[str]:
+    """The environments the viewer may deploy to."""
+    request = context.get("request")
+    if request is None:
+        return []
+    visible = access.scope(Environment.objects, Actor.from_request(request), field="pk", role=Role.DEPLOYER)
+    return list(visible.order_by("created_at", "name").values_list("name", flat=True))

@@ -52,7 +52,7 @@ def test_a_malformed_bearer_header_is_refused_with_the_expected_form(header):
 
 def test_an_unknown_token_is_refused(alice):
     response = client_with("Bearer slw_not-a-real-token").get("/api/v1/models/")
-    event = assert_denied(response, "unknown or revoked")
+    event = assert_denied(response, "unknown, revoked or expired")
     assert event.message.endswith("[no such token]")
     assert "slw_not-a-real-token" not in event.message  # a guessed or leaked secret stays out of the log
 
@@ -64,7 +64,7 @@ def test_a_revoked_token_is_refused(alice):
     revoke_token(issued.token, actor=Actor(user=alice))
     response = client.get("/api/v1/models/")
     assert "old-laptop" not in response.json()["error"]  # the caller learns nothing about the token
-    event = assert_denied(response, "unknown or revoked")
+    event = assert_denied(response, "unknown, revoked or expired")
     # The log says which token is still in use somewhere, by its public prefix only.
     assert event.message.endswith(f"[token 'old-laptop' ({issued.token.prefix}…) of alice, revoked]")
     assert issued.raw not in event.message
@@ -73,7 +73,7 @@ def test_a_revoked_token_is_refused(alice):
 def test_the_token_of_a_deactivated_user_is_refused(alice, alice_token):
     alice.is_active = False
     alice.save()
-    event = assert_denied(client_with(f"Bearer {alice_token}").get("/api/v1/models/"), "unknown or revoked")
+    event = assert_denied(client_with(f"Bearer {alice_token}").get("/api/v1/models/"), "unknown, revoked or expired")
     assert "of alice, its user is deactivated]" in event.message
 
 

@@ -94,7 +94,13 @@ def test_browser_actions_are_audited_with_the_users_name(client, alice):
         assert (event.actor, event.target_type, event.outcome) == ("alice", target, "success")
         assert len(event.request_id) == 32
     assert only("model.create").source_ip == "10.1.2.3"
-    assert only("token.create").after == {"name": "ci", "user": "alice"}
+    assert only("token.create").after == {  # the page's least-privilege default scope
+        "name": "ci",
+        "user": "alice",
+        "scope": "read",
+        "environments": [],
+        "expires_at": None,
+    }
 
 
 @pytest.mark.django_db

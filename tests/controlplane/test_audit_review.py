@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 
 from controlplane.audit import Actor, record
 from controlplane.audit_export import FIELDS
-from controlplane.models import AuditEvent
+from controlplane.models import AuditEvent, Role, RoleBinding
 from deployments import services
 from deployments.models import Rollout
 from registry.models import Model
@@ -28,8 +28,10 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def bob(db):
-    """An operator who deploys to staging."""
-    return UserFactory(username="bob")
+    """An operator who deploys to staging (an admin of every environment, like alice)."""
+    user = UserFactory(username="bob")
+    RoleBinding.objects.create(user=user, role=Role.ADMIN)
+    return user
 
 
 @pytest.fixture

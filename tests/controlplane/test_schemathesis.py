@@ -23,12 +23,14 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from controlplane.audit import Actor
-from controlplane.models import AuditEvent
+from controlplane.models import AuditEvent, Role
+from controlplane.roles import grant_role
 from controlplane.tokens import create_token
 from deployments import services as deployment_services
-from deployments.models import BuildStatus, ImageBuild
+from deployments.models import ApprovalRequest, BuildStatus, ImageBuild
 from registry import services
 from registry.models import ModelVersion
+from tests.factories import UserFactory
 from tests.models_zoo import MLP_SIGNATURE
 
 pytestmark = pytest.mark.slow
@@ -94,15 +96,22 @@ def seeded(alice, api, model_files, settings):
         requested_by=alice,
     )
     spare = create_token(alice, "spare", actor=actor).token  # the fuzzer may revoke this one, not its own
+    # A protected environment where Bob's deploy waits for Alice's approval (or rejection).
+    prod = deployment_services.create_environment("prod", actor=actor, required_approvals=1)
+    bob = UserFactory(username="bob")
+    binding = grant_role(prod, Role.DEPLOYER, actor=actor, user="bob")
+    waiting = deployment_services.deploy("iris", "prod", 1, actor=Actor(user=bob), reason="fuzzing")[1]
     return {
         "name": ["iris"],
         "model_name": ["iris"],
         "version": [1],
-        "environment_name": ["dev", "staging"],
+        "environment_name": ["dev", "staging", "prod"],
         "/builds/": [build.pk],
         "/deployments/": [deployed.json()["id"]],
         "/rollouts/": [deployed.json()["active_rollout"]],
         "/tokens/": [spare.pk],
+        "/approvals/": [ApprovalRequest.objects.get(rollout=waiting).pk],
+        "/role-bindings/": [binding.pk],
         "/audit/": [AuditEvent.objects.order_by("id").values_list("id", flat=True).first()],
     }
 

@@ -27,7 +27,7 @@ def bearer(raw: str) -> APIClient:
 
 
 def authenticates(raw: str) -> bool:
-    return bearer(raw).get("/api/v1/models/").status_code == 200
+    return bearer(raw).get("/api/v1/tokens/").status_code == 200  # any signed-in user may list their tokens
 
 
 # --- The command ---------------------------------------------------------------------------
@@ -52,7 +52,8 @@ def test_create_api_token_prints_a_working_token_as_its_last_line(live_db, alice
     assert token.key_hash == hash_token(raw)
     assert raw not in str(APIToken.objects.filter(pk=token.pk).values().get())  # only its hash is stored
     event = AuditEvent.objects.get(action="token.create")
-    assert event.actor == "system" and event.after == {"name": "ci", "user": "alice"}
+    assert event.actor == "system"
+    assert event.after == {"name": "ci", "user": "alice", "scope": "admin", "environments": [], "expires_at": None}
 
 
 @pytest.mark.slow

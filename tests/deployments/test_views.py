@@ -481,18 +481,18 @@ def test_the_live_panel_costs_the_same_queries_for_10_or_50_events_and_1_or_3_re
     small = queries(10, (1,))
     assert queries(50, (1,)) == small
     assert queries(50, (1, 2, 3)) == small
-    with django_assert_max_num_queries(5):  # session, user, deployment, rollout, its newest events
+    with django_assert_max_num_queries(6):  # session, user, the user's roles, deployment, rollout, newest events
         browser.get(url, **HTMX)
     # Idle, with releases to roll back to and somewhere to promote to, it stays as cheap.
     settle(rollout)
     for version in (2, 3):
         settle(start(actor, version=version))
     services.create_environment("staging", actor=actor, promotes_from="dev")
-    with django_assert_max_num_queries(7):  # and the next environments, the releases to roll back to
+    with django_assert_max_num_queries(8):  # and the next environments, the releases to roll back to
         response = browser.get(url, **HTMX)
     assert response.status_code == 286 and "Promote to staging" in response.content.decode()
     watch = re.search(r'hx-get="(/deployments/\d+/watch/\?stamp=[^"]+)"', response.content.decode()).group(1)
-    with django_assert_max_num_queries(3):  # session, user, one row
+    with django_assert_max_num_queries(4):  # session, user, the user's roles, one row
         assert browser.get(watch, **HTMX).status_code == 204
 
 
