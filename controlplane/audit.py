@@ -142,9 +142,11 @@ def record(
     return event
 
 
-def record_refusal(action: str, *, actor: Actor, outcome: str, message: str, target: Any = None) -> AuditEvent:
+def record_refusal(
+    action: str, *, actor: Actor, outcome: str, message: str, target: Any = None, environment: str = ""
+) -> AuditEvent:
     """Record an attempt that changed nothing (denied or invalid), on its own."""
-    return record(action, actor=actor, target=target, outcome=outcome, message=message)
+    return record(action, actor=actor, target=target, outcome=outcome, message=message, environment=environment)
 
 
 def _lock_chain() -> None:

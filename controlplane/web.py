@@ -17,13 +17,16 @@ from controlplane.models import Role
 HTMX_STOP_POLLING = 286
 
 
-def refuse(request, exc: ServiceError, action: str, template: str, context: dict | None = None):
-    """Render a refusal for the browser and record it in the audit log."""
+def refuse(
+    request, exc: ServiceError, action: str, template: str, context: dict | None = None, *, environment: str = ""
+):
+    """Render a refusal for the browser and record it in the audit log (in `environment`, when it is about one)."""
     record_refusal(
         action,
         actor=Actor.from_request(request),
         outcome=exc.outcome,
         message=f"{exc.status_code} {request.method} {request.path}: {exc.message}",
+        environment=environment,
     )
     return render(request, template, {**(context or {}), "error": exc.message}, status=exc.status_code)
 

@@ -117,7 +117,7 @@ def environment_detail(request, name):
 
 def _environment_refused(request, environment: Environment, exc: ServiceError, action: str, **extra):
     context = {**_environment_context(request, environment), "form": request.POST, **extra}
-    return refuse(request, exc, action, "deployments/environment_detail.html", context)
+    return refuse(request, exc, action, "deployments/environment_detail.html", context, environment=environment.name)
 
 
 @login_required
@@ -410,8 +410,14 @@ def promote(request, pk):
             reason=request.POST.get("reason", "").strip(),
         )
     except ServiceError as exc:
+        context = _detail_context(request, pk)
         return refuse(
-            request, exc, "deployment.promote", "deployments/deployment_detail.html", _detail_context(request, pk)
+            request,
+            exc,
+            "deployment.promote",
+            "deployments/deployment_detail.html",
+            context,
+            environment=deployment.environment.name,
         )
     return redirect("deployment-detail", pk=downstream.pk)
 
@@ -427,7 +433,8 @@ def rollback(request, pk):
         )
     except ServiceError as exc:
         context = _detail_context(request, pk, rollback_open=True)
-        return refuse(request, exc, "deployment.rollback", "deployments/deployment_detail.html", context)
+        template = "deployments/deployment_detail.html"
+        return refuse(request, exc, "deployment.rollback", template, context, environment=deployment.environment.name)
     return redirect("deployment-detail", pk=pk)
 
 
@@ -461,17 +468,18 @@ ROLLOUT_ACTIONS = {
 @require_POST
 def rollout_action(request, pk: str, verb: str):
     """Pause, resume, abort or promote now; answers with the live panel, re-rendered at once."""
-    rollout = get_object_or_404(
-        access.scope(Rollout.objects, Actor.from_request(request), field="deployment__environment"), pk=pk
-    )
+    visible = access.scope(Rollout.objects, Actor.from_request(request), field="deployment__environment")
+    rollout = get_object_or_404(visible.select_related("deployment__environment"), pk=pk)
     try:
         rollout = ROLLOUT_ACTIONS[verb](rollout, actor=Actor.from_request(request))
     except ServiceError as exc:
+        where = rollout.deployment.environment.name
         if request.htmx:
             context = live_context(request, rollout.deployment_id)
-            return refuse(request, exc, f"rollout.{verb}", LIVE_TEMPLATE, context)
+            return refuse(request, exc, f"rollout.{verb}", LIVE_TEMPLATE, context, environment=where)
         context = _detail_context(request, rollout.deployment_id)
-        return refuse(request, exc, f"rollout.{verb}", "deployments/deployment_detail.html", context)
+        template = "deployments/deployment_detail.html"
+        return refuse(request, exc, f"rollout.{verb}", template, context, environment=where)
     if request.htmx:
         return _live(request, rollout.deployment_id, status=200, notice=_acted(verb, rollout))
     return redirect("deployment-detail", pk=rollout.deployment_id)
