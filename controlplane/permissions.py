@@ -21,6 +21,8 @@ class RegistryAccess(BasePermission):
         actor = Actor.from_request(request)
         if request.method in SAFE_METHODS:
             access.require_registry(actor, Role.VIEWER, "read the registry")
+        elif request.method == "DELETE":  # the refusal names the role deleting needs, not deployer
+            access.require_registry(actor, Role.ADMIN, "delete versions")
         else:
             access.require_registry(actor, Role.DEPLOYER, "change the registry")
         return True

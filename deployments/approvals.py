@@ -128,10 +128,11 @@ def decide(request: ApprovalRequest, *, actor: Actor, decision: str, comment: st
     """An approver approves or rejects. Refused: self-approval, a second decision, an expired request."""
     if decision not in Decision.values:
         raise InvalidInput(f"decision must be one of {', '.join(Decision.values)}.", fields={"decision": ["unknown"]})
+    # The role first: asking someone who may not decide for a comment suggests a comment is all they lack.
+    access.require(actor, Role.APPROVER, request.environment, "approve or reject rollouts")
     comment = (comment or "").strip()
     if decision == Decision.REJECT and not comment:
         raise InvalidInput("Say why you reject it: a comment is required.", fields={"comment": ["required"]})
-    access.require(actor, Role.APPROVER, request.environment, "approve or reject rollouts")
     if request.state == ApprovalState.PENDING and request.expires_at <= timezone.now():
         expire(request.pk)
         request.refresh_from_db()
@@ -170,11 +171,15 @@ def decide(request: ApprovalRequest, *, actor: Actor, decision: str, comment: st
         if decision == Decision.REJECT:
             _end(locked, ApprovalState.REJECTED, f"Rejected by {actor.label}: {comment}", actor)
         else:
-            approvers = list(
-                locked.decisions.filter(decision=Decision.APPROVE).order_by("at", "pk").values_list("approver", "user")
-            )
+            # Usernames, as Release.approved_by promises: the decision's label may name a token too.
+            approvers = [
+                username or label
+                for label, username in locked.decisions.filter(decision=Decision.APPROVE)
+                .order_by("at", "pk")
+                .values_list("approver", "user__username")
+            ]
             if len(approvers) >= locked.required:
-                _grant(locked, [name for name, _ in approvers], actor)
+                _grant(locked, approvers, actor)
     locked.refresh_from_db()
     return locked
 

@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import docker
 from django.conf import settings
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+if TYPE_CHECKING:  # the Docker SDK is imported where it is used: only the worker builds, not the web server
+    import docker
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,9 @@ def image_ref(registry: str, model_name: str, version: int, sha256: str, variant
 
 
 def connect(timeout_s: float) -> docker.DockerClient:
+    import docker
+    from docker.errors import DockerException
+
     try:
         client = docker.from_env(timeout=int(min(timeout_s, 600)))
         client.ping()
@@ -94,6 +99,8 @@ def connect(timeout_s: float) -> docker.DockerClient:
 
 def registry_digest(client: docker.DockerClient, ref: str, config: BuildConfig) -> str | None:
     """The digest the registry holds for `ref`, or None when it has no such tag."""
+    from docker.errors import APIError, NotFound
+
     try:
         data = client.api.inspect_distribution(ref, auth_config=config.auth_config)
     except NotFound:
@@ -171,6 +178,8 @@ def build_image(
     emit: Callable[[str], None],
 ) -> str:
     """Run the build, streaming its output to `emit`. Returns the image id."""
+    from docker.errors import APIError, DockerException, ImageNotFound
+
     deadline = time.monotonic() + config.timeout_s
     try:
         stream = client.api.build(
@@ -220,6 +229,8 @@ _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 
 def push_image(client: docker.DockerClient, ref: str, *, config: BuildConfig, emit: Callable[[str], None]) -> str:
     """Push `ref`; return the digest the registry reports."""
+    from docker.errors import APIError, DockerException
+
     repository, tag = ref.rsplit(":", 1)
     digest = None
     try:
@@ -289,6 +300,8 @@ def _short(exc: BaseException) -> str:
 
 
 def image_size(client: docker.DockerClient, ref: str) -> int | None:
+    from docker.errors import APIError, ImageNotFound
+
     try:
         return int(client.images.get(ref).attrs.get("Size") or 0) or None
     except (ImageNotFound, APIError):
