@@ -16,12 +16,15 @@ from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from controlplane.audit import Actor
+from controlplane.models import Role
+from controlplane.roles import grant_role
 from deployments import services as deployment_services
-from deployments.models import BuildStatus, Deployment, ImageBuild, Release
+from deployments.models import ApprovalRequest, BuildStatus, Deployment, ImageBuild, Release
 from registry import services
 from registry.models import ModelVersion, VersionStatus
 from tests.e2e.conftest import log_in, shoot, watch_polls
 from tests.e2e.test_pages import add_version
+from tests.factories import UserFactory
 from tests.models_zoo import MLP_SIGNATURE
 
 pytestmark = pytest.mark.e2e
@@ -86,7 +89,13 @@ def catalogue(alice, admin, live_db):
         requested_by=alice,
         started_at=timezone.now(),
     )
-    return {"model": model, "version": version, "deployment": deployment, "build": build}
+    # A protected environment where Bob's deploy waits for approval.
+    prod = deployment_services.create_environment("prod", actor=actor, required_approvals=1)
+    bob = UserFactory(username="bob")
+    grant_role(prod, Role.DEPLOYER, actor=actor, user=bob.username)
+    waiting = deployment_services.deploy("iris", "prod", 1, actor=Actor(user=bob))[1]
+    approval = ApprovalRequest.objects.get(rollout=waiting)
+    return {"model": model, "version": version, "deployment": deployment, "build": build, "approval": approval}
 
 
 def test_the_log_in_page_and_every_page_behind_it_run_under_the_policy(
@@ -103,7 +112,11 @@ def test_the_log_in_page_and_every_page_behind_it_run_under_the_policy(
         "/models/iris/versions/1/",
         f"/builds/{catalogue['build'].pk}/",
         "/environments/",
+        "/environments/prod/",
         "/deployments/",
+        f"/deployments/{catalogue['approval'].rollout.deployment_id}/",
+        "/approvals/",
+        f"/approvals/{catalogue['approval'].pk}/",
         f"/deployments/{deployment.pk}/",
         f"/deployments/{deployment.pk}/history/",
         "/tokens/",
