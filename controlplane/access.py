@@ -127,6 +127,8 @@ def require_everywhere(actor: Actor, role: Role, doing: str) -> None:
     g = grants(actor)
     if g.token_environments is None and min(g.everywhere, g.cap) >= ROLE_RANK[role]:
         return
+    if g.cap < ROLE_RANK[role]:  # the token's scope stops it, whatever the user holds: say so
+        raise Forbidden(_refusal(actor, role, doing, "in every environment", None))
     raise Forbidden(
         f"To {doing} you need the {role} role in every environment"
         + (" and an API token that is not limited to some environments" if g.token_environments else "")

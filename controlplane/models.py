@@ -118,18 +118,27 @@ class RoleBinding(models.Model):
                 | models.Q(user__isnull=True, group__isnull=False),
                 name="role_binding_user_or_group",
             ),
-            # One role per person (or group) and environment: granting again changes it.
+            # One role per person (or group) and environment, and one for "every environment":
+            # granting again changes it. (Partial indexes, not NULLS NOT DISTINCT: SQLite has those too.)
             models.UniqueConstraint(
                 fields=["environment", "user"],
-                condition=models.Q(user__isnull=False),
-                nulls_distinct=False,  # also one binding for "every environment"
+                condition=models.Q(user__isnull=False, environment__isnull=False),
                 name="one_role_per_user_and_environment",
             ),
             models.UniqueConstraint(
+                fields=["user"],
+                condition=models.Q(user__isnull=False, environment__isnull=True),
+                name="one_global_role_per_user",
+            ),
+            models.UniqueConstraint(
                 fields=["environment", "group"],
-                condition=models.Q(group__isnull=False),
-                nulls_distinct=False,
+                condition=models.Q(group__isnull=False, environment__isnull=False),
                 name="one_role_per_group_and_environment",
+            ),
+            models.UniqueConstraint(
+                fields=["group"],
+                condition=models.Q(group__isnull=False, environment__isnull=True),
+                name="one_global_role_per_group",
             ),
         ]
 

@@ -405,8 +405,13 @@ class ApprovalRequest(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["rollout", "kind", "step_index"], nulls_distinct=False, name="one_approval_per_rollout_step"
-            )
+                fields=["rollout", "kind", "step_index"],
+                condition=models.Q(step_index__isnull=False),
+                name="one_approval_per_rollout_step",
+            ),
+            models.UniqueConstraint(
+                fields=["rollout", "kind"], condition=models.Q(step_index__isnull=True), name="one_start_approval"
+            ),
         ]
         indexes = [models.Index(fields=["state", "expires_at"])]
 

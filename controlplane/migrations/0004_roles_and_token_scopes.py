@@ -101,16 +101,24 @@ class Migration(migrations.Migration):
                         name="role_binding_user_or_group",
                     ),
                     models.UniqueConstraint(
-                        condition=models.Q(("user__isnull", False)),
+                        condition=models.Q(("environment__isnull", False), ("user__isnull", False)),
                         fields=("environment", "user"),
                         name="one_role_per_user_and_environment",
-                        nulls_distinct=False,
                     ),
                     models.UniqueConstraint(
-                        condition=models.Q(("group__isnull", False)),
+                        condition=models.Q(("environment__isnull", True), ("user__isnull", False)),
+                        fields=("user",),
+                        name="one_global_role_per_user",
+                    ),
+                    models.UniqueConstraint(
+                        condition=models.Q(("environment__isnull", False), ("group__isnull", False)),
                         fields=("environment", "group"),
                         name="one_role_per_group_and_environment",
-                        nulls_distinct=False,
+                    ),
+                    models.UniqueConstraint(
+                        condition=models.Q(("environment__isnull", True), ("group__isnull", False)),
+                        fields=("group",),
+                        name="one_global_role_per_group",
                     ),
                 ],
             },

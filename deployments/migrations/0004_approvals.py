@@ -186,7 +186,17 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name="approvalrequest",
             constraint=models.UniqueConstraint(
-                fields=("rollout", "kind", "step_index"), name="one_approval_per_rollout_step", nulls_distinct=False
+                condition=models.Q(("step_index__isnull", False)),
+                fields=("rollout", "kind", "step_index"),
+                name="one_approval_per_rollout_step",
+            ),
+        ),
+        migrations.AddConstraint(
+            model_name="approvalrequest",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("step_index__isnull", True)),
+                fields=("rollout", "kind"),
+                name="one_start_approval",
             ),
         ),
         migrations.AddConstraint(
