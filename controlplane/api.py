@@ -226,8 +226,10 @@ class RoleBindingViewSet(
             environment = access.scope(Environment.objects, actor, field="pk").filter(name=data["environment"]).first()
             if environment is None:
                 raise NotFound(f"There is no environment {data['environment']!r}.", fields={"environment": ["unknown"]})
-        binding = roles.grant_role(environment, data["role"], actor=actor, user=data["user"], group=data["group"])
-        return Response(RoleBindingSerializer(binding).data, status=status.HTTP_201_CREATED)
+        binding, created = roles.grant_role(
+            environment, data["role"], actor=actor, user=data["user"], group=data["group"]
+        )
+        return Response(RoleBindingSerializer(binding).data, status=status.HTTP_201_CREATED if created else 200)
 
     def perform_destroy(self, instance):
         roles.revoke_role(instance, actor=Actor.from_request(self.request))

@@ -44,8 +44,12 @@ def _require_manager(actor: Actor, environment) -> None:
         access.require(actor, Role.ADMIN, environment, "manage who has which role")
 
 
-def grant_role(environment, role: str, *, actor: Actor, user: str | None = None, group: str | None = None):
-    """Give a user or group `role` in `environment` (None: every environment). Granting again changes the role."""
+def grant_role(
+    environment, role: str, *, actor: Actor, user: str | None = None, group: str | None = None
+) -> tuple[RoleBinding, bool]:
+    """Give a user or group `role` in `environment` (None: every environment). Granting again changes the role.
+
+    Returns the binding and whether it is new (as get_or_create does)."""
     if role not in Role.values:
         raise InvalidInput(f"role must be one of {', '.join(Role.values)}.", fields={"role": ["unknown"]})
     _require_manager(actor, environment)
@@ -68,7 +72,7 @@ def grant_role(environment, role: str, *, actor: Actor, user: str | None = None,
                 RoleBinding.objects.filter(pk=binding.pk).update(role=role)
                 binding.role = role
             else:
-                return binding
+                return binding, False
             record(
                 "role.grant",
                 actor=actor,
@@ -79,7 +83,7 @@ def grant_role(environment, role: str, *, actor: Actor, user: str | None = None,
             )
     except IntegrityError:
         raise Conflict("Someone changed this role at the same moment: look again and retry.") from None
-    return binding
+    return binding, before is None
 
 
 def revoke_role(binding: RoleBinding, *, actor: Actor) -> None:

@@ -555,7 +555,8 @@ def promote(
     current = deployment.current_release
     if current is None:
         raise Conflict(f"Nothing serves in {deployment} yet: deploy a version there before promoting it.")
-    nexts = list(Environment.objects.filter(promotes_from=deployment.environment))
+    # Only environments the actor has a role in: the others do not exist for them, not even by name.
+    nexts = list(access.scope(Environment.objects.filter(promotes_from=deployment.environment), actor, field="pk"))
     if environment:
         nexts = [env for env in nexts if env.name == environment]
         if not nexts:

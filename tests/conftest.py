@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_configure(config):
     if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         pytest.exit("The suite runs on PostgreSQL, never SQLite: run 'make test', or set DATABASE_URL.", returncode=2)
+    # The suite's own users: PBKDF2's 1,000,000 rounds cost ~0.6 s per user made or logged in, for nothing here.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 # --- In CI nothing may be skipped -------------------------------------------------
@@ -220,3 +222,21 @@ def model_name(worker):
     yield name
     for deployment in Deployment.objects.filter(model__name=name).select_related("environment", "model"):
         get_target(deployment.environment.target).teardown(deployment_ref(deployment))
+
+
+# --- API clients that share one handler -------------------------------------------------
+_SHARED_HANDLER: dict[str, object] = {}
+
+
+def bearer_client(raw: str | None = None) -> APIClient:
+    """An API client sending `raw` as its bearer token (None: anonymous).
+
+    These clients share one request handler: a new one loads the middleware again, and
+    WhiteNoise's scans every static file, a tenth of a second per client. (Not for tests that
+    change the middleware's settings, or that call force_authenticate, which sets the handler.)
+    """
+    client = APIClient()
+    client.handler = _SHARED_HANDLER.setdefault("api", client.handler)
+    if raw is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client

@@ -99,7 +99,7 @@ def seeded(alice, api, model_files, settings):
     # A protected environment where Bob's deploy waits for Alice's approval (or rejection).
     prod = deployment_services.create_environment("prod", actor=actor, required_approvals=1)
     bob = UserFactory(username="bob")
-    binding = grant_role(prod, Role.DEPLOYER, actor=actor, user="bob")
+    binding, _ = grant_role(prod, Role.DEPLOYER, actor=actor, user="bob")
     waiting = deployment_services.deploy("iris", "prod", 1, actor=Actor(user=bob), reason="fuzzing")[1]
     return {
         "name": ["iris"],
