@@ -33,8 +33,9 @@ class RefuseAnonymousUploadsMiddleware(MiddlewareMixin):
 
     The CSRF middleware reads request.POST, which spools a multipart body to disk,
     before any view could check the login. Placed above it, this answers first:
-    anonymous callers go to the login page, signed-in ones without the deployer role
-    anywhere get the refusal. API views are exempt: DRF checks them before parsing.
+    anonymous callers go to the login page, and on the upload views (`web.takes_uploads`)
+    signed-in ones without the deployer role anywhere get the refusal. Other forms sent as
+    multipart are their views' to check. API views are exempt: DRF checks them before parsing.
     """
 
     def process_view(self, request, view_func, view_args, view_kwargs):
@@ -45,6 +46,8 @@ class RefuseAnonymousUploadsMiddleware(MiddlewareMixin):
         ):
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
+            if not getattr(view_func, "takes_uploads", False):
+                return None
             try:
                 access.require_registry(Actor.from_request(request), Role.DEPLOYER, "upload versions")
             except ServiceError as exc:

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from controlplane import access, tokens
 from controlplane.audit import Actor, check_chain, record_refusal
-from controlplane.errors import ServiceError
+from controlplane.errors import Forbidden, ServiceError
 from controlplane.filtersets import AuditEventFilterSet
 from controlplane.models import APIToken, AuditEvent, Outcome, TokenScope
 from controlplane.web import paginate, refuse
@@ -69,7 +69,13 @@ def audit_log(request):
     return render(
         request,
         "controlplane/audit.html",
-        {"filter": filterset, "page": paginate(request, events), "query": request.GET.copy(), "filters": filters},
+        {
+            "filter": filterset,
+            "page": paginate(request, events),
+            "query": request.GET.copy(),
+            "filters": filters,
+            "can_verify": access.sees_everything(Actor.from_request(request)),
+        },
     )
 
 
@@ -78,6 +84,11 @@ def audit_log(request):
 def audit_verify(request):
     """The chain check, on request: it reads every row, too slow for each page load of a big log."""
     started = time.monotonic()
+    if not access.sees_everything(Actor.from_request(request)):
+        raise Forbidden(
+            "Verifying the hash chain reads every team's events: it needs the viewer role in every "
+            "environment (an auditor's). Ask a Slipway superuser to grant it."
+        )
     report = check_chain()
     return render(
         request,

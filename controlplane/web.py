@@ -49,3 +49,9 @@ def registry_page(view):
         return view(request, *args, **kwargs)
 
     return wrapped
+
+
+def takes_uploads(view):
+    """Mark a view that receives artifacts: the upload middleware refuses non-deployers before the body is read."""
+    view.takes_uploads = True
+    return view

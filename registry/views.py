@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, ServiceError
-from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page
+from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page, takes_uploads
 from registry import services
 from registry.api import artifact_response, uploader_name
 from registry.models import VERSION_TERMINAL, ArtifactFormat, Model, ModelVersion, VersionStatus
@@ -121,6 +121,7 @@ def version_rows(request, name):
     return render(request, "registry/htmx/version_table.html", context, status=status)
 
 
+@takes_uploads
 @registry_page
 @require_POST
 def upload(request, name):
