@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.test import Client
 
 from tests.conftest import ROOT
@@ -108,6 +109,9 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_behind_tls_cookies_are_secure_hsts_is_sent_and_http_redirects(alice, live_db):
+    # The server below runs production settings, which know PBKDF2, not the suite's fast hasher.
+    alice.password = PBKDF2PasswordHasher().encode(PASSWORD, PBKDF2PasswordHasher().salt())
+    alice.save(update_fields=["password"])
     db = django_settings.DATABASES["default"]
     env = {
         **os.environ,
