@@ -69,12 +69,9 @@ SYSTEM_GRANTS = Grants(ADMIN_RANK, {}, ADMIN_RANK, None)
 
 
 def grants(actor: Actor) -> Grants:
-    cached = actor.grants_cache.get("grants")
-    if cached is not None:
-        return cached
-    result = _read_grants(actor)
-    actor.grants_cache["grants"] = result
-    return result
+    if actor.grants is None:  # the Actor is frozen; this field is its one cache (compare=False)
+        object.__setattr__(actor, "grants", _read_grants(actor))
+    return actor.grants
 
 
 def _read_grants(actor: Actor) -> Grants:
@@ -176,10 +173,6 @@ def scope(queryset: QuerySet, actor: Actor, field: str = "environment", role: Ro
 def sees_everything(actor: Actor) -> bool:
     """A viewer of every environment (an auditor, an admin): reads the whole audit log."""
     return environment_ids(actor) is None
-
-
-def registry_role(actor: Actor) -> Role | None:
-    return _ROLE_BY_RANK.get(grants(actor).best_rank())
 
 
 # The registry's audit events (no environment): every reader of the registry may see them.

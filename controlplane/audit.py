@@ -34,7 +34,7 @@ class Actor:
     is_system: bool = False
     token: Any = None  # the APIToken the request came with: its scope and environments limit the user's roles
     # What controlplane.access worked out about this actor's roles, kept for the rest of the request.
-    grants_cache: dict = field(default_factory=dict, compare=False, repr=False)
+    grants: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def system(cls, request_id: str = "") -> Actor:

@@ -170,13 +170,20 @@ class EnvironmentSerializer(serializers.ModelSerializer):
 
 
 class ProtectionFields(serializers.Serializer):
+    """Optional: left out, the environment keeps (or gets) 0, 86400 and false."""
+
     required_approvals = serializers.IntegerField(
-        min_value=0, max_value=10, help_text="approvals from people other than the requester; 0: not protected"
+        required=False,
+        min_value=0,
+        max_value=10,
+        help_text="approvals from people other than the requester; 0 (default): not protected",
     )
     approval_timeout_s = serializers.IntegerField(
-        min_value=60, max_value=30 * 86400, help_text="a request not approved in time expires"
+        required=False, min_value=60, max_value=30 * 86400, help_text="a request not approved in time expires (86400)"
     )
-    approve_pauses = serializers.BooleanField(help_text="each pause step of a plan waits for the approvals too")
+    approve_pauses = serializers.BooleanField(
+        required=False, help_text="each pause step of a plan waits for the approvals too (false)"
+    )
 
 
 class EnvironmentCreateSerializer(ProtectionFields):
@@ -192,12 +199,6 @@ class EnvironmentCreateSerializer(ProtectionFields):
     default_plan = serializers.JSONField(required=False, default=dict)
     default_settings = serializers.JSONField(required=False, default=dict)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for name, default in (("required_approvals", 0), ("approval_timeout_s", 86400), ("approve_pauses", False)):
-            self.fields[name].required = False
-            self.fields[name].default = default
-
     def validate_name(self, value):
         try:
             slug_validator(value)
@@ -207,14 +208,11 @@ class EnvironmentCreateSerializer(ProtectionFields):
 
 
 class EnvironmentUpdateSerializer(ProtectionFields):
-    description = serializers.CharField(allow_blank=True)
-    default_plan = serializers.JSONField()
-    default_settings = serializers.JSONField()
+    """Every field optional: what is left out stays as it is."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for field in self.fields.values():
-            field.required = False
+    description = serializers.CharField(required=False, allow_blank=True)
+    default_plan = serializers.JSONField(required=False)
+    default_settings = serializers.JSONField(required=False)
 
 
 AT_PARAMETER = OpenApiParameter(
@@ -713,7 +711,7 @@ class ApprovalSerializer(serializers.ModelSerializer):
     environment = serializers.CharField(source="environment.name", read_only=True)
     deployment = serializers.IntegerField(source="rollout.deployment_id", read_only=True)
     rollout_state = serializers.CharField(source="rollout.state", read_only=True)
-    approvals = serializers.SerializerMethodField(help_text="approvals so far")
+    approvals = serializers.IntegerField(source="approval_count", read_only=True, help_text="approvals so far")
     decisions = ApprovalDecisionSerializer(many=True, read_only=True)
     change = serializers.JSONField(
         read_only=True,
@@ -743,9 +741,6 @@ class ApprovalSerializer(serializers.ModelSerializer):
             "decisions",
         ]
         read_only_fields = fields
-
-    def get_approvals(self, request: ApprovalRequest) -> int:
-        return sum(1 for decision in request.decisions.all() if decision.decision == Decision.APPROVE)
 
 
 class DecisionSerializer(serializers.Serializer):

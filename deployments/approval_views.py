@@ -13,10 +13,9 @@ from django.views.decorators.http import require_GET, require_POST
 from controlplane import access
 from controlplane.audit import Actor
 from controlplane.errors import ServiceError
-from controlplane.models import Role
 from controlplane.web import paginate, refuse
 from deployments import approvals
-from deployments.models import ApprovalRequest, ApprovalState, Decision
+from deployments.models import ApprovalRequest, ApprovalState
 
 STATES = [("pending", "Pending"), ("", "All")] + [(s, s.label.capitalize()) for s in ApprovalState if s != "pending"]
 
@@ -36,37 +35,22 @@ def approval_list(request):
     if state:
         requests = requests.filter(state=state)
     page = paginate(request, requests)
-    approver_in = access.environment_ids(actor, Role.APPROVER)
     for item in page:
-        item.approvals = sum(1 for d in item.decisions.all() if d.decision == Decision.APPROVE)
-        item.yours = (
-            item.is_pending
-            and (approver_in is None or item.environment_id in approver_in)
-            and item.requested_by_id != request.user.pk
-            and all(d.user_id != request.user.pk for d in item.decisions.all())
-        )
+        item.yours = approvals.could_decide(item, actor)
     return render(request, "deployments/approval_list.html", {"page": page, "state": state, "states": STATES})
 
 
 def _detail_context(request, pk: int) -> dict:
     actor = Actor.from_request(request)
-    item = get_object_or_404(_visible(actor), pk=pk)
-    decisions = list(item.decisions.select_related("user"))
-    decided = any(d.user_id == request.user.pk for d in decisions)
-    is_requester = item.requested_by_id == request.user.pk
+    item = get_object_or_404(_visible(actor).prefetch_related("decisions"), pk=pk)
     return {
         "item": item,
-        "decisions": decisions,
-        "approvals": sum(1 for d in decisions if d.decision == Decision.APPROVE),
         "change": item.change,
         "previous": item.change.get("previous") or {},
         "settings_changes": _settings_changes(item.change),
-        "is_requester": is_requester,
-        "may_decide": item.is_pending
-        and not decided
-        and not is_requester
-        and access.can(actor, Role.APPROVER, item.environment),
-        "decided": decided,
+        "is_requester": item.requested_by_id == request.user.pk,
+        "decided": any(d.user_id == request.user.pk for d in item.decisions.all()),
+        "may_decide": approvals.could_decide(item, actor),
     }
 
 

@@ -305,6 +305,18 @@ def cancel_for(rollout: Rollout, *, actor: Actor, why: str) -> None:
         )
 
 
+def could_decide(request: ApprovalRequest, actor: Actor) -> bool:
+    """Whether `actor` may still approve or reject `request` (what decide() would not refuse)."""
+    user = actor.user
+    return (
+        request.is_pending
+        and user is not None
+        and request.requested_by_id != user.pk
+        and all(decision.user_id != user.pk for decision in request.decisions.all())
+        and access.can(actor, Role.APPROVER, request.environment)
+    )
+
+
 def pending_pause_request(rollout: Rollout) -> ApprovalRequest | None:
     return ApprovalRequest.objects.filter(
         rollout=rollout, kind=ApprovalKind.PAUSE, step_index=rollout.step_index, state=ApprovalState.PENDING

@@ -225,7 +225,7 @@ def live_context(request, pk: int) -> dict:
         pk=pk,
     )
     role = access.role_in(actor, deployment.environment)
-    may_deploy = role in (Role.DEPLOYER, Role.APPROVER, Role.ADMIN)
+    may_deploy = access.can(actor, Role.DEPLOYER, deployment.environment)
     rollout = (
         Rollout.objects.filter(deployment=deployment)
         .select_related("release__model_version", "release__source", "previous_release__model_version", "requested_by")

@@ -422,6 +422,11 @@ class ApprovalRequest(models.Model):
     def is_pending(self) -> bool:
         return self.state == ApprovalState.PENDING
 
+    @property
+    def approval_count(self) -> int:
+        """Approvals so far (from prefetched decisions when there are)."""
+        return sum(1 for decision in self.decisions.all() if decision.decision == Decision.APPROVE)
+
 
 class Decision(models.TextChoices):
     APPROVE = "approve", "approved"

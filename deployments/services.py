@@ -236,11 +236,7 @@ def create_environment(
                 f"There is no environment {promotes_from!r} to promote from: create it first.",
                 fields={"promotes_from": ["unknown environment"]},
             )
-    settings_ = _runtime_settings(default_settings or {}, field="default_settings")
-    try:
-        compile_plan(default_plan, replicas=settings_["replicas"])
-    except InvalidPlan as exc:
-        raise InvalidInput(f"The default plan is not valid: {exc}", fields={"default_plan": [str(exc)]}) from None
+    _check_defaults(default_plan, default_settings)
     protection = _protection(required_approvals, approval_timeout_s, approve_pauses)
     try:
         with transaction.atomic():
@@ -265,6 +261,15 @@ def create_environment(
     except IntegrityError:
         raise Conflict(f"An environment named {name!r} already exists.", fields={"name": ["taken"]}) from None
     return env
+
+
+def _check_defaults(default_plan: dict | None, default_settings: dict | None) -> None:
+    """An environment's default settings must parse, and its default plan compile with them."""
+    settings_ = _runtime_settings(default_settings or {}, field="default_settings")
+    try:
+        compile_plan(default_plan or None, replicas=settings_["replicas"])
+    except InvalidPlan as exc:
+        raise InvalidInput(f"The default plan is not valid: {exc}", fields={"default_plan": [str(exc)]}) from None
 
 
 def _protection(required_approvals, approval_timeout_s, approve_pauses) -> dict:
@@ -306,11 +311,7 @@ def update_environment(env: Environment, *, actor: Actor, **changes) -> Environm
         current = {name: getattr(locked, name) for name in allowed}
         wanted = {**current, **changes}
         wanted.update(_protection(*(wanted[name] for name in PROTECTION_FIELDS)))
-        settings_ = _runtime_settings(wanted["default_settings"] or {}, field="default_settings")
-        try:
-            compile_plan(wanted["default_plan"] or None, replicas=settings_["replicas"])
-        except InvalidPlan as exc:
-            raise InvalidInput(f"The default plan is not valid: {exc}", fields={"default_plan": [str(exc)]}) from None
+        _check_defaults(wanted["default_plan"], wanted["default_settings"])
         wanted["description"] = str(wanted["description"] or "")
         wanted["default_plan"] = wanted["default_plan"] or {}
         wanted["default_settings"] = wanted["default_settings"] or {}
