@@ -7,7 +7,8 @@ locks it; `get_table` reads it on every publish). A process that reads at the wr
 moment gets an empty file and stops with "Unrecoverable error: JSONDecodeError" (seen
 under `make run` during a rollout). Here a message is written under another name and
 renamed into place, which is atomic, and a table read while it is being created is
-read again.
+read again. A publish also routes to the bindings its own process has made but not yet
+written (see get_table).
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ class Channel(filesystem.Channel):
             raise filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
 
     def get_table(self, exchange):
+        """The exchange's bindings: the shared table file's, and this process's own.
+
+        kombu records a binding in the process's memory before it writes the file, and then
+        skips binding again on other connections of the process: a publish from one of them
+        in between would find no file and drop the message. Bindings the process knows of
+        count even before the file has them.
+        """
+        table = self._file_table(exchange)
+        known = self.state.exchanges.get(exchange, {}).get("table", [])
+        return table + [queue for queue in map(filesystem.exchange_queue_t._make, known) if queue not in table]
+
+    def _file_table(self, exchange):
         for _ in range(200):
             try:
                 return super().get_table(exchange)
