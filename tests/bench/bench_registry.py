@@ -214,11 +214,15 @@ def prepare_slipway(env: dict[str, str], versions: int) -> Fixtures:
     from django.test.utils import CaptureQueriesContext
 
     from controlplane.audit import Actor
+    from controlplane.roles import grant_role
     from controlplane.tokens import create_token
     from registry import services
     from registry.models import Model, ModelVersion
 
     user = get_user_model().objects.create_user(USERNAME, password=PASSWORD, is_staff=True)
+    # An admin in every environment (deleting a version between upload rounds needs it);
+    # not a superuser, whose requests skip reading role bindings.
+    grant_role(None, "admin", actor=Actor.system(), user=USERNAME)
     actor = Actor(user=user)
     token = create_token(user, "bench", actor=actor).raw
     services.create_model(UPLOAD_MODEL, "1 GiB uploads", actor=actor)
