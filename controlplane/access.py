@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Value
 
 from controlplane.audit import Actor
 from controlplane.errors import Forbidden, NotFound
-from controlplane.models import ROLE_RANK, SCOPE_CAP, Role, RoleBinding
+from controlplane.models import ROLE_RANK, SCOPE_CAP, APIToken, Role, RoleBinding
 
 ADMIN_RANK = ROLE_RANK[Role.ADMIN]
 _ROLE_BY_RANK = {rank: role for role, rank in ROLE_RANK.items()}
@@ -82,19 +82,36 @@ def _read_grants(actor: Actor) -> Grants:
         return NO_GRANTS
     token = actor.token
     cap = ROLE_RANK[SCOPE_CAP[token.scope]] if token is not None else ADMIN_RANK
-    limited = frozenset(token.environments.values_list("pk", flat=True)) if token is not None else frozenset()
-    token_environments = limited or None
-    if user.is_superuser:
-        return Grants(ADMIN_RANK, {}, cap, token_environments)
-    everywhere, per_environment = 0, {}
-    rows = RoleBinding.objects.filter(Q(user_id=user.pk) | Q(group__user=user)).values_list("environment_id", "role")
+    # One round trip for all of it (every request reads this): the user's bindings,
+    # their own and their groups', and the environments the token is limited to,
+    # marked by an empty role.
+    rows = RoleBinding.objects.none() if user.is_superuser else _bindings_of(user)  # superusers need no binding
+    if token is not None:
+        limits = APIToken.environments.through.objects.filter(apitoken_id=token.pk)
+        rows = rows.union(limits.values_list("environment_id", Value(_TOKEN_LIMIT)), all=True)
+    everywhere, per_environment, limited = 0, {}, set()
     for environment_id, role in rows:
+        if role == _TOKEN_LIMIT:
+            limited.add(environment_id)
+            continue
         rank = ROLE_RANK[role]
         if environment_id is None:
             everywhere = max(everywhere, rank)
         else:
             per_environment[environment_id] = max(per_environment.get(environment_id, 0), rank)
-    return Grants(everywhere, per_environment, cap, token_environments)
+    if user.is_superuser:
+        everywhere = ADMIN_RANK
+    return Grants(everywhere, per_environment, cap, frozenset(limited) or None)
+
+
+_TOKEN_LIMIT = ""  # no role is empty
+
+
+def _bindings_of(user) -> QuerySet:
+    """(environment id, role) of every binding that applies to the user, directly or through a group."""
+    groups = user.groups.through.objects.filter(user_id=user.pk).values("group_id")
+    bindings = RoleBinding.objects.filter(Q(user_id=user.pk) | Q(group_id__in=groups)).order_by()
+    return bindings.values_list("environment_id", "role")
 
 
 def role_in(actor: Actor, environment) -> Role | None:
