@@ -39,12 +39,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-BENCH = ROOT / "var" / "bench"
+# Where the benchmarks keep their files; the suite's smoke test points it elsewhere.
+BENCH = Path(os.environ.get("SLIPWAY_BENCH_DIR") or ROOT / "var" / "bench").resolve()
 MIB = 1024 * 1024
 SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
 MLFLOW_SPEC = os.environ.get("SLIPWAY_BENCH_MLFLOW", "mlflow==3.17.2")
 USERNAME, PASSWORD = "bench", "bench-" + secrets.token_urlsafe(12)
 UPLOAD_MODEL, LIST_MODEL = "big", "m"
+
+
+def shown(path: Path) -> str:
+    """A path as the reader knows it: from the repository when it lies there."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def log(message: str) -> None:
@@ -96,7 +102,7 @@ def ensure_mlflow_venv() -> Path:
     marker = venv / "installed-spec"
     if python.exists() and marker.exists() and marker.read_text() == MLFLOW_SPEC:
         return python
-    log(f"creating {venv.relative_to(ROOT)} with {MLFLOW_SPEC} (once; a minute or two)")
+    log(f"creating {shown(venv)} with {MLFLOW_SPEC} (once; a minute or two)")
     shutil.rmtree(venv, ignore_errors=True)
     run([sys.executable, "-m", "venv", str(venv)])
     run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", MLFLOW_SPEC])
@@ -110,7 +116,7 @@ def ensure_model_file(size_mib: int) -> tuple[Path, str]:
     digest_path = path.with_suffix(".sha256")
     if path.exists() and digest_path.exists():
         return path, digest_path.read_text().strip()
-    log(f"writing a {size_mib} MiB TorchScript archive to {path.relative_to(ROOT)} (once)")
+    log(f"writing a {size_mib} MiB TorchScript archive to {shown(path)} (once)")
     tmp = path.with_suffix(".partial")
     # In a child, so the 1 GiB tensor is not kept in this process.
     run([sys.executable, __file__, "--make-model", str(tmp), str(size_mib)])
@@ -917,7 +923,7 @@ def main() -> int:
         lines, summary["list"] = summarize_list(report)
         summary["queries"] = report.queries
         print("\n".join(["", *lines]))
-    print(f"\n({time.monotonic() - started:.0f} s; raw samples in var/bench/results.json)")
+    print(f"\n({time.monotonic() - started:.0f} s; raw samples in {shown(BENCH / 'results.json')})")
     raw = {"uploads": [u.__dict__ for u in report.uploads], "lists": report.lists}
     (BENCH / "results.json").write_text(json.dumps({"summary": summary, "raw": raw}, indent=1, default=str))
     return 0

@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from bench_registry import BENCH, BIN, ROOT, gunicorn, log, machine, percentile, recreate_database, slipway_env
+from bench_registry import BENCH, BIN, ROOT, gunicorn, log, machine, percentile, recreate_database, shown, slipway_env
 
 MODEL = "constant"
 ROLLBACK_ENV, UI_ENV = "dev", "ui"
@@ -147,9 +147,12 @@ def prepare(env: dict[str, str]) -> str:
     from django.db import connection
 
     from controlplane.audit import Actor
+    from controlplane.roles import grant_role
     from controlplane.tokens import create_token
 
     user = get_user_model().objects.create_user(USERNAME, password=PASSWORD, is_staff=True)
+    # Admin in every environment (it creates them); not a superuser, so requests read roles as a team's would.
+    grant_role(None, "admin", actor=Actor.system(), user=USERNAME)
     token = create_token(user, "bench-rollouts", actor=Actor(user=user)).raw
     connection.close()
     return token
@@ -710,7 +713,7 @@ def main() -> int:
         lines, summary["ui"] = summarize_ui(ui)
         print("\n".join(["", *lines]))
     out = BENCH / "rollouts-results.json"
-    print(f"\n({time.monotonic() - started:.0f} s; raw samples in {out.relative_to(ROOT)}, logs in var/bench/logs/)")
+    print(f"\n({time.monotonic() - started:.0f} s; raw samples in {shown(out)}, logs in {shown(BENCH / 'logs')}/)")
     raw = {
         "rollouts": [asdict(t) for t in rollback.timings] if rollback else [],
         "ui": asdict(ui) if ui else {},
