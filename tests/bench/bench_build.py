@@ -115,11 +115,13 @@ class Slipway:
         from django.core.management import call_command
 
         from controlplane.audit import Actor
+        from controlplane.roles import grant_role
         from registry.models import Model
 
         call_command("migrate", verbosity=0)
         self.client = client
         user, _ = get_user_model().objects.get_or_create(username="bench")
+        grant_role(None, "deployer", actor=Actor.system(), user=user.username)  # building images needs one
         self.actor = Actor(user=user)
         self.model = Model.objects.create(name=f"bench-{NONCE}", created_by=user)
         self.versions = {}
