@@ -1,11 +1,19 @@
 """`make run`: the web server and a Celery worker (with its beat), stopped together.
 
-Ctrl-C (or SIGTERM) stops every process started here; if one of them dies, the
-others are stopped too, so nothing is left running half-way.
+Ctrl-C (or SIGTERM, or closing the terminal) stops every process started here; if one
+of them dies, the others are stopped too, so nothing is left running half-way.
+
+Each child runs in a process group of its own, so a Ctrl-C reaches only this process,
+which then asks each child once to stop. Left to the terminal, the signal would reach
+every gunicorn worker directly as well as through its master, and a gthread worker that
+gets two stop signals at once can deadlock in its own handler (re-entering its thread
+pool's shutdown lock) and outlive its master, holding the port. Whatever has not stopped
+after 15 seconds is killed with its whole group.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,7 +59,7 @@ def main() -> int:
             "INFO",
         ],
     }
-    procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+    procs = {name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()}
     print(f"Slipway is running on http://{bind}/ (Ctrl-C stops the web server and the worker)", flush=True)
 
     stopping = False
@@ -60,8 +68,8 @@ def main() -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     exit_code = 0
     while not stopping:
         for name, proc in procs.items():
@@ -73,14 +81,14 @@ def main() -> int:
 
     for proc in procs.values():
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)  # gunicorn: graceful stop; Celery: warm shutdown
     deadline = time.monotonic() + 15
     for proc in procs.values():
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything of its group still there: gunicorn's workers, Celery's pool
+        proc.wait()
     still_serving(var)
     return exit_code
 

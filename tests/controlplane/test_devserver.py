@@ -1,0 +1,103 @@
+"""`make run`'s process manager: Ctrl-C stops the web server and the worker, and leaves nothing behind.
+
+Run for real, as `make run` runs it: SQLite and the filesystem broker in a folder of the
+test's own, gunicorn and a Celery worker with its beat. Ctrl-C is what a terminal sends:
+SIGINT to the whole foreground process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ctrl_c_stops_the_web_server_and_the_worker_and_frees_the_port(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_", "SLIPWAY_"))}
+    env |= {"SLIPWAY_VAR_DIR": str(tmp_path / "var"), "SLIPWAY_BIND": f"127.0.0.1:{port}"}
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    log = tmp_path / "devserver.log"
+    with log.open("wb") as out:
+        # Its own process group, as `make run` has in a terminal (with make).
+        server = subprocess.Popen(
+            [sys.executable, "-m", "controlplane.devserver"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "ready." not in log.read_text(errors="replace"):  # Celery's "celery@host ready."
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            while True:
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                time.sleep(0.2)
+        started = descendants(server.pid)
+        assert len(started) >= 5, started  # gunicorn and its 2 workers, Celery and its pool
+
+        os.killpg(server.pid, signal.SIGINT)
+        assert server.wait(timeout=30) == 0, log.read_text(errors="replace")[-3000:]
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in started if alive(pid)]
+    assert not left, f"still running after Ctrl-C: {left}\n" + log.read_text(errors="replace")[-3000:]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # nobody holds the port
