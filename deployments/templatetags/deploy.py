@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 
 from django import template
+from django.conf import settings
 
 from controlplane import access
 from controlplane.audit import Actor
 from controlplane.models import Role
 from deployments.forms import PLAN_EXAMPLES, SETTINGS_INTEGERS, SETTINGS_NUMBERS, SETTINGS_QUANTITIES
-from deployments.models import Environment
+from deployments.models import Environment, Variant
 from deployments.plans import STRATEGIES
 
 register = template.Library()
@@ -60,3 +61,13 @@ def _deployable(context) -> list[str]:
         return []
     visible = access.scope(Environment.objects, Actor.from_request(request), field="pk", role=Role.DEPLOYER)
     return list(visible.order_by("created_at", "name").values_list("name", flat=True))
+
+
+VARIANT_LABELS = {"gpu": "GPU (CUDA base image)", "cpu": "CPU (slim base image)"}
+
+
+@register.simple_tag
+def build_variants() -> list[tuple[str, str, bool]]:
+    """The build form's variants, SLIPWAY_BUILD_VARIANT (what the API builds when asked for none) selected."""
+    default = settings.SLIPWAY_BUILD_VARIANT
+    return [(value, VARIANT_LABELS[value], value == default) for value in Variant.values]

@@ -50,3 +50,13 @@ def test_a_version_with_a_build_cannot_be_deleted(api, version):
     assert response.status_code == 409
     assert "cannot be deleted" in response.json()["error"] and "build #" in response.json()["error"]
     assert ModelVersion.objects.filter(pk=version.pk).exists()
+
+
+@pytest.mark.parametrize("default", ["gpu", "cpu"])
+def test_the_version_pages_build_form_offers_the_configured_variant_first(client, alice, version, settings, default):
+    settings.SLIPWAY_BUILD_VARIANT = default
+    client.force_login(alice)
+    html = client.get("/models/iris/versions/1/").content.decode()
+    form = html[html.index('name="variant"') :]
+    assert f'<option value="{default}" selected>' in form
+    assert form.count(" selected>") == 1 and "CUDA base image" in form and "slim base image" in form
