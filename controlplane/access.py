@@ -74,6 +74,9 @@ def grants(actor: Actor) -> Grants:
     return actor.grants
 
 
+_TOKEN_LIMIT = ""  # marks a token's environment limit among role bindings (no role is empty)
+
+
 def _read_grants(actor: Actor) -> Grants:
     if actor.is_system:
         return SYSTEM_GRANTS
@@ -102,9 +105,6 @@ def _read_grants(actor: Actor) -> Grants:
     if user.is_superuser:
         everywhere = ADMIN_RANK
     return Grants(everywhere, per_environment, cap, frozenset(limited) or None)
-
-
-_TOKEN_LIMIT = ""  # no role is empty
 
 
 def _bindings_of(user) -> QuerySet:

@@ -16,7 +16,7 @@ from controlplane import access
 from controlplane.audit import Actor
 from controlplane.models import Role
 from deployments.forms import PLAN_EXAMPLES, SETTINGS_INTEGERS, SETTINGS_NUMBERS, SETTINGS_QUANTITIES
-from deployments.models import Environment, Variant
+from deployments.models import Environment
 from deployments.plans import STRATEGIES
 
 register = template.Library()
@@ -63,11 +63,7 @@ def _deployable(context) -> list[str]:
     return list(visible.order_by("created_at", "name").values_list("name", flat=True))
 
 
-VARIANT_LABELS = {"gpu": "GPU (CUDA base image)", "cpu": "CPU (slim base image)"}
-
-
 @register.simple_tag
-def build_variants() -> list[tuple[str, str, bool]]:
-    """The build form's variants, SLIPWAY_BUILD_VARIANT (what the API builds when asked for none) selected."""
-    default = settings.SLIPWAY_BUILD_VARIANT
-    return [(value, VARIANT_LABELS[value], value == default) for value in Variant.values]
+def default_build_variant() -> str:
+    """What the API builds when a request names no variant: the build form selects it."""
+    return settings.SLIPWAY_BUILD_VARIANT
