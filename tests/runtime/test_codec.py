@@ -114,10 +114,43 @@ def test_integer_inputs_refuse_what_would_be_silently_mangled(data, message):
         decode_request(body, None, FakeModel("INT8"))
 
 
-def test_inputs_of_one_request_must_share_their_first_dimension():
+def two_input_model() -> FakeModel:
     model = FakeModel("FP32")
     model.inputs.append(TensorSpec("z", "FP32", (-1, 2)))
     model.input_index["z"] = 1
+    return model
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ("2,2", "needs a shape"),
+        ([], "needs a shape"),
+        ([2, True], "needs a shape"),
+        ([2, 2.0], "needs a shape"),
+        ([2, -1], "needs a shape"),
+        ([2, 3], r"has shape \[2, 3\]; the model takes \[-1, 2\]"),
+        ([1, 2, 2], r"has shape \[1, 2, 2\]"),
+    ],
+)
+def test_a_shape_must_be_positive_integers_that_fit_the_model(shape, message):
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": [0.0] * 4}]})
+    with pytest.raises(InvalidInput, match=message):
+        decode_request(body, None, FakeModel("FP32"))
+
+
+def test_every_input_is_given_once():
+    x = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.0, 1.0]}
+    with pytest.raises(InvalidInput, match=r"missing input\(s\): z \(FP32 \[-1, 2\]\)"):
+        decode_request(orjson.dumps({"inputs": [x]}), None, two_input_model())
+    with pytest.raises(InvalidInput, match="'x' is given twice"):
+        decode_request(orjson.dumps({"inputs": [x, x]}), None, two_input_model())
+    request = decode_request(orjson.dumps({"inputs": [{**x, "name": "z"}, x]}), None, two_input_model())
+    assert [array.tolist() for array in request.arrays] == [[[0.0, 1.0]], [[0.0, 1.0]]]  # the model's order
+
+
+def test_inputs_of_one_request_must_share_their_first_dimension():
+    model = two_input_model()
     body = orjson.dumps(
         {
             "inputs": [
