@@ -7,9 +7,11 @@ PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
 .PHONY: run test lint bench bench-runtime bench-build bench-rollouts demo-model migrate check clean
 
-$(VENV)/.run-installed: requirements.txt requirements-validator.txt
+# The validator's child and the dev environment's local target run with this Python too.
+# (Makefile: a change to this recipe reinstalls an existing .venv as well.)
+$(VENV)/.run-installed: Makefile requirements.txt requirements-validator.txt inference_runtime/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -r requirements.txt -r requirements-validator.txt
+	$(PIP) install -r requirements.txt -r requirements-validator.txt -r inference_runtime/requirements.txt
 	@touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.run-installed requirements-dev.txt
