@@ -12,7 +12,7 @@ import sys
 
 import litserve as ls
 import torch
-from bench_runtime_peers import oip_response
+from bench_runtime_peers import DEVICE, oip_response
 
 
 class OIP(ls.LitAPI):
@@ -22,7 +22,7 @@ class OIP(ls.LitAPI):
 
     def setup(self, device):
         torch.set_num_threads(1)  # as every contender: one core, one torch thread
-        self.model = torch.jit.load(self.model_path).eval()
+        self.model = torch.jit.load(self.model_path, map_location=device).eval()
 
     def decode_request(self, request):
         item = request["inputs"][0]
@@ -34,7 +34,7 @@ class OIP(ls.LitAPI):
 
     def predict(self, x):
         with torch.inference_mode():
-            return self.model(x)
+            return self.model(x.to(self.device)).cpu()
 
     def unbatch(self, output):
         return list(output.split(1))
@@ -46,7 +46,7 @@ class OIP(ls.LitAPI):
 def main(port: int, model_path: str, max_batch: int, delay_ms: float) -> None:
     torch.set_num_threads(1)
     api = OIP(model_path, max_batch_size=max_batch, batch_timeout=delay_ms / 1000, api_path="/predict")
-    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1)
+    server = ls.LitServer(api, accelerator=DEVICE, devices=1, workers_per_device=1)
     server.run(
         host="127.0.0.1",
         port=port,

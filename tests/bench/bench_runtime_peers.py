@@ -5,7 +5,8 @@
     model    MODEL ROWS SHAPE SECONDS        T_model: in-process batched model(x), rows/s
 
 All of them speak the same Open Inference Protocol JSON as the runtime (one FP32 input,
-one FP32 output), so every contender parses and writes the same bodies. LitServe has a
+one FP32 output), so every contender parses and writes the same bodies. BENCH_DEVICE
+(cpu or cuda) says where the model runs; inputs arrive and answers leave through the CPU. LitServe has a
 file of its own (bench_runtime_litserve.py): it runs in another virtualenv.
 """
 
@@ -13,9 +14,12 @@ file of its own (bench_runtime_litserve.py): it runs in another virtualenv.
 # the local import below, not a string it cannot resolve.
 
 import json
+import os
 import statistics
 import sys
 import time
+
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 
 
 def _torch_one_thread():
@@ -41,7 +45,7 @@ def fastapi(port: int, model_path: str) -> None:
     from fastapi import FastAPI, Request
 
     torch = _torch_one_thread()
-    model = torch.jit.load(model_path).eval()
+    model = torch.jit.load(model_path, map_location=DEVICE).eval()
     app = FastAPI()
 
     @app.post("/v2/models/{name}/infer")
@@ -49,7 +53,7 @@ def fastapi(port: int, model_path: str) -> None:
         item = (await request.json())["inputs"][0]
         x = torch.tensor(item["data"], dtype=torch.float32).reshape(item["shape"])
         with torch.inference_mode():
-            return oip_response(name, model(x))
+            return oip_response(name, model(x.to(DEVICE)).cpu())
 
     uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
 
@@ -79,16 +83,22 @@ def http(port: int) -> None:
 
 def model(model_path: str, rows: int, shape: str, seconds: float) -> None:
     torch = _torch_one_thread()
-    module = torch.jit.load(model_path).eval()
+    module = torch.jit.load(model_path, map_location=DEVICE).eval()
     x = torch.randn(rows, *json.loads(shape))
+
+    def step():
+        # From and back to the CPU, as any server's batch goes (no-ops on the CPU); the copy
+        # back also waits for a GPU's queued kernels, so each step is really done.
+        return module(x.to(DEVICE)).cpu()
+
     rates = []
     with torch.inference_mode():
         for _ in range(20):  # TorchScript profiles and optimises its first calls
-            module(x)
+            step()
         for _ in range(3):
             count, started = 0, time.perf_counter()
             while (elapsed := time.perf_counter() - started) < seconds / 3:
-                module(x)
+                step()
                 count += 1
             rates.append(count * rows / elapsed)
     print(json.dumps({"rows_per_s": statistics.median(rates)}))
