@@ -12,7 +12,7 @@ import sys
 
 import litserve as ls
 import torch
-from bench_runtime_peers import DEVICE, oip_response
+from bench_runtime_peers import DEVICE, oip_response, to_cpu, to_device
 
 
 class OIP(ls.LitAPI):
@@ -34,7 +34,7 @@ class OIP(ls.LitAPI):
 
     def predict(self, x):
         with torch.inference_mode():
-            return self.model(x.to(self.device)).cpu()
+            return to_cpu(self.model(to_device(x)))
 
     def unbatch(self, output):
         return list(output.split(1))
