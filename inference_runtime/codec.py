@@ -117,12 +117,12 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
     rows, key = 1, None
     if model.batchable:
         rows = arrays[0].shape[0]
-        key = []
+        parts = []
         for array in arrays:
             if array.shape[0] != rows:
                 raise InvalidInput("every input must have the same first (batch) dimension")
-            key.append((array.shape[1:], array.dtype))
-        key = tuple(key)
+            parts.append((array.shape[1:], array.dtype))
+        key = tuple(parts)
 
     parameters = request.get("parameters")
     binary_default = bool(parameters.get("binary_data_output")) if isinstance(parameters, dict) else False
