@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -202,6 +203,13 @@ def quiesce_worker(timeout: float = 20.0) -> None:
         if active is not None and not any(active.values()):
             return
         time.sleep(0.1)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_for(predicate, *, timeout: float = 60, interval: float = 0.1, what: str = "condition"):

@@ -14,14 +14,13 @@ import os
 import subprocess
 import sys
 import urllib.parse
-from pathlib import Path
 
 import psycopg
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
 
 
 def on_the_suites_server(name: str) -> str:

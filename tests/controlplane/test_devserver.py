@@ -18,15 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import ROOT, free_port
+
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def descendants(pid: int) -> set[int]:

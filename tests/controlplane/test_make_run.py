@@ -14,7 +14,7 @@ import subprocess
 from itertools import pairwise
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT
 
 
 def requirement_names(path: Path) -> set[str]:

@@ -1,6 +1,5 @@
 """Image builds on a real Docker engine, pushed to a real registry, run for real."""
 
-import socket
 import threading
 import time
 from datetime import timedelta
@@ -17,7 +16,7 @@ from controlplane.models import AuditEvent
 from deployments import builds, services
 from deployments.models import BuildStatus, ImageBuild
 from deployments.tasks import run_image_build
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.worker, pytest.mark.slow]
 
@@ -33,12 +32,6 @@ def _settled(build_id, timeout=600) -> ImageBuild:
         return build if build.is_terminal else None
 
     return wait_for(done, timeout=timeout, interval=0.5, what=f"build {build_id} to finish")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_ready_version_is_built_pushed_and_serves_inference(api, ready_version, docker_client, model_files):
@@ -57,7 +50,7 @@ def test_a_ready_version_is_built_pushed_and_serves_inference(api, ready_version
     image = docker_client.images.pull(f"{repository}@{build.digest}")
     assert image.labels["io.slipway.model.sha256"] == ready_version.sha256
     assert image.attrs["Config"]["User"] == "10001:10001"
-    port = _free_port()
+    port = free_port()
     container = docker_client.containers.run(
         image.id, detach=True, network_mode="host", environment={"RUNTIME_PORT": str(port)}
     )

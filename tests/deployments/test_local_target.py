@@ -22,7 +22,7 @@ import torch
 
 from deployments.targets import DeploymentRef, ReleaseSpec, RuntimeSettings, TargetError, get_target
 from deployments.targets.local import LocalTarget
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.models_zoo import MLP, MLP_SIGNATURE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,10 +76,6 @@ def recorded_processes(root: Path) -> list[tuple[int, int]]:
 
 
 # --- helpers -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_time_of(pid: int) -> int | None:

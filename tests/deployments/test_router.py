@@ -20,16 +20,10 @@ import pytest
 from aiohttp import web
 
 from deployments.targets.router import SmoothWeighted, parse_routes
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTER = [sys.executable, "-m", "deployments.targets.router"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- smooth weighted round-robin ----------------------------------------------------------
