@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+
 from controlplane.models import Outcome
 
 
@@ -48,3 +51,15 @@ class LengthRequired(ServiceError):
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "too_large"
+
+
+def as_service_error(exc):
+    """Django's own refusals of an oversized request, which would otherwise be an HTML 400."""
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge(
+            f"The request's fields (or its JSON body) are larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes. "
+            "Only the file may be large: keep metadata small and link to large documents from it."
+        )
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return InvalidInput("The request has too many form fields or files: send one 'artifact' and a few fields.")
+    return exc

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
-from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from controlplane.errors import InvalidInput, PayloadTooLarge, ServiceError
+from controlplane.errors import ServiceError, as_service_error
 from controlplane.models import Outcome
 from controlplane.throttling import current_rate
 
@@ -40,7 +39,7 @@ def _flatten(detail) -> str:
 
 
 def exception_handler(exc, context):
-    exc = _as_service_error(exc)
+    exc = as_service_error(exc)
     if isinstance(exc, ServiceError):
         body = {"error": exc.message, "code": exc.code}
         if exc.fields:
@@ -89,18 +88,6 @@ def _throttled(exc: exceptions.Throttled, context) -> Response:
         limit = f"{current_rate('anon')} per address without an API token"
     body = {"error": f"Too many requests: the API allows {limit}; retry in {wait} s.", "code": exc.default_code}
     return Response(body, status=exc.status_code, headers={"Retry-After": str(wait)})
-
-
-def _as_service_error(exc):
-    """Django's own refusals of an oversized request, which would otherwise be an HTML 400."""
-    if isinstance(exc, RequestDataTooBig):
-        return PayloadTooLarge(
-            f"The request's fields (or its JSON body) are larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes. "
-            "Only the file may be large: keep metadata small and link to large documents from it."
-        )
-    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
-        return InvalidInput("The request has too many form fields or files: send one 'artifact' and a few fields.")
-    return exc
 
 
 def _audit_refusal(context, outcome: str, message: str, status_code: int, user=None) -> None:

@@ -12,6 +12,7 @@ from controlplane import access
 from controlplane.audit import Actor
 from controlplane.errors import ServiceError
 from controlplane.models import Role
+from registry.uploads import read_browser_form
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -29,13 +30,15 @@ class RequestIdMiddleware:
 
 
 class RefuseAnonymousUploadsMiddleware(MiddlewareMixin):
-    """Refuse a browser upload from someone who may not upload, before its body is read.
+    """Refuse a browser upload from someone who may not upload, before its body is read; then read it.
 
-    The CSRF middleware reads request.POST, which spools a multipart body to disk,
+    The CSRF middleware reads request.POST, which streams a multipart body to disk,
     before any view could check the login. Placed above it, this answers first:
     anonymous callers go to the login page, and on the upload views (`web.takes_uploads`)
-    signed-in ones without the deployer role anywhere get the refusal. Other forms sent as
-    multipart are their views' to check. API views are exempt: DRF checks them before parsing.
+    signed-in ones without the deployer role anywhere get the refusal. Everyone else's
+    multipart body is read here, by registry.uploads rather than Django's slower parser;
+    a refusal on the way (too large, malformed) waits for the view. API views are exempt:
+    DRF checks them before parsing, with the same reader.
     """
 
     def process_view(self, request, view_func, view_args, view_kwargs):
@@ -46,12 +49,12 @@ class RefuseAnonymousUploadsMiddleware(MiddlewareMixin):
         ):
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
-            if not getattr(view_func, "takes_uploads", False):
-                return None
-            try:
-                access.require_registry(Actor.from_request(request), Role.DEPLOYER, "upload versions")
-            except ServiceError as exc:
-                return refusal_page(request, exc)
+            if getattr(view_func, "takes_uploads", False):
+                try:
+                    access.require_registry(Actor.from_request(request), Role.DEPLOYER, "upload versions")
+                except ServiceError as exc:
+                    return refusal_page(request, exc)
+            read_browser_form(request)
         return None
 
 

@@ -159,7 +159,9 @@ FILE_UPLOAD_TEMP_DIR = str(Path(env_str("SLIPWAY_UPLOAD_TEMP_DIR") or VAR_DIR / 
 # Local directories the embedded default writes to exist from the start.
 for _dir in (ARTIFACT_ROOT, Path(FILE_UPLOAD_TEMP_DIR), STATIC_ROOT):
     _dir.mkdir(parents=True, exist_ok=True)
-FILE_UPLOAD_HANDLERS = ["registry.uploads.StreamingArtifactUploadHandler"]
+# Multipart bodies are read by registry.uploads (DRF's parser and the upload middleware),
+# never by Django's own parser; should anything call it, it keeps no file.
+FILE_UPLOAD_HANDLERS: list[str] = []
 FILE_UPLOAD_PERMISSIONS = 0o640
 STORAGES = {
     "default": {
@@ -261,7 +263,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.MultiPartParser",
+        "registry.uploads.StreamingMultiPartParser",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # 429 with Retry-After past these rates: per user (token or session), and per address for anonymous calls.

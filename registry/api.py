@@ -8,7 +8,6 @@ from django.http import FileResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, mixins, renderers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
@@ -25,7 +24,7 @@ from registry.serializers import (
     VersionUploadSerializer,
     version_list_rows,
 )
-from registry.uploads import raise_if_too_large
+from registry.uploads import StreamingMultiPartParser
 
 
 def unknown_model(name: str) -> NotFound:
@@ -48,7 +47,6 @@ def uploaded_artifact(request):
             detail=f"An upload is multipart/form-data, not {request.content_type or 'an empty body'}: "
             "for example curl -F artifact=@model.pt -F signature='{...}' <url>.",
         ) from exc
-    raise_if_too_large(request)
     if upload is None:
         raise InvalidInput("Send the model file in the multipart field 'artifact'.", fields={"artifact": ["required"]})
     return upload
@@ -155,7 +153,7 @@ class ModelVersionViewSet(
 
     def get_parsers(self):
         if getattr(self, "action", None) == "create" or (self.request is not None and self.request.method == "POST"):
-            return [MultiPartParser()]
+            return [StreamingMultiPartParser()]
         return super().get_parsers()
 
     @extend_schema(

@@ -81,7 +81,7 @@ def upload_version(
 ) -> ModelVersion:
     """Keep an uploaded artifact as the model's next version, then validate it.
 
-    `upload` is a file streamed by StreamingArtifactUploadHandler (with .sha256).
+    `upload` is a file streamed by registry.uploads.read_multipart (with .sha256).
     Everything that can be checked without loading the model is checked here;
     a refusal keeps nothing. Loading happens later, in the sandboxed validator.
     """

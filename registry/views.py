@@ -17,7 +17,7 @@ from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page,
 from registry import services
 from registry.api import artifact_response, uploader_name
 from registry.models import VERSION_TERMINAL, ArtifactFormat, Model, ModelVersion, VersionStatus
-from registry.uploads import raise_if_too_large
+from registry.uploads import raise_if_form_refused
 
 
 @registry_page
@@ -128,8 +128,8 @@ def upload(request, name):
     model = get_object_or_404(Model, name=name)
     template = "registry/htmx/upload_result.html"
     try:
-        artifact = request.FILES.get("artifact")  # streams the body through our handler
-        raise_if_too_large(request)
+        raise_if_form_refused(request)  # the body was read by the upload middleware
+        artifact = request.FILES.get("artifact")
         if artifact is None:
             raise InvalidInput("Choose a model file to upload.")
         version = services.upload_version(

@@ -201,6 +201,35 @@ def test_oversized_form_fields_are_refused_in_json(api, iris, model_files, new_f
     assert AuditEvent.objects.get(action="model_version.upload").outcome == "invalid"
 
 
+def test_a_malformed_body_answers_400_and_is_recorded(api, iris, new_files):
+    body = b'--x\r\nContent-Disposition: form-data; name="artifact"; filename="m.pt"\r\n\r\nweights'
+    response = api.generic(
+        "POST", "/api/v1/models/iris/versions/", body, content_type="multipart/form-data; boundary=x"
+    )
+    assert response.status_code == 400
+    assert "ended before the whole body arrived" in response.json()["error"]
+    assert AuditEvent.objects.get(action="model_version.upload").outcome == "invalid"
+    assert not ModelVersion.objects.exists() and new_files() == set()
+
+
+def test_too_many_form_fields_are_refused_in_json(api, iris, settings, model_files, new_files):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 2
+    body, content_type = multipart('filename="mlp.pt2"', model_files["pt2"].read_bytes(), a="1", b="2", c="3")
+    response = api.generic("POST", "/api/v1/models/iris/versions/", body, content_type=content_type)
+    assert response.status_code == 400
+    assert "too many form fields" in response.json()["error"]
+    assert not ModelVersion.objects.exists() and new_files() == set()
+
+
+def test_a_file_sent_under_another_field_name_is_not_kept(api, iris, model_files, new_files):
+    body, content_type = multipart('filename="mlp.pt2"', model_files["pt2"].read_bytes())
+    body = body.replace(b'name="artifact"', b'name="model"')
+    response = api.generic("POST", "/api/v1/models/iris/versions/", body, content_type=content_type)
+    assert response.status_code == 400
+    assert "multipart field 'artifact'" in response.json()["error"]
+    assert not ModelVersion.objects.exists() and new_files() == set()
+
+
 # --- Over real HTTP (what the test client cannot show) -------------------------------------
 
 

@@ -85,3 +85,15 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(bro
     assert response.status_code == 413
     assert ModelVersion.objects.count() == 0
     assert _leftovers() == before
+
+
+def test_a_malformed_body_is_refused_on_the_page_and_keeps_nothing(browser, iris):
+    before = _leftovers()
+    body = b'--x\r\nContent-Disposition: form-data; name="artifact"; filename="m.pt"\r\n\r\nweights'
+    response = browser.generic(
+        "POST", "/models/iris/versions/upload/", body, content_type="multipart/form-data; boundary=x", **_csrf(browser)
+    )
+    assert response.status_code == 400
+    assert "ended before the whole body arrived" in response.content.decode()
+    assert ModelVersion.objects.count() == 0
+    assert _leftovers() == before

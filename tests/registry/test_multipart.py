@@ -1,0 +1,123 @@
+"""The multipart reader every upload goes through: exact bytes at any chunk edge, and nothing left on a refusal."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+from django.core.exceptions import TooManyFieldsSent
+
+from controlplane.errors import InvalidInput, PayloadTooLarge
+from registry.uploads import CHUNK, read_multipart
+
+BOUNDARY = "slipway-test-boundary-7e1f"
+DELIMITER = f"\r\n--{BOUNDARY}".encode()
+
+
+def part(name: str, value: bytes, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    head = f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n"
+    if filename is not None:
+        head += "Content-Type: application/octet-stream\r\n"
+    return head.encode() + b"\r\n" + value + b"\r\n"
+
+
+def body(*parts: bytes) -> bytes:
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def meta(content: bytes, boundary: str = BOUNDARY) -> dict:
+    return {"CONTENT_TYPE": f"multipart/form-data; boundary={boundary}", "CONTENT_LENGTH": str(len(content))}
+
+
+@pytest.fixture
+def temp_dir(settings, tmp_path):
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "uploads")
+    return tmp_path / "uploads"
+
+
+def left_in(directory) -> list[str]:
+    return os.listdir(directory) if directory.exists() else []
+
+
+def read(content: bytes, boundary: str = BOUNDARY):
+    return read_multipart(io.BytesIO(content), meta(content, boundary), "utf-8")
+
+
+FILE_HEAD = len(part("artifact", b"", filename="m.pt")) - 2  # the part's head, without its closing CRLF
+
+
+@pytest.mark.parametrize("short_of_chunk", [0, 1, 2, 5, len(DELIMITER) - 1, len(DELIMITER), len(DELIMITER) + 1, -3])
+def test_a_file_ending_at_any_offset_around_a_read_comes_back_exact(temp_dir, short_of_chunk):
+    # The closing delimiter lands before, across and after the edge of the first 1 MiB read.
+    size = CHUNK - FILE_HEAD - short_of_chunk
+    data = (os.urandom(4096) * (size // 4096 + 1))[:size]
+    _, files = read(body(part("artifact", data, filename="m.pt")))
+    upload = files["artifact"]
+    assert upload.read() == data
+    assert (upload.size, upload.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    upload.close()
+    assert left_in(temp_dir) == []
+
+
+def test_bytes_that_almost_spell_the_boundary_stay_in_the_file(temp_dir):
+    data = b"x" * (CHUNK - 7) + DELIMITER[:-1] + b"y" + DELIMITER[:-2] + b"\r\n--" + b"z" * 100
+    fields, files = read(body(part("sha256", b"abc"), part("artifact", data, filename="m.pt")))
+    assert files["artifact"].read() == data
+    assert fields["sha256"] == "abc"
+
+
+def test_fields_are_text_in_the_request_encoding_and_names_are_cleaned(temp_dir):
+    content = body(
+        part("metadata", '{"run": "café ✓"}'.encode()),
+        part("artifact", b"weights", filename="../../etc/model\x07.pt"),
+    )
+    fields, files = read(content)
+    assert fields["metadata"] == '{"run": "café ✓"}'
+    assert files["artifact"].name == "model.pt"
+
+
+def test_a_file_input_left_empty_is_skipped_like_django_does(temp_dir):
+    fields, files = read(body(part("artifact", b"", filename=""), part("note", b"hi")))
+    assert "artifact" not in files and fields["note"] == "hi"
+
+
+@pytest.mark.parametrize(
+    ("content", "boundary", "says"),
+    [
+        (b"this is not multipart at all", BOUNDARY, "not valid multipart"),
+        (b"--" + BOUNDARY.encode() + b'\r\nContent-Disposition: form-data; name="a', BOUNDARY, "ended before"),
+        (body(part("a", b"1")), "", "names no boundary"),
+        (body(part("a", b"1")), "b" * 300, "boundary is not usable"),
+    ],
+    ids=["garbage", "cut-in-headers", "no-boundary", "long-boundary"],
+)
+def test_a_malformed_body_is_refused_with_what_to_send(temp_dir, content, boundary, says):
+    with pytest.raises(InvalidInput, match=says) as refused:
+        read(content, boundary)
+    assert "curl" in refused.value.message or "send it again" in refused.value.message
+    assert left_in(temp_dir) == []
+
+
+def test_a_body_cut_off_inside_the_file_deletes_what_was_written(temp_dir):
+    content = body(part("artifact", os.urandom(3 * CHUNK), filename="m.pt"))
+    with pytest.raises(InvalidInput, match="ended before the whole body arrived"):
+        read(content[: 2 * CHUNK + 100])
+    assert left_in(temp_dir) == []
+
+
+def test_a_second_file_over_the_limit_deletes_the_first_one_too(temp_dir, settings):
+    settings.SLIPWAY_MAX_ARTIFACT_BYTES = CHUNK
+    content = body(part("first", b"small", filename="a.pt"), part("artifact", os.urandom(CHUNK + 1), filename="b.pt"))
+    with pytest.raises(PayloadTooLarge, match="SLIPWAY_MAX_ARTIFACT_BYTES"):
+        read(content)
+    assert left_in(temp_dir) == []
+
+
+def test_too_many_fields_stop_the_read(temp_dir, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 2
+    with pytest.raises(TooManyFieldsSent):
+        read(body(part("a", b"1"), part("b", b"2"), part("c", b"3"), part("artifact", b"w", filename="m.pt")))
+    assert left_in(temp_dir) == []
