@@ -3,7 +3,7 @@
 Every multipart body, API or browser, is read here, never by Django's own parser:
 python-multipart finds the boundaries with bytes.find, about 0.2 s of CPU per GiB
 where Django's parser took 0.85-1.4, and the request thread's time is what an
-upload's speed is made of (the hashing and the write run beside it, see _ChunkSink).
+upload's speed is made of (the hashing and the write run beside it, see ChunkSink).
 
 The file is never held whole in memory. The size limit is enforced from the
 Content-Length before a byte of the body is read, and again while streaming
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import mmap
 import os
 import tempfile
 from collections import deque
@@ -33,6 +34,8 @@ from python_multipart.multipart import MultipartParser
 from rest_framework.parsers import BaseParser, DataAndFiles
 
 from controlplane.errors import InvalidInput, PayloadTooLarge, ServiceError, as_service_error
+
+CHUNK = 1024 * 1024
 
 # Multipart framing around the file (boundaries, headers, small fields) is small;
 # this slack keeps a file of exactly the limit from being refused by Content-Length.
@@ -67,7 +70,78 @@ class HashedTemporaryUploadedFile(UploadedFile):
             pass  # already moved into storage
 
 
-class _ChunkSink:
+class DirectWriter:
+    """Writes a file's chunks past the page cache (O_DIRECT), through one block-aligned buffer.
+
+    An upload is read back once, by validation, and then mostly never: keeping it in the page
+    cache would only push out what is read often, and filling fresh cache pages is what writing
+    costs most (2 s of CPU per GiB where a VM's memory has to be faulted in first, 0.2-0.5
+    otherwise; O_DIRECT 0.1). Chunks are copied into an mmap'd (so page-aligned) buffer, written
+    when it is full; the last, partial block is padded and the file truncated to its size.
+    """
+
+    BLOCK = 4096
+
+    def __init__(self, path: str, capacity: int):
+        self._fd = os.open(path, os.O_WRONLY | os.O_DIRECT)  # OSError where the filesystem refuses it
+        self._buffer = mmap.mmap(-1, capacity)
+        self._filled = 0
+        self._size = 0
+
+    def write(self, chunk: bytes) -> None:
+        view, capacity = memoryview(chunk), len(self._buffer)
+        self._size += len(view)
+        while view:
+            n = min(len(view), capacity - self._filled)
+            self._buffer[self._filled : self._filled + n] = view[:n]
+            self._filled += n
+            view = view[n:]
+            if self._filled == capacity:
+                self._flush(capacity)
+
+    def _flush(self, length: int) -> None:
+        written = 0
+        with memoryview(self._buffer) as buffer:
+            while written < length:
+                written += os.write(self._fd, buffer[written:length])
+        self._filled = 0
+
+    def close(self) -> None:
+        """Write what is left and give the file its exact size."""
+        try:
+            if self._filled:
+                self._flush(-(-self._filled // self.BLOCK) * self.BLOCK)
+                os.ftruncate(self._fd, self._size)
+        finally:
+            os.close(self._fd)
+            self._buffer.close()
+
+    def abort(self) -> None:
+        os.close(self._fd)
+        self._buffer.close()
+
+
+class BufferedWriter:
+    """The fallback where O_DIRECT is refused: plain writes to the temporary file."""
+
+    def __init__(self, file):
+        self.write = file.write
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def file_writer(file: HashedTemporaryUploadedFile) -> DirectWriter | BufferedWriter:
+    try:
+        return DirectWriter(file.temporary_file_path(), CHUNK)
+    except OSError:
+        return BufferedWriter(file)
+
+
+class ChunkSink:
     """Hashes and writes an upload's chunks, in order, on two helper threads.
 
     Reading and parsing the body keeps one thread busy; SHA-256 and the write to the
@@ -78,8 +152,9 @@ class _ChunkSink:
     dies without closing us, the executors' own weakrefs end the threads once dropped.
     """
 
-    def __init__(self, file, digest, depth: int = 4):
-        self._hash, self._write = digest.update, file.write
+    def __init__(self, writer: DirectWriter | BufferedWriter, digest, depth: int = 4):
+        self._writer = writer
+        self._hash, self._write = digest.update, writer.write
         self._depth = depth
         self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"upload-{job}") for job in ("hash", "write")]
         self._pending: deque[tuple[Future, Future]] = deque()
@@ -100,20 +175,22 @@ class _ChunkSink:
         try:
             while self._pending:
                 self._wait(self._pending.popleft())
-        finally:
+        except BaseException:
             self._shutdown()
+            self._writer.abort()
+            raise
+        self._shutdown()
+        self._writer.close()
 
     def abort(self) -> None:
         """Stop without writing what still waits (the file is about to be deleted)."""
         self._pending.clear()
         self._shutdown()
+        self._writer.abort()
 
     def _shutdown(self) -> None:
         for pool in self._pools:
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-CHUNK = 1024 * 1024
 
 
 def not_multipart(detail: str) -> InvalidInput:
@@ -141,7 +218,7 @@ class _FileWriter:
         self.received = 0
         self.digest = hashlib.sha256()
         self.file = HashedTemporaryUploadedFile(name, content_type, charset, content_type_extra)
-        self.sink = _ChunkSink(self.file, self.digest)
+        self.sink = ChunkSink(file_writer(self.file), self.digest)
 
     def write(self, chunk: bytes) -> None:
         self.received += len(chunk)

@@ -5,12 +5,21 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import TooManyFieldsSent
 
 from controlplane.errors import InvalidInput, PayloadTooLarge
-from registry.uploads import CHUNK, read_multipart
+from registry.uploads import (
+    CHUNK,
+    BufferedWriter,
+    ChunkSink,
+    DirectWriter,
+    HashedTemporaryUploadedFile,
+    file_writer,
+    read_multipart,
+)
 
 BOUNDARY = "slipway-test-boundary-7e1f"
 DELIMITER = f"\r\n--{BOUNDARY}".encode()
@@ -121,3 +130,51 @@ def test_too_many_fields_stop_the_read(temp_dir, settings):
     with pytest.raises(TooManyFieldsSent):
         read(body(part("a", b"1"), part("b", b"2"), part("c", b"3"), part("artifact", b"w", filename="m.pt")))
     assert left_in(temp_dir) == []
+
+
+# --- The writers behind it: past the page cache where the filesystem allows, plain writes where not ---
+
+
+def sink_writers(path: Path):
+    file = open(path, "w+b")  # noqa: SIM115 (closed by the test)
+    return {
+        "direct": lambda: DirectWriter(str(path), 64 * 1024),
+        "buffered": lambda: BufferedWriter(file),
+    }, file
+
+
+@pytest.mark.parametrize("kind", ["direct", "buffered"])
+@pytest.mark.parametrize("sizes", [[1], [4096], [65536, 1], [70000, 3, 65536 * 3 + 17], [0, 5000]], ids=str)
+def test_both_writers_leave_exactly_the_bytes_sent(tmp_path, kind, sizes):
+    writers, file = sink_writers(tmp_path / "upload")
+    pieces = [os.urandom(n) for n in sizes]
+    digest = hashlib.sha256()
+    sink = ChunkSink(writers[kind](), digest, depth=2)
+    for piece in pieces:
+        sink.put(piece)
+    sink.close()
+    file.close()
+    expected = b"".join(pieces)
+    assert (tmp_path / "upload").read_bytes() == expected
+    assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+def test_the_direct_writer_is_used_where_the_filesystem_allows_it(temp_dir):
+    upload = HashedTemporaryUploadedFile("m.pt", "application/octet-stream", None)
+    writer = file_writer(upload)
+    assert isinstance(writer, DirectWriter)  # the tests' temporary folder is on a disk filesystem
+    writer.abort()
+    upload.close()
+    assert left_in(temp_dir) == []
+
+
+def test_an_aborted_sink_leaves_no_descriptor_open(tmp_path):
+    open_fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = open_fds()
+    writers, file = sink_writers(tmp_path / "upload")
+    sink = ChunkSink(writers["direct"](), hashlib.sha256(), depth=2)
+    for _ in range(5):
+        sink.put(os.urandom(100_000))
+    sink.abort()
+    file.close()
+    assert open_fds() == before
