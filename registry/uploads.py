@@ -113,12 +113,13 @@ class DirectWriter:
                 self._flush(-(-self._filled // self.BLOCK) * self.BLOCK)
                 os.ftruncate(self._fd, self._size)
         finally:
-            os.close(self._fd)
-            self._buffer.close()
+            self.abort()
 
     def abort(self) -> None:
-        os.close(self._fd)
-        self._buffer.close()
+        """Let go of the descriptor and the buffer (deleting the file is its owner's job); safe twice."""
+        if not self._buffer.closed:
+            os.close(self._fd)
+            self._buffer.close()
 
 
 class BufferedWriter:
@@ -323,8 +324,9 @@ class _Form:
 
     def _part_end(self) -> None:
         if self._writer is not None:
-            writer, self._writer = self._writer, None
-            self.files.appendlist(self._name, writer.complete())
+            file = self._writer.complete()  # if the last writes fail, abort() still finds the writer
+            self._writer = None
+            self.files.appendlist(self._name, file)
         elif self._value is not None:
             self.data.appendlist(self._name, b"".join(self._value).decode(self.encoding, "replace"))
             self._value = None

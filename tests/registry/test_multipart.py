@@ -178,3 +178,26 @@ def test_an_aborted_sink_leaves_no_descriptor_open(tmp_path):
     sink.abort()
     file.close()
     assert open_fds() == before
+
+
+def test_a_failing_write_surfaces_when_the_sink_closes_and_holds_nothing_open(tmp_path):
+    (tmp_path / "upload").write_bytes(b"")
+    open_fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = open_fds()
+    read_only = open(tmp_path / "upload", "rb")  # noqa: SIM115 (closed below)
+    sink = ChunkSink(BufferedWriter(read_only), hashlib.sha256(), depth=2)
+    sink.put(b"weights")
+    with pytest.raises(io.UnsupportedOperation):
+        sink.close()
+    sink.abort()  # what the reader does next: safe after a failed close
+    read_only.close()
+    assert open_fds() == before
+
+
+def test_the_direct_writer_can_be_let_go_twice(tmp_path):
+    (tmp_path / "upload").write_bytes(b"")
+    writer = DirectWriter(str(tmp_path / "upload"), 64 * 1024)
+    writer.write(b"x" * 5000)
+    writer.close()
+    writer.abort()
+    assert (tmp_path / "upload").read_bytes() == b"x" * 5000
