@@ -352,5 +352,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("SLIPWAY_LOG_LEVEL") or "INFO"},
     # django-axes logs every successful log-in, and its version at every start: its warnings (failures) are enough.
-    "loggers": {"django.server": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
+    # python-multipart logs a warning for every malformed body a client sends: the refusal is audited already.
+    "loggers": {
+        "django.server": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+        "python_multipart": {"level": "ERROR"},
+    },
 }

@@ -84,7 +84,11 @@ class DirectWriter:
 
     def __init__(self, path: str, capacity: int):
         self._fd = os.open(path, os.O_WRONLY | os.O_DIRECT)  # OSError where the filesystem refuses it
-        self._buffer = mmap.mmap(-1, capacity)
+        try:
+            self._buffer = mmap.mmap(-1, capacity)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._filled = 0
         self._size = 0
 
@@ -201,6 +205,13 @@ def not_multipart(detail: str) -> InvalidInput:
     )
 
 
+def header_parameters(value: str, what: str) -> tuple[str, dict[str, str]]:
+    try:
+        return parse_header_parameters(value)
+    except ValueError as exc:  # an RFC 2231 parameter in a charset Python does not know
+        raise not_multipart(f"{what} cannot be read: {exc}") from exc
+
+
 def clean_file_name(name: str) -> str | None:
     """The last path component, printable characters only (Django's own rules); None when nothing is left.
 
@@ -292,7 +303,9 @@ class _Form:
         self._field, self._header_value = [], []
 
     def _headers_finished(self) -> None:
-        disposition, params = parse_header_parameters(self._headers.get("content-disposition", ""))
+        disposition, params = header_parameters(
+            self._headers.get("content-disposition", ""), "a part's Content-Disposition"
+        )
         name = params.get("name")
         if disposition != "form-data" or name is None:
             return  # Django ignores such parts too; their data goes nowhere
@@ -301,15 +314,16 @@ class _Form:
             self._fields += 1
             if _over(settings.DATA_UPLOAD_MAX_NUMBER_FIELDS, self._fields):
                 raise TooManyFieldsSent("too many fields")
+            self._field_bytes += len(name) + 2  # as Django counts a field's name
             self._value = []
             return
+        self._file_count += 1  # counted before the name is cleaned, as Django does
+        if _over(settings.DATA_UPLOAD_MAX_NUMBER_FILES, self._file_count):
+            raise TooManyFilesSent("too many files")
         filename = clean_file_name(params["filename"])
         if not filename:
             return
-        self._file_count += 1
-        if _over(settings.DATA_UPLOAD_MAX_NUMBER_FILES, self._file_count):
-            raise TooManyFilesSent("too many files")
-        content_type, extra = parse_header_parameters(self._headers.get("content-type", ""))
+        content_type, extra = header_parameters(self._headers.get("content-type", ""), "a part's Content-Type")
         charset = extra.pop("charset", None)
         self._writer = _FileWriter(filename, content_type, charset, extra, settings.SLIPWAY_MAX_ARTIFACT_BYTES)
 
@@ -353,9 +367,13 @@ def read_multipart(stream, meta, encoding: str) -> tuple[QueryDict, MultiValueDi
     """
     limit = settings.SLIPWAY_MAX_ARTIFACT_BYTES
     length = meta.get("CONTENT_LENGTH") or "0"
-    if length.isdigit() and int(length) > limit + _MULTIPART_SLACK:
+    if length.isascii() and length.isdigit() and int(length) > limit + _MULTIPART_SLACK:
         raise too_large(limit)
-    boundary = parse_header_parameters(meta.get("CONTENT_TYPE", ""))[1].get("boundary", "")
+    try:
+        b"-".decode(encoding, "replace")  # (an empty bytes decodes without looking the codec up)
+    except LookupError as exc:
+        raise not_multipart(f"its charset {encoding!r} is not a text encoding; leave it out for UTF-8") from exc
+    boundary = header_parameters(meta.get("CONTENT_TYPE", ""), "the Content-Type")[1].get("boundary", "")
     try:
         parser = MultipartParser(boundary.encode("latin-1"), {})
     except (FormParserError, UnicodeEncodeError) as exc:

@@ -100,8 +100,16 @@ def test_a_file_input_left_empty_is_skipped_like_django_does(temp_dir):
         (b"--" + BOUNDARY.encode() + b'\r\nContent-Disposition: form-data; name="a', BOUNDARY, "ended before"),
         (body(part("a", b"1")), "", "names no boundary"),
         (body(part("a", b"1")), "b" * 300, "boundary is not usable"),
+        (
+            body(
+                b"--" + BOUNDARY.encode() + b'\r\nContent-Disposition: form-data; name="artifact"; '
+                b"filename*=bogus''%41.pt\r\n\r\nw\r\n"
+            ),
+            BOUNDARY,
+            "Content-Disposition cannot be read",
+        ),
     ],
-    ids=["garbage", "cut-in-headers", "no-boundary", "long-boundary"],
+    ids=["garbage", "cut-in-headers", "no-boundary", "long-boundary", "unknown-rfc2231-charset"],
 )
 def test_a_malformed_body_is_refused_with_what_to_send(temp_dir, content, boundary, says):
     with pytest.raises(InvalidInput, match=says) as refused:
@@ -201,3 +209,15 @@ def test_the_direct_writer_can_be_let_go_twice(tmp_path):
     writer.close()
     writer.abort()
     assert (tmp_path / "upload").read_bytes() == b"x" * 5000
+
+
+def test_a_request_charset_that_is_no_text_encoding_is_refused(temp_dir):
+    content = body(part("a", b"1"))
+    with pytest.raises(InvalidInput, match="'base64' is not a text encoding"):
+        read_multipart(io.BytesIO(content), meta(content), "base64")
+
+
+def test_a_content_length_that_is_no_number_is_left_to_the_stream(temp_dir):
+    content = body(part("a", b"1"))
+    fields, _ = read_multipart(io.BytesIO(content), {**meta(content), "CONTENT_LENGTH": "\xb2"}, "utf-8")
+    assert fields["a"] == "1"
