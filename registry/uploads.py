@@ -83,6 +83,8 @@ class DirectWriter:
     BLOCK = 4096
 
     def __init__(self, path: str, capacity: int):
+        if capacity % self.BLOCK:
+            raise ValueError(f"the buffer must hold whole {self.BLOCK}-byte blocks, not {capacity} bytes")
         self._fd = os.open(path, os.O_WRONLY | os.O_DIRECT)  # OSError where the filesystem refuses it
         try:
             self._buffer = mmap.mmap(-1, capacity)
