@@ -52,6 +52,7 @@ document.addEventListener("DOMContentLoaded", () => {
   };
 
   input.addEventListener("change", show);
+  show(); // a file chosen while the page was still loading, before this ran
   ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (event) => {
     event.preventDefault();
     zone.classList.add("dragover");
