@@ -151,8 +151,8 @@ def file_writer(file: HashedTemporaryUploadedFile) -> DirectWriter | BufferedWri
 class ChunkSink:
     """Hashes and writes an upload's chunks, in order, on two helper threads.
 
-    Reading and parsing the body keeps one thread busy; SHA-256 and the write to the
-    page cache cost about as much again, and both release the GIL on large buffers.
+    Reading and parsing the body keeps one thread busy; SHA-256 and the write cost about
+    as much again, and both release the GIL on large buffers.
     Each gets a thread of its own, so the request thread waits for the slower of the
     two rather than for their sum. At most `depth` chunks wait, so memory stays a few
     MiB whatever the file's size. One worker per job keeps the order; if the request
@@ -183,8 +183,7 @@ class ChunkSink:
             while self._pending:
                 self._wait(self._pending.popleft())
         except BaseException:
-            self._shutdown()
-            self._writer.abort()
+            self.abort()
             raise
         self._shutdown()
         self._writer.close()
@@ -376,14 +375,13 @@ def read_multipart(stream, meta, encoding: str) -> tuple[QueryDict, MultiValueDi
     except LookupError as exc:
         raise not_multipart(f"its charset {encoding!r} is not a text encoding; leave it out for UTF-8") from exc
     boundary = header_parameters(meta.get("CONTENT_TYPE", ""), "the Content-Type")[1].get("boundary", "")
-    try:
-        parser = MultipartParser(boundary.encode("latin-1"), {})
-    except (FormParserError, UnicodeEncodeError) as exc:
-        raise not_multipart("the Content-Type's boundary is not usable") from exc
     if not boundary:
         raise not_multipart("the Content-Type names no boundary")
     form = _Form(encoding)
-    parser.callbacks = form.callbacks()
+    try:
+        parser = MultipartParser(boundary.encode("latin-1"), form.callbacks())
+    except (FormParserError, UnicodeEncodeError) as exc:
+        raise not_multipart("the Content-Type's boundary is not usable") from exc
     try:
         while chunk := stream.read(CHUNK):
             parser.write(chunk)
