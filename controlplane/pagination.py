@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from rest_framework.pagination import PageNumberPagination
 
 
@@ -5,3 +7,21 @@ class Pagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+
+class Counted:
+    """Rows whose number is known already (a kept count), for Django's Paginator: no COUNT(*) query.
+
+    Paginator asks `count()` for the total and slices for the page; both pages and the API
+    paginate through it.
+    """
+
+    def __init__(self, rows, count: int):
+        self.rows = rows
+        self._count = count
+
+    def count(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        return self.rows[index]

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 
 from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, LengthRequired, NotFound
+from controlplane.pagination import Counted
 from controlplane.permissions import RegistryAccess
 from registry import services
 from registry.filtersets import ModelFilterSet, ModelVersionFilterSet
@@ -146,6 +147,9 @@ class ModelVersionViewSet(
         # ModelVersionSerializer's JSON, from plain tuples: see version_list_rows.
         model = self.get_model()
         rows = self.filter_queryset(self.get_queryset()).values_list(*VERSION_LIST_COLUMNS)
+        if not any(request.query_params.get(name) for name in self.filterset_class.base_filters):
+            # Every version: the model keeps their number, so the page needs no COUNT(*).
+            rows = Counted(rows, model.version_count)
         page = self.paginate_queryset(rows)
         versions_url = request.build_absolute_uri(f"/api/v1/models/{model.name}/versions/")
         data = version_list_rows(rows if page is None else page, model_name=model.name, versions_url=versions_url)

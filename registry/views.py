@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import html
+
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import filesizeformat, truncatechars
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, ServiceError
+from controlplane.pagination import Counted
 from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page, takes_uploads
 from registry import services
 from registry.api import artifact_response, uploader_name
@@ -44,7 +46,7 @@ def _model_list_context(request) -> dict:
 
 def _versions_context(request, model: Model) -> dict:
     versions = model.versions.annotate(uploaded_by_username=uploader_name()).order_by("-version")
-    page = paginate(request, versions.values_list(*VERSION_ROW_COLUMNS))
+    page = paginate(request, Counted(versions.values_list(*VERSION_ROW_COLUMNS), model.version_count))
     # Reversed once with a placeholder; each row appends its number.
     versions_url = reverse("registry:version-detail", args=[model.name, 0]).removesuffix("0/")
     in_flight = any(row[1] not in VERSION_TERMINAL for row in page)
@@ -66,6 +68,12 @@ _FORMAT_LABELS = dict(ArtifactFormat.choices)
 _STATUS_LABELS = dict(VersionStatus.choices)
 
 
+def escape(value) -> str:
+    """django.utils.html.escape, the same text, without its wrapper for lazy strings: a table's
+    rows escape ~500 values, and the wrapper cost three times the escaping."""
+    return html.escape(str(value))
+
+
 def version_rows_html(rows, versions_url: str) -> SafeString:
     """The versions table's rows, as its template would write them, in plain Python.
 
@@ -74,12 +82,13 @@ def version_rows_html(rows, versions_url: str) -> SafeString:
     to the template it replaced, byte for byte.
     """
     zone = timezone.get_current_timezone()
+    versions_url = escape(versions_url)
     out = []
     for version, status, reason, format_, size, sha256, created_at, uploaded_by in rows:
         created = created_at.astimezone(zone)
         note = f'<small class="reason error">{escape(truncatechars(reason, 180))}</small>' if reason else ""
         out.append(
-            f'\n    <tr>\n      <td><a href="{escape(versions_url)}{version}/"><strong>v{version}</strong></a></td>'
+            f'\n    <tr>\n      <td><a href="{versions_url}{version}/"><strong>v{version}</strong></a></td>'
             f'\n      <td class="status">{status_badge_html(status, reason)}\n\n        {note}</td>'
             f'\n      <td class="nowrap">{escape(_FORMAT_LABELS.get(format_, format_))}</td>'
             f'\n      <td class="num nowrap">{escape(filesizeformat(size))}</td>'
