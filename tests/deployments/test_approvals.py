@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -18,6 +19,7 @@ from controlplane.audit import Actor
 from controlplane.models import AuditEvent, Role, RoleBinding
 from controlplane.tokens import create_token
 from deployments import approvals, engine, services
+from deployments.context_processors import waiting_count
 from deployments.ledger import record_serving
 from deployments.models import ApprovalRequest, Deployment, Environment, Release, Rollout
 from registry.models import Model, ModelVersion
@@ -264,6 +266,29 @@ def test_every_decision_is_audited_with_its_environment(as_):
     events = AuditEvent.objects.filter(action__startswith="approval.")
     assert set(events.values_list("environment", flat=True)) == {"prod"}
     assert events.get(action="approval.reject").message == "no"
+
+
+def waiting_for(*names: str) -> dict[str, int]:
+    return {name: waiting_count(Actor(user=User.objects.get(username=name))) for name in names}
+
+
+def test_the_navigation_counts_what_each_person_could_still_decide(as_, client):
+    everyone = ("amy", "ben", "cat", "rita", "vic", "dan", "otto")
+    assert set(waiting_for(*everyone).values()) == {0}
+    deploy(as_)
+    request_id = pending(as_)["id"]
+    # Approvers and admins of prod; not who asked, not viewers or deployers, not another team's approver.
+    assert waiting_for(*everyone) == {"amy": 1, "ben": 1, "cat": 1, "rita": 0, "vic": 0, "dan": 0, "otto": 0}
+    assert decide(as_, "amy", request_id).status_code == 200  # one of two: still pending, amy is done
+    assert waiting_for("amy", "ben", "cat") == {"amy": 0, "ben": 1, "cat": 1}
+    ApprovalRequest.objects.filter(pk=request_id).update(requested_by=None)  # its asker's account deleted
+    assert waiting_for("rita", "ben") == {"rita": 0, "ben": 1}  # rita is no approver
+    client.force_login(User.objects.get(username="ben"))
+    page = client.get("/models/").content.decode()
+    assert '<span class="nav-count" title="1 waiting for your decision">1</span>' in page
+    assert decide(as_, "ben", request_id).status_code == 200  # approved: nothing waits any more
+    assert waiting_for("ben", "cat") == {"ben": 0, "cat": 0}
+    assert "nav-count" not in client.get("/models/").content.decode()
 
 
 # --- Pause steps ----------------------------------------------------------------------------------
