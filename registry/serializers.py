@@ -14,8 +14,8 @@ class ModelSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Model
-        fields = ["name", "description", "created_by", "created_at", "latest_version"]
-        read_only_fields = ["created_by", "created_at", "latest_version"]
+        fields = ["name", "description", "created_by", "created_at", "latest_version", "version_count"]
+        read_only_fields = ["created_by", "created_at", "latest_version", "version_count"]
         # Uniqueness and the slug rule are the service's to check, with its own messages.
         extra_kwargs = {"name": {"validators": []}}
 

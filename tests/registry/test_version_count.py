@@ -50,6 +50,8 @@ def test_uploads_deletes_and_bulk_inserts_are_all_counted(api, iris, alice, mode
     services.delete_version(ModelVersion.objects.get(model=iris, version=1), actor=Actor(user=alice))
     ModelVersion.objects.filter(model=iris, version__gt=21).delete()
     assert kept(iris) == ModelVersion.objects.filter(model=iris).count() == 20
+    body = api.get("/api/v1/models/iris/").json()
+    assert (body["latest_version"], body["version_count"]) == (31, 20)
 
 
 def test_a_rolled_back_insert_is_not_counted(iris, alice):
