@@ -7,7 +7,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from controlplane import access, audit_export, roles, tokens
@@ -15,6 +14,7 @@ from controlplane.audit import Actor, record
 from controlplane.errors import InvalidInput, NotFound
 from controlplane.filtersets import AuditEventFilterSet
 from controlplane.models import APIToken, AuditEvent, Role, RoleBinding, TokenScope
+from controlplane.renderers import JSONRenderer
 
 
 class AuditEventSerializer(serializers.ModelSerializer):

@@ -15,6 +15,7 @@ from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, LengthRequired, NotFound
 from controlplane.pagination import Counted
 from controlplane.permissions import RegistryAccess
+from controlplane.renderers import JSONRenderer
 from registry import services
 from registry.filtersets import ModelFilterSet, ModelVersionFilterSet
 from registry.models import Model, ModelVersion
@@ -64,7 +65,7 @@ class OctetStreamRenderer(renderers.BaseRenderer):
             return data
         # An error on the way to the file is still JSON, and says so.
         renderer_context["response"]["Content-Type"] = "application/json"
-        return renderers.JSONRenderer().render(data)
+        return JSONRenderer().render(data)
 
 
 def uploader_name() -> Subquery:
@@ -185,7 +186,7 @@ class ModelVersionViewSet(
         services.delete_version(instance, actor=Actor.from_request(self.request))
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
-    @action(detail=True, methods=["get"], renderer_classes=[renderers.JSONRenderer, OctetStreamRenderer])
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, OctetStreamRenderer])
     def artifact(self, request, *args, **kwargs):
         version = self.get_object()
         return artifact_response(version)
