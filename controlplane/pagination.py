@@ -23,5 +23,11 @@ class Counted:
     def count(self) -> int:
         return self._count
 
+    def __len__(self) -> int:
+        return self._count
+
     def __getitem__(self, index):
         return self.rows[index]
+
+    def __iter__(self):
+        return iter(self.rows)

@@ -32,7 +32,7 @@ def waiting_count(actor: Actor) -> int:
     across decisions is a subquery), three times as long as the query itself.
     """
     environments = access.environment_ids(actor, Role.APPROVER)
-    if environments is not None and not environments:
+    if actor.user is None or (environments is not None and not environments):
         return 0
     requests, decisions = _table(ApprovalRequest), _table(ApprovalDecision)
     sql = (

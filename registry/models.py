@@ -41,11 +41,12 @@ class Model(models.Model):
 
     def save(self, *args, **kwargs):
         # Never write back a version_count read earlier: the triggers may have moved it since.
-        if not self._state.adding and kwargs.get("update_fields") is None:
+        if not self._state.adding and kwargs.get("update_fields") is None and not kwargs.get("force_insert"):
+            unloaded = self.get_deferred_fields() | {"version_count"}
             kwargs["update_fields"] = [
-                field.name
+                field.attname
                 for field in self._meta.concrete_fields
-                if not field.primary_key and field.name != "version_count"
+                if not field.primary_key and field.attname not in unloaded
             ]
         super().save(*args, **kwargs)
 

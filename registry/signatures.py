@@ -18,15 +18,36 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")
 _EXAMPLE = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}'
 
 
+def _loads(raw: str | bytes) -> Any:
+    """json.loads, refusing NaN and the infinities (also 1e999): JSON has no such numbers,
+    PostgreSQL refuses them, and the API could not write them back."""
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number; send null or a string instead")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is too large for a number; send it as a string")
+    return value
+
+
+def _reason(exc: ValueError) -> str:
+    return exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+
+
 def parse_signature(raw: Any, *, field: str = "signature") -> dict | None:
     """Check a signature given by a client; return it normalised, or None if absent."""
     if raw is None or raw == "":
         return None
     if isinstance(raw, str | bytes):
         try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{field} is not valid JSON ({exc.msg}). Example: {_EXAMPLE}") from exc
+            raw = _loads(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"{field} is not valid JSON ({_reason(exc)}). Example: {_EXAMPLE}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), list) or not raw["inputs"]:
         raise InvalidInput(f"{field} must be an object with a non-empty list 'inputs'. Example: {_EXAMPLE}")
     unknown = set(raw) - {"inputs", "outputs"}
@@ -70,10 +91,10 @@ def parse_metadata(raw: Any) -> dict:
         return {}
     if isinstance(raw, str | bytes):
         try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
+            raw = _loads(raw)
+        except ValueError as exc:
             raise InvalidInput(
-                f"metadata is not valid JSON ({exc.msg}). Example: "
+                f"metadata is not valid JSON ({_reason(exc)}). Example: "
                 '{"training_run": "https://...", "git_commit": "abc123", "metrics": {"accuracy": 0.93}}'
             ) from exc
     if not isinstance(raw, dict):

@@ -69,3 +69,22 @@ def test_the_api_answers_through_it(api):
     assert isinstance(response.accepted_renderer, JSONRenderer)
     assert response["Content-Type"] == "application/json"
     assert response.content == DRFJSONRenderer().render(response.data)
+
+
+def test_nan_and_infinities_are_written_as_null_where_drf_would_answer_500():
+    # Uploads refuse them (tests/registry/test_upload_api.py), so none can come from the database.
+    assert JSONRenderer().render({"loss": float("nan"), "big": float("inf")}) == b'{"loss":null,"big":null}'
+    with pytest.raises(ValueError):
+        DRFJSONRenderer().render({"loss": float("nan")})
+
+
+def test_drfs_json_settings_changed_from_their_defaults_are_still_obeyed():
+    class Escaping(JSONRenderer):
+        ensure_ascii = True  # UNICODE_JSON = False
+
+    class Spaced(JSONRenderer):
+        compact = False  # COMPACT_JSON = False
+
+    data = {"name": "héllo", "n": [1, 2]}
+    assert Escaping().render(data) == b'{"name":"h\\u00e9llo","n":[1,2]}'
+    assert Spaced().render(data) == '{"name": "héllo", "n": [1, 2]}'.encode()

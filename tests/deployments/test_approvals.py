@@ -10,13 +10,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from controlplane.audit import Actor
 from controlplane.models import AuditEvent, Role, RoleBinding
+from controlplane.roles import grant_role
 from controlplane.tokens import create_token
 from deployments import approvals, engine, services
 from deployments.context_processors import waiting_count
@@ -272,15 +273,24 @@ def waiting_for(*names: str) -> dict[str, int]:
     return {name: waiting_count(Actor(user=User.objects.get(username=name))) for name in names}
 
 
-def test_the_navigation_counts_what_each_person_could_still_decide(as_, client):
-    everyone = ("amy", "ben", "cat", "rita", "vic", "dan", "otto")
+def test_the_navigation_counts_what_each_person_could_still_decide(as_, client, prod):
+    system = Actor.system()
+    UserFactory(username="root", password=None, is_superuser=True)  # admin everywhere, with no binding
+    UserFactory(username="gus", password=None).groups.add(Group.objects.create(name="release-board"))
+    grant_role(prod, Role.APPROVER, actor=system, group="release-board")  # an approver through a group
+    UserFactory(username="eve", password=None)
+    grant_role(None, Role.APPROVER, actor=system, user="eve")  # an approver in every environment
+    everyone = ("amy", "ben", "cat", "rita", "vic", "dan", "otto", "root", "gus", "eve")
     assert set(waiting_for(*everyone).values()) == {0}
     deploy(as_)
     request_id = pending(as_)["id"]
     # Approvers and admins of prod; not who asked, not viewers or deployers, not another team's approver.
-    assert waiting_for(*everyone) == {"amy": 1, "ben": 1, "cat": 1, "rita": 0, "vic": 0, "dan": 0, "otto": 0}
+    assert waiting_for(*everyone) == {
+        **{"amy": 1, "ben": 1, "cat": 1, "rita": 0, "vic": 0, "dan": 0, "otto": 0},
+        **{"root": 1, "gus": 1, "eve": 1},
+    }
     assert decide(as_, "amy", request_id).status_code == 200  # one of two: still pending, amy is done
-    assert waiting_for("amy", "ben", "cat") == {"amy": 0, "ben": 1, "cat": 1}
+    assert waiting_for("amy", "ben", "cat", "root") == {"amy": 0, "ben": 1, "cat": 1, "root": 1}
     ApprovalRequest.objects.filter(pk=request_id).update(requested_by=None)  # its asker's account deleted
     assert waiting_for("rita", "ben") == {"rita": 0, "ben": 1}  # rita is no approver
     client.force_login(User.objects.get(username="ben"))

@@ -144,6 +144,11 @@ def test_a_torchscript_upload_without_a_signature_shows_an_example(api, iris, mo
         ("signature", "{not json", "signature is not valid JSON"),
         ("signature", '{"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [4]}]}', "is not one of"),
         ("metadata", "[1, 2]", "metadata must be a JSON object"),
+        # Python's json reads these; JSON has no such numbers and PostgreSQL would refuse them (a 500).
+        ("metadata", '{"metrics": {"loss": NaN}}', "NaN is not a JSON number"),
+        ("metadata", '{"metrics": {"loss": -Infinity}}', "-Infinity is not a JSON number"),
+        ("metadata", '{"metrics": {"loss": 1e999}}', "1e999 is too large for a number"),
+        ("signature", '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [NaN]}]}', "NaN is not a JSON number"),
     ],
 )
 def test_bad_signatures_and_metadata_are_refused_with_what_to_fix(
