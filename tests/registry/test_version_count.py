@@ -119,6 +119,8 @@ def test_the_list_and_the_page_show_the_count_without_counting_rows(api, client,
     assert api.get("/api/v1/models/iris/versions/").json()["count"] == 118
     page = client.get("/models/iris/?page=3").content.decode()
     assert "Page 3 of 3" in page and "<strong>v1</strong>" in page and "<strong>v3</strong>" not in page
+    models = client.get("/models/").content.decode()  # the models list shows each one's count
+    assert '<td class="num">118</td>\n      <td class="num">v120' in models
 
 
 def test_a_filtered_list_counts_what_the_filter_keeps(api, iris, alice):
