@@ -4,8 +4,17 @@ import django_filters
 from django.core.exceptions import ValidationError
 from django.db.models import Q
 from django_filters.fields import IsoDateTimeField
+from django_filters.rest_framework import DjangoFilterBackend
 
 from controlplane.models import AuditEvent, Outcome
+
+
+class FilterBackend(DjangoFilterBackend):
+    """django-filter's, keeping the bound filterset on the view: a list can tell whether any filter was given."""
+
+    def get_filterset(self, request, queryset, view):
+        view.filterset = super().get_filterset(request, queryset, view)
+        return view.filterset
 
 
 class UTCDateTimeField(IsoDateTimeField):

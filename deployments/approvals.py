@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -315,6 +315,37 @@ def could_decide(request: ApprovalRequest, actor: Actor) -> bool:
         and all(decision.user_id != user.pk for decision in request.decisions.all())
         and access.can(actor, Role.APPROVER, request.environment)
     )
+
+
+def waiting_count(actor: Actor) -> int:
+    """How many requests `actor` could decide (could_decide, counted in the database): pending, in an
+    environment where they approve, neither asked for nor decided by them.
+
+    Every page's navigation shows it, so the SQL is written out: the ORM took ~1 ms to build it (the
+    exclusion across decisions is a subquery), three times as long as the query itself.
+    """
+    if actor.user is None:
+        return 0
+    environments = access.environment_ids(actor, Role.APPROVER)
+    if environments is not None and not environments:
+        return 0
+    requests, decisions = _table(ApprovalRequest), _table(ApprovalDecision)
+    sql = (
+        f"SELECT COUNT(*) FROM {requests} r WHERE r.state = %s"  # noqa: S608 (table names only; values are parameters)
+        " AND (r.requested_by_id IS NULL OR r.requested_by_id <> %s)"
+        f" AND NOT EXISTS (SELECT 1 FROM {decisions} d WHERE d.request_id = r.id AND d.user_id = %s)"
+    )
+    params = [ApprovalState.PENDING.value, actor.user.pk, actor.user.pk]
+    if environments is not None:
+        sql += f" AND r.environment_id IN ({', '.join(['%s'] * len(environments))})"
+        params += sorted(environments)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
+
+
+def _table(model) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
 
 
 def pending_pause_request(rollout: Rollout) -> ApprovalRequest | None:

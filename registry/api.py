@@ -148,7 +148,7 @@ class ModelVersionViewSet(
         # ModelVersionSerializer's JSON, from plain tuples: see version_list_rows.
         model = self.get_model()
         rows = self.filter_queryset(self.get_queryset()).values_list(*VERSION_LIST_COLUMNS)
-        if not self.filterset_class(request.query_params).form.has_changed():
+        if not self.filterset.form.has_changed():  # the one the filter backend just bound
             # Every version: the model keeps their number, so the page needs no COUNT(*).
             rows = Counted(rows, model.version_count)
         page = self.paginate_queryset(rows)

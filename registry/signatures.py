@@ -7,6 +7,7 @@ where -1 marks a variable dimension.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -30,7 +31,7 @@ def _no_constant(name: str):
 
 def _finite(text: str) -> float:
     value = float(text)
-    if value in (float("inf"), float("-inf")):
+    if math.isinf(value):
         raise ValueError(f"{text} is too large for a number; send it as a string")
     return value
 

@@ -18,19 +18,12 @@ UPDATE registry_model SET version_count =
 # updates each model once (a row-level trigger updating one model row per version made a
 # 20,000-row insert 30 times slower); a version moved to another model, once per row.
 PG_FORWARD = """
-CREATE OR REPLACE FUNCTION slipway_count_inserted_versions() RETURNS trigger AS $$
+-- Both statement triggers name their transition table "changed" and pass +1 (insert) or -1 (delete).
+CREATE OR REPLACE FUNCTION slipway_count_versions() RETURNS trigger AS $$
 BEGIN
-    UPDATE registry_model SET version_count = version_count + added.n
-    FROM (SELECT model_id, COUNT(*) AS n FROM inserted GROUP BY model_id) added
-    WHERE registry_model.id = added.model_id;
-    RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
-CREATE OR REPLACE FUNCTION slipway_count_deleted_versions() RETURNS trigger AS $$
-BEGIN
-    UPDATE registry_model SET version_count = version_count - removed.n
-    FROM (SELECT model_id, COUNT(*) AS n FROM deleted GROUP BY model_id) removed
-    WHERE registry_model.id = removed.model_id;
+    UPDATE registry_model SET version_count = version_count + TG_ARGV[0]::integer * counted.n
+    FROM (SELECT model_id, COUNT(*) AS n FROM changed GROUP BY model_id) counted
+    WHERE registry_model.id = counted.model_id;
     RETURN NULL;
 END;
 $$ LANGUAGE plpgsql;
@@ -42,9 +35,9 @@ BEGIN
 END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER model_version_count_insert AFTER INSERT ON registry_modelversion
-    REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION slipway_count_inserted_versions();
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION slipway_count_versions('1');
 CREATE TRIGGER model_version_count_delete AFTER DELETE ON registry_modelversion
-    REFERENCING OLD TABLE AS deleted FOR EACH STATEMENT EXECUTE FUNCTION slipway_count_deleted_versions();
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION slipway_count_versions('-1');
 CREATE TRIGGER model_version_count_move AFTER UPDATE OF model_id ON registry_modelversion
     FOR EACH ROW WHEN (OLD.model_id IS DISTINCT FROM NEW.model_id) EXECUTE FUNCTION slipway_count_moved_version();
 """
@@ -52,8 +45,7 @@ PG_BACKWARD = """
 DROP TRIGGER IF EXISTS model_version_count_insert ON registry_modelversion;
 DROP TRIGGER IF EXISTS model_version_count_delete ON registry_modelversion;
 DROP TRIGGER IF EXISTS model_version_count_move ON registry_modelversion;
-DROP FUNCTION IF EXISTS slipway_count_inserted_versions();
-DROP FUNCTION IF EXISTS slipway_count_deleted_versions();
+DROP FUNCTION IF EXISTS slipway_count_versions();
 DROP FUNCTION IF EXISTS slipway_count_moved_version();
 """
 # SQLite has row-level triggers only.

@@ -20,7 +20,7 @@ from controlplane.models import AuditEvent, Role, RoleBinding
 from controlplane.roles import grant_role
 from controlplane.tokens import create_token
 from deployments import approvals, engine, services
-from deployments.context_processors import waiting_count
+from deployments.approvals import waiting_count
 from deployments.ledger import record_serving
 from deployments.models import ApprovalRequest, Deployment, Environment, Release, Rollout
 from registry.models import Model, ModelVersion
