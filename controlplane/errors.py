@@ -53,6 +53,14 @@ class PayloadTooLarge(ServiceError):
     code = "too_large"
 
 
+class InsufficientStorage(ServiceError):
+    """The server's disk (or its quota) is full: the client can only retry once an administrator has acted."""
+
+    status_code = 507
+    code = "insufficient_storage"
+    outcome = Outcome.FAILED
+
+
 def as_service_error(exc):
     """Django's own refusals of an oversized request, which would otherwise be an HTML 400."""
     if isinstance(exc, RequestDataTooBig):

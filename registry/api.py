@@ -163,7 +163,12 @@ class ModelVersionViewSet(
 
     @extend_schema(
         request={"multipart/form-data": VersionUploadSerializer},
-        responses={201: ModelVersionSerializer, 400: OpenApiResponse(description="Refused; nothing kept"), 413: None},
+        responses={
+            201: ModelVersionSerializer,
+            400: OpenApiResponse(description="Refused; nothing kept"),
+            413: OpenApiResponse(description="Over SLIPWAY_MAX_ARTIFACT_BYTES; nothing kept"),
+            507: OpenApiResponse(description="The server's disk filled up while storing it; nothing kept"),
+        },
         description="Upload a new version (streamed to storage, hashed on the way), then validate it in a sandbox.",
     )
     def create(self, request, *args, **kwargs):

@@ -20,6 +20,7 @@ from controlplane.audit import Actor, record
 from controlplane.errors import Conflict, InvalidInput
 from controlplane.models import Role
 from controlplane.states import compare_and_set
+from registry import uploads
 from registry.artifacts import ArtifactRejected, inspect_artifact
 from registry.models import (
     VERSION_TRANSITIONS,
@@ -119,7 +120,7 @@ def upload_version(
             )
 
         storage = artifact_storage()
-        stored_name = storage.save(f"{model.name}/{uuid.uuid4().hex}{_EXTENSIONS[info.format]}", upload)
+        stored_name = _store(storage, f"{model.name}/{uuid.uuid4().hex}{_EXTENSIONS[info.format]}", upload)
     finally:
         upload.close()  # removes the temporary file unless storage moved it
 
@@ -157,6 +158,26 @@ def upload_version(
         storage.delete(stored_name)
         raise
     return version
+
+
+def _store(storage, name: str, upload) -> str:
+    """Save into artifact storage; a save that fails part-way leaves no partial file behind.
+
+    (Django's FileSystemStorage copies when the upload directory is on another filesystem,
+    and keeps what it copied when the disk fills up.) The name is fresh, so whatever
+    stands under it is this save's.
+    """
+    try:
+        return storage.save(name, upload)
+    except Exception as exc:
+        try:
+            if storage.exists(name):
+                storage.delete(name)
+        except Exception:
+            log.exception("could not delete the partial artifact %s", name)
+        if isinstance(exc, OSError) and exc.errno in uploads.FULL:
+            raise uploads.storage_full(exc, "the artifact storage (SLIPWAY_ARTIFACT_ROOT)") from exc
+        raise
 
 
 def _enqueue_validation(version_id: int) -> None:

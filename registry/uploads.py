@@ -15,8 +15,11 @@ is closed or dropped.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import html
+import logging
 import mmap
 import os
 import tempfile
@@ -33,13 +36,27 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser
 from rest_framework.parsers import BaseParser, DataAndFiles
 
-from controlplane.errors import InvalidInput, PayloadTooLarge, ServiceError, as_service_error
+from controlplane.errors import InsufficientStorage, InvalidInput, PayloadTooLarge, ServiceError, as_service_error
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+# A write refused for want of room: the disk is full, a quota is reached, or the file is over the
+# largest size the process may write (RLIMIT_FSIZE).
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 # Multipart framing around the file (boundaries, headers, small fields) is small;
 # this slack keeps a file of exactly the limit from being refused by Content-Length.
 _MULTIPART_SLACK = 256 * 1024
+
+
+def storage_full(exc: OSError, where: str) -> InsufficientStorage:
+    """A full disk as a 507 that says so; the server's log gets the path for the administrator."""
+    log.error("an upload could not be stored in %s: %s", where, exc)
+    return InsufficientStorage(
+        f"The server ran out of room while storing the artifact ({os.strerror(exc.errno)}). Nothing was "
+        f"kept. Ask an administrator to free space in {where} (or raise its quota), then upload it again."
+    )
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -93,6 +110,7 @@ class DirectWriter:
             raise
         self._filled = 0
         self._size = 0
+        self._direct = True
 
     def write(self, chunk: bytes) -> None:
         view, capacity = memoryview(chunk), len(self._buffer)
@@ -109,8 +127,20 @@ class DirectWriter:
         written = 0
         with memoryview(self._buffer) as buffer:
             while written < length:
-                written += os.write(self._fd, buffer[written:length])
+                try:
+                    written += os.write(self._fd, buffer[written:length])
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL or not self._direct:
+                        raise
+                    self._without_direct()
         self._filled = 0
+
+    def _without_direct(self) -> None:
+        """Go on with plain writes: the filesystem refused O_DIRECT only when written to, or a short
+        write (the disk filling up) left the offset off a block boundary, where O_DIRECT cannot write
+        but a plain write finds the real error (ENOSPC, EFBIG)."""
+        self._direct = False
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
 
     def close(self) -> None:
         """Write what is left and give the file its exact size."""
@@ -363,8 +393,8 @@ def read_multipart(stream, meta, encoding: str) -> tuple[QueryDict, MultiValueDi
     """Parse the multipart/form-data body of the request with `meta`: (fields, files), each file streamed to disk.
 
     Refuses with 413 before reading when the Content-Length is over the artifact limit,
-    and as soon as a file outgrows it; with 400 for a malformed or cut-off body. Whatever
-    goes wrong, the files written so far are deleted.
+    and as soon as a file outgrows it; with 400 for a malformed or cut-off body; with 507
+    when the disk fills up. Whatever goes wrong, the files written so far are deleted.
     """
     limit = settings.SLIPWAY_MAX_ARTIFACT_BYTES
     length = meta.get("CONTENT_LENGTH") or "0"
@@ -396,6 +426,11 @@ def read_multipart(stream, meta, encoding: str) -> tuple[QueryDict, MultiValueDi
     except FormParserError as exc:
         form.abort()
         raise not_multipart(str(exc)) from exc
+    except OSError as exc:  # reading errors arrive as UnreadablePostError: this is the temporary file's
+        form.abort()
+        if exc.errno in FULL:
+            raise storage_full(exc, "SLIPWAY_UPLOAD_TEMP_DIR") from exc
+        raise
     except BaseException:
         form.abort()
         raise
