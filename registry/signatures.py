@@ -40,6 +40,31 @@ def _reason(exc: ValueError) -> str:
     return exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
 
 
+def _check_strings(value: Any, where: str) -> None:
+    """Refuse strings that would be stored but could not be served again, keys included, at any depth."""
+    if isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, dict | list):
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            if isinstance(key, str):
+                _check_text(key, f"a key in {where}")
+            _check_strings(item, f"{where}.{key[:40]}" if isinstance(key, str) else f"{where}[{key}]")
+
+
+def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        # PostgreSQL's jsonb refuses it.
+        raise InvalidInput(f"{where} contains a NUL character (\\u0000), which cannot be stored: remove it.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # json.loads accepts "\ud800"; nothing can write it back out (the API, the pages, PostgreSQL).
+        raise InvalidInput(
+            f"{where} contains a lone surrogate (\\ud800 to \\udfff), which is not a character: "
+            "send the character itself, or both halves of its surrogate pair."
+        ) from None
+
+
 def parse_signature(raw: Any, *, field: str = "signature") -> dict | None:
     """Check a signature given by a client; return it normalised, or None if absent."""
     if raw is None or raw == "":
@@ -49,6 +74,7 @@ def parse_signature(raw: Any, *, field: str = "signature") -> dict | None:
             raw = _loads(raw)
         except ValueError as exc:
             raise InvalidInput(f"{field} is not valid JSON ({_reason(exc)}). Example: {_EXAMPLE}") from exc
+    _check_strings(raw, field)
     if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), list) or not raw["inputs"]:
         raise InvalidInput(f"{field} must be an object with a non-empty list 'inputs'. Example: {_EXAMPLE}")
     unknown = set(raw) - {"inputs", "outputs"}
@@ -100,6 +126,7 @@ def parse_metadata(raw: Any) -> dict:
             ) from exc
     if not isinstance(raw, dict):
         raise InvalidInput('metadata must be a JSON object, such as {"git_commit": "abc123"}.')
+    _check_strings(raw, "metadata")
     if len(json.dumps(raw)) > 64 * 1024:
         raise InvalidInput("metadata is larger than 64 KiB; link to large documents instead of embedding them.")
     return raw

@@ -149,6 +149,13 @@ def test_a_torchscript_upload_without_a_signature_shows_an_example(api, iris, mo
         ("metadata", '{"metrics": {"loss": -Infinity}}', "-Infinity is not a JSON number"),
         ("metadata", '{"metrics": {"loss": 1e999}}', "1e999 is too large for a number"),
         ("signature", '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [NaN]}]}', "NaN is not a JSON number"),
+        # Stored, these answered 500 then and on every later read: nothing can write a lone surrogate out,
+        # and PostgreSQL's jsonb refuses NUL.
+        ("metadata", '{"a": "\\ud800"}', "metadata.a contains a lone surrogate"),
+        ("metadata", '{"a": [{"\\udfff": 1}]}', "a key in metadata.a[0] contains a lone surrogate"),
+        ("metadata", '{"a": "x\\u0000y"}', "metadata.a contains a NUL character"),
+        ("metadata", '{"\\u0000": 1}', "a key in metadata contains a NUL character"),
+        ("signature", '{"inputs": [{"name": "\\ud800", "datatype": "FP32", "shape": [4]}]}', "lone surrogate"),
     ],
 )
 def test_bad_signatures_and_metadata_are_refused_with_what_to_fix(
