@@ -23,13 +23,15 @@ import numpy as np
 
 from inference_runtime.errors import InferenceFailed, RequestTimeout, ServerBusy
 from inference_runtime.metrics import Metrics
+from inference_runtime.model import Outputs
 
 log = logging.getLogger("inference_runtime")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # found in the queue by identity
 class Item:
     arrays: list[np.ndarray]
+    datatypes: tuple[str, ...]
     rows: int
     key: Any
     future: asyncio.Future
@@ -51,7 +53,7 @@ class Batcher:
         self._model = model
         self._executor = executor
         self._metrics = metrics
-        self._max_rows = max_batch_size if model.batchable else 1
+        self._max_rows = min(max_batch_size, model.max_request_rows) if model.batchable else 1
         self._max_delay = max_delay_s
         self._max_queue = max_queue
         self._queue: deque[Item] = deque()
@@ -60,25 +62,43 @@ class Batcher:
         self._flushing = False
         self._in_flight = in_flight  # requests received and not yet answered, queued or not
         self._running = 0  # requests in the forward pass now
+        self._running_since: float | None = None  # when the forward pass now running began
         self._loop = asyncio.get_running_loop()
 
-    async def infer(self, arrays: list[np.ndarray], rows: int, key: Any, deadline: float) -> list[np.ndarray]:
+    async def infer(
+        self, arrays: list[np.ndarray], datatypes: tuple[str, ...], rows: int, key: Any, deadline: float
+    ) -> Outputs:
         """Queue one request and wait for its own rows of every output."""
         queue = self._queue
         if len(queue) >= self._max_queue:
             raise ServerBusy(f"the queue is full ({self._max_queue} requests waiting); retry shortly")
         loop = self._loop
-        future = loop.create_future()
-        queue.append(Item(arrays, rows, key, future, loop.time()))
+        item = Item(arrays, datatypes, rows, key, loop.create_future(), loop.time())
+        queue.append(item)
         self._queued_rows += rows
         # Wake the batcher only when there is something new for it to decide.
         if len(queue) == 1 or self._queued_rows >= self._max_rows or self._nobody_else_coming():
             self._wakeup.set()
-        timer = loop.call_at(deadline, _expire, future)
+        timer = loop.call_at(deadline, self._expire, item)
         try:
-            return await future
+            return await item.future
         finally:
             timer.cancel()
+
+    def _expire(self, item: Item) -> None:
+        """Past its deadline: answer 504 and give its place in the queue to someone else."""
+        if item.future.done():
+            return
+        item.future.set_exception(RequestTimeout("the request timed out before the model could answer it"))
+        try:
+            self._queue.remove(item)
+        except ValueError:
+            return  # already in the forward pass
+        self._queued_rows -= item.rows
+
+    def stalled_for(self) -> float:
+        """How long the forward pass now running has run (0 when none runs)."""
+        return 0.0 if self._running_since is None else self._loop.time() - self._running_since
 
     def flush(self) -> None:
         """Stop waiting for batches to fill (draining)."""
@@ -142,16 +162,17 @@ class Batcher:
         metrics = self._metrics
         for item in batch:
             metrics.queue_wait.observe(now - item.enqueued)
-        metrics.batch_size.observe(sum(item.rows for item in batch))
         inputs = [item.arrays for item in batch]
-        self._running = len(batch)
+        self._running, self._running_since = len(batch), now
         try:
-            results = await self._loop.run_in_executor(self._executor, run_batch, self._model, inputs)
+            results = await self._loop.run_in_executor(
+                self._executor, run_batch, self._model, inputs, batch[0].datatypes, metrics.batch_size.observe
+            )
         except Exception as exc:  # run_batch reports per request; this is a bug in it
             log.exception("a batch failed")
             results = [exc] * len(batch)
         finally:
-            self._running = 0
+            self._running, self._running_since = 0, None
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue
@@ -161,39 +182,56 @@ class Batcher:
                 item.future.set_result(result)
 
 
-def run_batch(model: Any, inputs: list[list[np.ndarray]]) -> list[list[np.ndarray] | BaseException]:
-    """On the model thread: stack, forward, check, split. A failed batch is retried one by one."""
+def run_batch(
+    model: Any, inputs: list[list[np.ndarray]], datatypes: tuple[str, ...], observe: Callable[[int], None]
+) -> list[Outputs | BaseException]:
+    """On the model thread: stack, forward, check, split. A failed batch is retried one by one.
+
+    `observe` is told the rows of every forward pass that ran (the batch size metric).
+    Requests stacked together share their datatypes (the batch key holds them).
+    """
     if len(inputs) == 1:
+        observe(inputs[0][0].shape[0] if model.batchable else 1)
         try:
-            return [model.forward(inputs[0])]
+            return [model.forward(inputs[0], datatypes)]
         except Exception as exc:
             return [_failure(exc)]
     stacked = [np.concatenate(parts, axis=0) for parts in zip(*inputs, strict=True)]
     sizes = [arrays[0].shape[0] for arrays in inputs]
     total = sum(sizes)
+    observe(total)
     try:
-        outputs = model.forward(stacked)
-        for output in outputs:
+        arrays, specs = model.forward(stacked, datatypes)
+        for output in arrays:
             if output.ndim == 0 or output.shape[0] != total:
                 raise InferenceFailed(
                     f"the model returned {output.shape[0] if output.ndim else 'a scalar'} rows for a batch of "
                     f"{total}: its outputs must follow its inputs' first dimension to be batched"
                 )
-    except Exception:
+    except Exception as exc:
         # One bad request must not fail its neighbours: run each on its own.
-        return [run_batch(model, [arrays])[0] for arrays in inputs]
+        log.warning("a batch of %d requests failed (%s); running them one by one", len(inputs), _first_line(exc))
+        return [run_batch(model, [arrays], datatypes, observe)[0] for arrays in inputs]
     ends = list(accumulate(sizes))
-    return [[output[end - size : end] for output in outputs] for size, end in zip(sizes, ends, strict=True)]
+    return [
+        Outputs([output[end - size : end] for output in arrays], specs) for size, end in zip(sizes, ends, strict=True)
+    ]
 
 
 def _failure(exc: Exception) -> Exception:
     if isinstance(exc, InferenceFailed):
         return exc
-    text = str(exc).strip().splitlines()
-    log.warning("inference failed: %s: %s", type(exc).__name__, text[0] if text else "")
-    return InferenceFailed(f"inference failed: {type(exc).__name__}: {text[0][:500] if text else ''}")
+    line = _first_line(exc)
+    log.warning("inference failed: %s: %s", type(exc).__name__, line)
+    return InferenceFailed(f"inference failed: {type(exc).__name__}: {line[:500]}")
 
 
-def _expire(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_exception(RequestTimeout("the request timed out before the model could answer it"))
+def _first_line(exc: Exception) -> str:
+    """What went wrong, in a line. TorchScript's own line ("The following operation failed in the
+    TorchScript interpreter.") says nothing: the error it wraps is the message's last line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1]
+    return lines[0]

@@ -15,15 +15,20 @@ import orjson
 
 from inference_runtime import datatypes
 from inference_runtime.errors import InvalidInput
+from inference_runtime.model import Outputs
 
 _NUMPY_OPTION = orjson.OPT_SERIALIZE_NUMPY
+MAX_RANK = 32  # numpy stops at 64; no model takes more than a handful
+# The largest finite value of each float datatype, for JSON values that would overflow to inf.
+_FLOAT_MAX = {"FP16": 65504.0, "FP32": float(np.finfo(np.float32).max), "BF16": float(np.finfo(np.float32).max)}
 _KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers with a fraction", "U": "strings"}
 
 
 @dataclass(slots=True)
 class Request:
-    id: Any
+    id: str | None
     arrays: list[np.ndarray]  # in the model's input order
+    datatypes: tuple[str, ...]  # of each array (BF16 travels as uint16 bits)
     rows: int  # first dimension, shared by every input when the model batches
     key: Any  # requests with equal keys can be stacked; None: never stacked
     outputs: list[tuple[str, bool]] | None  # requested (name, binary), or None: all
@@ -52,9 +57,15 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
     if not isinstance(items, list) or not items:
         raise InvalidInput("the request must have a non-empty 'inputs' list")
 
+    request_id = request.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise InvalidInput("'id' must be a string")
+
     specs = model.inputs
     index_of = model.input_index
+    bounds = model.bounds
     arrays: list[np.ndarray | None] = [None] * len(specs)
+    datatype_of: list[str | None] = [None] * len(specs)
     offset = 0
     for item in items:
         if not isinstance(item, dict):
@@ -70,17 +81,21 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
         datatype = item.get("datatype")
         if spec.datatype is not None and datatype != spec.datatype:
             raise InvalidInput(f"input {name!r} must be {spec.datatype}, not {datatype!r}")
-        if datatype not in datatypes.NUMPY:
+        dtype = datatypes.NUMPY.get(datatype) if type(datatype) is str else None
+        if dtype is None:
             if datatype == "BYTES":
                 raise InvalidInput(f"input {name!r} is BYTES; a PyTorch model takes numeric tensors only")
             raise InvalidInput(f"input {name!r} has an unknown datatype {datatype!r}")
         shape = item.get("shape")
         if type(shape) is not list or not _positive_ints(shape):
-            raise InvalidInput(f"input {name!r} needs a shape: a list of positive integers, such as [1, 4]")
+            raise InvalidInput(
+                f"input {name!r} needs a shape: a list of up to {MAX_RANK} positive integers, such as [1, 4]"
+            )
         if spec.shape is not None and not _fits(shape, spec.shape):
             raise InvalidInput(f"input {name!r} has shape {shape}; the model takes {list(spec.shape)} (-1: any)")
+        if bounds is not None and bounds[index]:
+            _check_bounds(name, shape, bounds[index])
         count = math.prod(shape)
-        dtype = datatypes.NUMPY[datatype]
         parameters = item.get("parameters")
         size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
         if size is not None:
@@ -99,12 +114,15 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
                     f"but only {len(binary)} follow the JSON header"
                 )
             array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+            if datatype == "BOOL":
+                array = array.view(np.uint8) != 0  # a byte other than 0 or 1 is still one bool
             offset += size
         else:
             if "data" not in item:
                 raise InvalidInput(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
             array = _from_json(item["data"], name, datatype, dtype, shape, count)
         arrays[index] = array
+        datatype_of[index] = datatype
     if binary is not None and offset != len(binary):
         raise InvalidInput(
             f"{len(binary)} bytes of binary data follow the JSON header, but the inputs' binary_data_size "
@@ -117,18 +135,24 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
     rows, key = 1, None
     if model.batchable:
         rows = arrays[0].shape[0]
+        if rows > model.max_request_rows:
+            raise InvalidInput(
+                f"the request has {rows} rows; this server takes at most {model.max_request_rows} per request "
+                "(its maximum batch size): send them in several requests"
+            )
         parts = []
-        for array in arrays:
+        for array, datatype in zip(arrays, datatype_of):  # noqa: B905 - same length
             if array.shape[0] != rows:
                 raise InvalidInput("every input must have the same first (batch) dimension")
-            parts.append((array.shape[1:], array.dtype))
+            parts.append((array.shape[1:], datatype))
         key = tuple(parts)
 
     parameters = request.get("parameters")
-    binary_default = bool(parameters.get("binary_data_output")) if isinstance(parameters, dict) else False
+    binary_default = _flag(parameters, "binary_data_output", False) if isinstance(parameters, dict) else False
     return Request(
-        id=request.get("id"),
+        id=request_id,
         arrays=arrays,
+        datatypes=tuple(datatype_of),
         rows=rows,
         key=key,
         outputs=_requested_outputs(request.get("outputs"), model, binary_default),
@@ -136,9 +160,24 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
     )
 
 
+def _flag(parameters: dict, name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if type(value) is not bool:
+        raise InvalidInput(f"the parameter {name!r} must be true or false, not {value!r}")
+    return value
+
+
+def _check_bounds(name: str, shape: list[int], dims: dict[int, tuple[int, int | None]]) -> None:
+    """The ranges a torch.export program was exported for (its guards refuse anything else)."""
+    for i, (low, high) in dims.items():
+        if shape[i] < low or (high is not None and shape[i] > high):
+            takes = f"{low} to {high}" if high is not None else f"at least {low}"
+            raise InvalidInput(f"input {name!r} has {shape[i]} in dimension {i}; the model takes {takes} there")
+
+
 # These two run for every request: a plain loop costs under half of all() or any() over a generator.
 def _positive_ints(shape: list) -> bool:
-    if not shape:
+    if not shape or len(shape) > MAX_RANK:
         return False
     for d in shape:  # noqa: SIM110
         if type(d) is not int or d <= 0:  # bool is not an int here
@@ -165,6 +204,8 @@ def _from_json(data: Any, name: str, datatype: str, dtype: np.dtype, shape: list
     if datatype == "UINT64" and kind in "fO":
         array, kind = _uint64_from_json(data), "u"  # numpy reads ints past 2**63 as floats
     if kind not in datatypes.JSON_KINDS[datatype]:
+        if kind in "fO" and dtype.kind in "iu" and _all_ints(array):  # ints too large for numpy's int64
+            raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}")
         what = _KIND_NAMES.get(kind, "values of mixed or unsupported types")
         raise InvalidInput(f"input {name!r} is {datatype}, but its data holds {what}")
     if array.size != count:
@@ -173,8 +214,20 @@ def _from_json(data: Any, name: str, datatype: str, dtype: np.dtype, shape: list
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
             raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}")
-    array = datatypes.bf16_bits_from_float(array) if datatype == "BF16" else array.astype(dtype, copy=False)
+    if datatype == "BF16":
+        array = datatypes.bf16_bits_from_float(array)
+        overflow = ((array & 0x7F80) == 0x7F80).any()  # JSON has no inf or NaN: these came from rounding
+    else:
+        array = array.astype(dtype, copy=False)
+        overflow = datatype in _FLOAT_MAX and np.isinf(array).any()
+    if overflow:
+        largest = _FLOAT_MAX[datatype]
+        raise InvalidInput(f"input {name!r}: a value is out of range for {datatype} (at most ±{largest:.6g})")
     return array.reshape(shape)
+
+
+def _all_ints(array: np.ndarray) -> bool:
+    return array.dtype.kind == "O" and all(type(v) is int for v in array.reshape(-1).tolist())
 
 
 def _uint64_from_json(data: Any) -> np.ndarray:
@@ -189,24 +242,27 @@ def _requested_outputs(raw: Any, model: Any, binary_default: bool) -> list[tuple
         return None
     if not isinstance(raw, list):
         raise InvalidInput("'outputs' must be a list of objects with a name")
-    requested = []
+    requested, seen = [], set()
     for item in raw:
         name = item.get("name") if isinstance(item, dict) else None
         if not isinstance(name, str):
             raise InvalidInput("each requested output must be an object with a name")
         if model.output_index is not None and name not in model.output_index:
             raise InvalidInput(f"unknown output {name!r}: the model returns {', '.join(model.output_index)}")
+        if name in seen:
+            raise InvalidInput(f"output {name!r} is requested twice")
+        seen.add(name)
         parameters = item.get("parameters")
-        binary = parameters.get("binary_data", binary_default) if isinstance(parameters, dict) else binary_default
-        requested.append((name, bool(binary)))
+        binary = _flag(parameters, "binary_data", binary_default) if isinstance(parameters, dict) else binary_default
+        requested.append((name, binary))
     return requested
 
 
 def encode_response(
-    request: Request, arrays: list[np.ndarray], model: Any, model_name: str, model_version: str
+    request: Request, result: Outputs, model_name: str, model_version: str
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Headers and body of an infer response; binary outputs follow the JSON header."""
-    specs = model.outputs  # known after warm-up, or after the first batch without a signature
+    arrays, specs = result  # each output's name and datatype came with it from the forward pass
     names = [spec.name for spec in specs]
     if request.outputs is None:
         selected = [(i, request.binary_default) for i in range(len(arrays))]

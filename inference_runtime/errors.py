@@ -45,6 +45,12 @@ class ServerBusy(RuntimeFailure):
         super().__init__(message, headers={"retry-after": str(retry_after_s)})
 
 
+class BodyTimeout(RuntimeFailure):
+    """The client did not send its whole body within the request timeout."""
+
+    status = 408
+
+
 class RequestTimeout(RuntimeFailure):
     status = 504
 
@@ -66,6 +72,7 @@ OUTCOMES: dict[type[RuntimeFailure], str] = {
     NotReady: "not_ready",
     ServerBusy: "busy",
     RequestTimeout: "timeout",
+    BodyTimeout: "client_timeout",
     InferenceFailed: "error",
 }
 

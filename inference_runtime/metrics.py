@@ -37,6 +37,12 @@ class Metrics:
         self.requests = {
             outcome: requests.labels(**labels, outcome=outcome) for outcome in ("success", *OUTCOMES.values())
         }
+        self.client_disconnects = Counter(
+            "slipway_inference_client_disconnects",
+            "Inference requests whose client went away before its body arrived (not answered).",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
         self.latency = Histogram(
             "slipway_inference_request_duration_seconds",
             "Time from receiving an inference request to answering it.",

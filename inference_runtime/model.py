@@ -13,14 +13,14 @@ import time
 import warnings
 import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from inference_runtime import datatypes
 from inference_runtime.config import Config
-from inference_runtime.errors import ModelLoadError
+from inference_runtime.errors import InferenceFailed, ModelLoadError
 
 log = logging.getLogger("inference_runtime")
 
@@ -43,6 +43,11 @@ class TensorSpec:
 
     def describe(self) -> str:
         return f"{self.name} ({self.datatype or 'any datatype'} {list(self.shape) if self.shape else 'any shape'})"
+
+
+class Outputs(NamedTuple):
+    arrays: list[np.ndarray]
+    specs: list[TensorSpec]  # name and datatype of each
 
 
 def sha256_of(path: str) -> str:
@@ -175,21 +180,32 @@ class LoadedModel:
         self.input_index = {spec.name: i for i, spec in enumerate(inputs)}
         # A batch stacks requests along dim 0: only when every input declares a variable first dimension.
         self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in inputs)
+        # A torch.export program's ranges for its variable dimensions, per input ({dim: (low, high)}),
+        # checked for every request: its guards would refuse anything else with an AssertionError.
+        self.bounds: list[dict[int, tuple[int, int | None]]] | None = None
+        # Rows one request may have: the batch size, and what the program was exported for.
+        self.max_request_rows = config.max_batch_size
         self.outputs: list[TensorSpec] | None = None
+        self.fixed_outputs = False
         self.output_index: dict[str, int] | None = None
-        self._out_cast: list[torch.dtype | None] = []
+        self._out_dtypes: list[torch.dtype] = []
         self.load_seconds = 0.0
         self.parameter_count = 0
 
     # --- the hot path (model thread) ---------------------------------------------------
-    def forward(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """One forward pass; inputs are numpy arrays in the model's input order."""
+    def forward(self, arrays: list[np.ndarray], datatypes_in: tuple[str, ...]) -> Outputs:
+        """One forward pass: inputs are numpy arrays in the model's input order, of these datatypes.
+
+        Returns the outputs with their names and datatypes: the signature's (or the warm-up's),
+        to which they are cast; without either, what this pass returned (a model served without
+        a signature may return other datatypes for other inputs).
+        """
         device, compute = self.device, self.compute_dtype
         tensors = []
         with torch.inference_mode():
-            for array, spec in zip(arrays, self.inputs, strict=True):
+            for array, datatype in zip(arrays, datatypes_in, strict=True):
                 tensor = torch.from_numpy(array)
-                if spec.datatype == "BF16":
+                if datatype == "BF16":
                     tensor = tensor.view(torch.bfloat16)
                 if device.type != "cpu":
                     tensor = tensor.to(device)
@@ -197,28 +213,44 @@ class LoadedModel:
                     tensor = tensor.to(compute)
                 tensors.append(tensor)
             names, outs = _outputs_as_list(self.module(*tensors))
-            if self.outputs is None:
-                self._learn_outputs(names, outs)
+            specs, wanted = (self.outputs, self._out_dtypes) if self.fixed_outputs else self._specs_of(names, outs)
+            if len(outs) != len(specs):
+                raise InferenceFailed(f"the model returned {len(outs)} outputs; its signature declares {len(specs)}")
             results = []
             for i, tensor in enumerate(outs):
                 if not isinstance(tensor, torch.Tensor):
-                    raise TypeError(f"output {i} is a {type(tensor).__name__}, not a tensor")
-                cast = self._out_cast[i] if i < len(self._out_cast) else None
-                if cast is not None and tensor.dtype != cast:
-                    tensor = tensor.to(cast)
+                    raise InferenceFailed(f"output {i} of the model is a {type(tensor).__name__}, not a tensor")
+                if tensor.dtype != wanted[i]:
+                    tensor = tensor.to(wanted[i])
                 if tensor.device.type != "cpu":
                     tensor = tensor.cpu()
                 results.append(datatypes.to_numpy(tensor.contiguous()))
-        return results
+        return Outputs(results, specs)
+
+    def _specs_of(self, names: list[str] | None, tensors: list[Any]) -> tuple[list[TensorSpec], list[torch.dtype]]:
+        """Without a signature or a warm-up: what this pass returned (float32 in place of a reduced precision)."""
+        specs, wanted = [], []
+        for i, tensor in enumerate(tensors):
+            if not isinstance(tensor, torch.Tensor):
+                raise InferenceFailed(f"output {i} of the model is a {type(tensor).__name__}, not a tensor")
+            dtype = torch.float32 if self.compute_dtype is not None and tensor.is_floating_point() else tensor.dtype
+            try:
+                datatype = datatypes.datatype_of(dtype)
+            except ValueError as exc:
+                raise InferenceFailed(str(exc)) from None
+            specs.append(TensorSpec(names[i] if names else f"output__{i}", datatype, None))
+            wanted.append(dtype)
+        if self.outputs is None:
+            self.outputs = specs  # what model metadata shows: what the first request returned
+        return specs, wanted
 
     # --- start-up ----------------------------------------------------------------------
     def warm_up(self, declared_outputs: list[TensorSpec] | None, bounds: list[dict] | None) -> None:
         """Run the model on zeros (batch 1, then a full batch) and learn its outputs from it."""
         if any(spec.shape is None or spec.datatype is None for spec in self.inputs):
             # A TorchScript model without a signature: nothing to make zeros from.
-            log.warning("no signature: skipping warm-up; outputs are learnt from the first request")
-            self.outputs = declared_outputs
-            self._index_outputs()
+            log.warning("no signature: skipping warm-up; each answer has the outputs its forward pass returned")
+            self._fix_outputs(declared_outputs)
             return
         bounds = bounds or [{} for _ in self.inputs]
 
@@ -257,7 +289,7 @@ class LoadedModel:
             raise ModelLoadError(
                 f"the signature declares {len(declared_outputs)} outputs, the model returns {len(tensors)}"
             )
-        outputs, casts = [], []
+        outputs = []
         for i, tensor in enumerate(tensors):
             if not isinstance(tensor, torch.Tensor):
                 raise ModelLoadError(f"output {i} of the model is a {type(tensor).__name__}, not a tensor")
@@ -275,11 +307,8 @@ class LoadedModel:
                     other = second[1][i].shape
                     shape = [d if len(other) == len(shape) and other[j] == d else -1 for j, d in enumerate(shape)]
                 spec = TensorSpec(name, datatype, tuple(shape))
-            casts.append(datatypes.TORCH[spec.datatype] if spec.datatype != actual else None)
             outputs.append(spec)
-        self.outputs = outputs
-        self._out_cast = casts
-        self._index_outputs()
+        self._fix_outputs(outputs)
 
     def _forward_raw(self, arrays: list[np.ndarray]) -> tuple[list[str] | None, list[torch.Tensor]]:
         with torch.inference_mode():
@@ -291,22 +320,12 @@ class LoadedModel:
                 tensors.append(tensor)
             return _outputs_as_list(self.module(*tensors))
 
-    def _learn_outputs(self, names: list[str] | None, tensors: list[Any]) -> None:
-        """Without a signature or a warm-up, the first batch tells what the model returns."""
-        specs, casts = [], []
-        for i, tensor in enumerate(tensors):
-            if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"output {i} is a {type(tensor).__name__}, not a tensor")
-            reduced = self.compute_dtype is not None and tensor.is_floating_point()
-            datatype = "FP32" if reduced else datatypes.datatype_of(tensor.dtype)
-            specs.append(TensorSpec(names[i] if names else f"output__{i}", datatype, None))
-            casts.append(torch.float32 if reduced else None)
-        self._out_cast = casts
-        self.output_index = {spec.name: i for i, spec in enumerate(specs)}
-        self.outputs = specs
-
-    def _index_outputs(self) -> None:
-        self.output_index = {spec.name: i for i, spec in enumerate(self.outputs)} if self.outputs else None
+    def _fix_outputs(self, outputs: list[TensorSpec] | None) -> None:
+        """Outputs known before the first request (declared, or seen in the warm-up): every answer has these."""
+        self.outputs = outputs
+        self.fixed_outputs = outputs is not None
+        self.output_index = {spec.name: i for i, spec in enumerate(outputs)} if outputs else None
+        self._out_dtypes = [datatypes.TORCH[spec.datatype] for spec in outputs or []]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -369,6 +388,11 @@ def load_model(config: Config) -> LoadedModel:
         module = module.to(compute)
     model = LoadedModel(config=config, module=module, fmt=fmt, device=device, inputs=inputs)
     model.parameter_count = int(parameter_count)
+    if bounds is not None and any(bounds):
+        model.bounds = bounds
+        highs = [dims[0][1] for dims in bounds if 0 in dims and dims[0][1] is not None]
+        if model.batchable and highs:
+            model.max_request_rows = min(config.max_batch_size, *highs)
     model.warm_up(_declared(declared.get("outputs")), bounds)
     model.load_seconds = time.perf_counter() - started
     return model

@@ -28,9 +28,11 @@ class RuntimeServer(uvicorn.Server):
         self.exit_code = 0
         self.signalled = False
 
-    def request_exit(self, code: int) -> None:
+    def request_exit(self, code: int, force: bool = False) -> None:
+        """Stop serving; `force`: without waiting for open connections and tasks (the drain timed out)."""
         self.exit_code = code
         self.should_exit = True
+        self.force_exit = self.force_exit or force
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.signalled:

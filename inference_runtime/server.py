@@ -28,6 +28,7 @@ from inference_runtime.batching import Batcher
 from inference_runtime.codec import decode_request, encode_response
 from inference_runtime.config import Config
 from inference_runtime.errors import (
+    BodyTimeout,
     InvalidInput,
     ModelLoadError,
     ModelNotFound,
@@ -54,7 +55,7 @@ class ClientGone(Exception):
 class Runtime:
     """One model's lifecycle: loading → ready → draining, and the infer hot path."""
 
-    def __init__(self, config: Config, *, request_exit: Callable[[int], None] = lambda code: None):
+    def __init__(self, config: Config, *, request_exit: Callable[..., None] = lambda code, force=False: None):
         self.config = config
         self.state = LOADING
         self.model: LoadedModel | None = None
@@ -154,10 +155,11 @@ class Runtime:
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self.in_flight:
-            log.warning("drain timeout: %d request(s) still in flight", self.in_flight)
+            log.warning("drain timeout: %d request(s) still in flight; exiting without them", self.in_flight)
+            self.request_exit(0, force=True)  # uvicorn would otherwise wait for them once more
         else:
             log.info("drained")
-        self.request_exit(0)
+            self.request_exit(0)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -174,6 +176,22 @@ class Runtime:
                 f"version {config.model_version!r}"
             )
 
+    def stalled(self) -> float | None:
+        """Seconds the forward pass now running has run, when that is longer than the request timeout:
+        no request could be answered in time, so readiness turns 503 (liveness stays 200) until it ends."""
+        running = self.batcher.stalled_for() if self.batcher is not None else 0.0
+        return running if running > self.config.request_timeout_s else None
+
+    def ready_for_traffic(self, name: str, version: str | None) -> None:
+        self.ready_model(name, version)
+        stalled = self.stalled()
+        if stalled is not None:
+            raise NotReady(
+                f"model {name!r} is not ready: its forward pass has run for {stalled:.0f} s, longer than the "
+                f"request timeout ({self.config.request_timeout_s:g} s)",
+                headers={"retry-after": "1"},
+            )
+
     def ready_model(self, name: str, version: str | None) -> LoadedModel:
         self.check_model(name, version)
         if self.state != READY:
@@ -185,22 +203,21 @@ class Runtime:
         """POST /v2/models/{name}[/versions/{v}]/infer: the hot path."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        deadline = started + self.config.request_timeout_s
         metrics = self.metrics
         self.in_flight += 1
         try:
             try:
                 model = self.ready_model(name, version)
-                header_length, body = await self._read_body(scope, receive)
+                header_length, body = await self._read_body(scope, receive, deadline)
                 request = decode_request(body, header_length, model)
-                arrays = await self.batcher.infer(
-                    request.arrays, request.rows, request.key, started + self.config.request_timeout_s
+                result = await self.batcher.infer(
+                    request.arrays, request.datatypes, request.rows, request.key, deadline
                 )
-                headers, payload = encode_response(
-                    request, arrays, model, self.config.model_name, self.config.model_version
-                )
+                headers, payload = encode_response(request, result, self.config.model_name, self.config.model_version)
                 status, outcome = 200, "success"
             except ClientGone:
-                metrics.requests["error"].inc()
+                metrics.client_disconnects.inc()  # nothing to answer, and not the model's doing
                 return
             except Exception as exc:
                 status, headers, payload = error_response(exc)
@@ -214,7 +231,7 @@ class Runtime:
         finally:
             self.in_flight -= 1
 
-    async def _read_body(self, scope: dict, receive: Callable) -> tuple[int | None, bytes]:
+    async def _read_body(self, scope: dict, receive: Callable, deadline: float) -> tuple[int | None, bytes]:
         limit = self.config.max_body_bytes
         header_length = encoding = None
         for key, value in scope["headers"]:
@@ -222,14 +239,15 @@ class Runtime:
                 if value.isdigit() and int(value) > limit:
                     raise PayloadTooLarge(f"the body is {int(value)} bytes; this server takes at most {limit}")
             elif key == b"inference-header-content-length":
+                value = value.strip()
                 if not value.isdigit():
                     raise InvalidInput(f"Inference-Header-Content-Length {value.decode('latin-1')!r} is not a number")
                 header_length = int(value)
             elif key == b"content-encoding":
                 encoding = value.decode("latin-1").strip().lower()
         chunks, size = [], 0
+        message = await receive()  # a small body has arrived whole with the headers
         while True:
-            message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk = message.get("body", b"")
@@ -239,6 +257,12 @@ class Runtime:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+            try:  # a slow client may not hold a request (and a drain) open past the request timeout
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except TimeoutError:
+                raise BodyTimeout(
+                    f"the body did not arrive within the request timeout ({self.config.request_timeout_s:g} s)"
+                ) from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if encoding and encoding != "identity":
             body = _decompress(body, encoding, limit)
@@ -257,17 +281,28 @@ class Runtime:
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """gzip (every member, CRC and length checked) or deflate (zlib format), to at most `limit` bytes."""
     wbits = {"gzip": 31, "deflate": 15}.get(encoding)
     if wbits is None:
         raise Unsupported(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"the body decompresses to more than {limit} bytes, the most this server takes")
-    return data
+    parts, size, rest = [], 0, body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            data = inflater.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
+        size += len(data)
+        if size > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"the body decompresses to more than {limit} bytes, the most this server takes")
+        if not inflater.eof:
+            raise InvalidInput(f"the body is truncated {encoding} data: its end is missing")
+        parts.append(data)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+        if encoding != "gzip":  # a gzip body may hold several members, one after another
+            raise InvalidInput(f"the body has {len(rest)} bytes after the end of its {encoding} data")
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -316,7 +351,7 @@ def create_app(runtime: Runtime) -> Callable:
 
     @api.get("/v2/health/ready")
     async def ready() -> Response:
-        is_ready = runtime.state == READY
+        is_ready = runtime.state == READY and runtime.stalled() is None
         return _json({"ready": is_ready}, 200 if is_ready else 503)
 
     @api.get("/v2")
@@ -333,12 +368,12 @@ def create_app(runtime: Runtime) -> Callable:
 
     @api.get("/v2/models/{name}/ready")
     async def model_ready(name: str) -> Response:
-        runtime.ready_model(name, None)
+        runtime.ready_for_traffic(name, None)
         return _json({"name": name, "ready": True})
 
     @api.get("/v2/models/{name}/versions/{version}/ready")
     async def model_version_ready(name: str, version: str) -> Response:
-        runtime.ready_model(name, version)
+        runtime.ready_for_traffic(name, version)
         return _json({"name": name, "ready": True})
 
     @api.get("/metrics")

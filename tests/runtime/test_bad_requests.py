@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import http.client
 import json
+import zlib
 
+import httpx
 import numpy as np
 import pytest
 
-from tests.runtime.oip import binary_request, json_request
+from tests.runtime.oip import binary_request, expected_outputs, json_request, parse_response
 
 pytestmark = pytest.mark.runtime
 
@@ -60,6 +65,40 @@ CASES = {
         "binary_data_size is 100",
     ),
     "gzip that is not gzip": (b"definitely not gzip", {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
+    "gzip cut short": (gzip.compress(infer_json())[:-8], {"Content-Encoding": "gzip"}, 400, "truncated gzip"),
+    "deflate with bytes after it": (
+        zlib.compress(infer_json()) + b"junk",
+        {"Content-Encoding": "deflate"},
+        400,
+        "after the end of its deflate data",
+    ),
+    "an id that is not a string": (json_request({"x": X}, id=[[[1]]] * 3), {}, 400, "'id' must be a string"),
+    "more dimensions than any model takes": (infer_json(shape=[1] * 65, data=[1.0]), {}, 400, "up to 32"),
+    "more rows than the batch size": (
+        json_request({"x": np.zeros((33, 16), dtype=np.float32)}),
+        {},
+        400,
+        "at most 32 per request",
+    ),
+    "binary_data_output that is not a boolean": (
+        json_request({"x": X}, parameters={"binary_data_output": "false"}),
+        {},
+        400,
+        "'binary_data_output' must be true or false",
+    ),
+    "binary_data that is not a boolean": (
+        json_request({"x": X}, outputs=[{"name": "output__0", "parameters": {"binary_data": "no"}}]),
+        {},
+        400,
+        "'binary_data' must be true or false",
+    ),
+    "an output asked for twice": (
+        json_request({"x": X}, outputs=[{"name": "output__0"}, {"name": "output__0"}]),
+        {},
+        400,
+        "requested twice",
+    ),
+    "a value too large for FP32": (infer_json(data=[1e39] + [0.0] * 31), {}, 400, "out of range for FP32"),
     "an unknown content encoding": (infer_json(), {"Content-Encoding": "br"}, 501, "not supported"),
 }
 
@@ -147,3 +186,50 @@ def test_bad_requests_are_counted_by_outcome(servers):
     server.client.post("/v2/models/mlp/infer", content=b"{")
     after = server.metric("slipway_inference_requests_total", outcome="bad_request")
     assert after == before + 1
+
+
+def test_a_header_length_with_a_space_after_it_is_read(servers):
+    body, headers = binary_request({"x": X})
+    headers["Inference-Header-Content-Length"] += " "  # httpx would strip it; http.client sends it as it is
+    connection = http.client.HTTPConnection("127.0.0.1", servers["mlp"].port, timeout=30)
+    try:
+        connection.request("POST", "/v2/models/mlp/infer", body=body, headers=headers)
+        response = connection.getresponse()
+        assert response.status == 200, response.read()
+    finally:
+        connection.close()
+
+
+def test_an_exported_program_s_ranges_are_checked_before_it_runs(servers):
+    """torch.export programs guard the sizes they were exported for: outside them is the client's 400."""
+    server = servers["sequence"]  # exported for 1 to 512 tokens
+    tokens = np.zeros((1, 600), dtype=np.int64)
+    response = server.client.post("/v2/models/sequence/infer", content=json_request({"tokens": tokens}))
+    assert response.status_code == 400, response.text
+    assert "has 600 in dimension 1; the model takes 1 to 512 there" in response.json()["error"]
+    assert server.metric("slipway_inference_requests_total", outcome="error") == 0
+
+
+def test_batches_stay_within_what_the_program_was_exported_for(spawn, zoo):
+    """Exported for at most 4 rows and served with --max-batch-size 16: no batch may stack more than 4,
+    and no request may bring more (its guards would refuse them, and every batch would run again row by row)."""
+    entry = zoo["mlp_pt2_4"]
+    server = spawn("mlp4", entry.path, "--max-batch-size", "16", "--max-delay-ms", "20").wait_ready()
+    five = server.client.post("/v2/models/mlp4/infer", content=json_request({"x": np.zeros((5, 16), np.float32)}))
+    assert five.status_code == 400 and "has 5 in dimension 0; the model takes 1 to 4 there" in five.json()["error"]
+
+    rows = [np.full((1, 16), i, dtype=np.float32) for i in range(24)]
+
+    async def clients():
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(
+                *(client.post("/v2/models/mlp4/infer", content=json_request({"x": x})) for x in rows)
+            )
+
+    for x, response in zip(rows, asyncio.run(clients()), strict=True):
+        got = parse_response(response)["output__0"]
+        np.testing.assert_allclose(got, expected_outputs(entry.module, {"x": x})["output__0"], rtol=1e-5, atol=1e-6)
+    passes = server.metric("slipway_inference_batch_size_count")
+    assert server.metric("slipway_inference_batch_size_bucket", le="4.0") == passes
+    assert passes < 24, "no batch was formed"
+    assert "running them one by one" not in server.log()

@@ -100,4 +100,16 @@ def test_full_queue_is_503_with_retry_after_and_a_late_request_is_504(spawn, zoo
 
     assert server.metric("slipway_inference_requests_total", outcome="busy") == 1
     assert server.metric("slipway_inference_requests_total", outcome="timeout") == 2
-    assert server.client.get("/v2/health/ready").status_code == 200
+
+    # The request that timed out in the queue gave its place back: the next one is queued, not refused.
+    assert server.metric("slipway_inference_queue_depth") == 0
+    again = server.client.post("/v2/models/slow/infer", content=slow)
+    assert again.status_code == 504, again.text
+
+    # The forward pass runs on, past the request timeout: no request could be answered in time, so
+    # readiness says so (a load balancer sends traffic elsewhere); liveness does not (the pass may end).
+    assert server.client.get("/v2/health/ready").status_code == 503
+    stalled = server.client.get("/v2/models/slow/ready")
+    assert stalled.status_code == 503
+    assert "forward pass has run" in stalled.json()["error"]
+    assert server.client.get("/v2/health/live").status_code == 200

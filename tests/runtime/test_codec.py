@@ -11,7 +11,7 @@ import torch
 
 from inference_runtime.codec import decode_request, encode_response
 from inference_runtime.errors import InvalidInput
-from inference_runtime.model import TensorSpec
+from inference_runtime.model import Outputs, TensorSpec
 
 pytestmark = pytest.mark.runtime
 
@@ -27,6 +27,8 @@ class FakeModel:
         self.batchable = True
         self.outputs = outputs or [TensorSpec("y", datatype, (-1, 2))]
         self.output_index = {spec.name: i for i, spec in enumerate(self.outputs)}
+        self.bounds = None
+        self.max_request_rows = 16
 
 
 def values_for(datatype: str) -> np.ndarray:
@@ -72,13 +74,13 @@ def test_every_datatype_encodes_to_json_and_binary_alike(datatype):
         None,
         model,
     )
-    _, body = encode_response(request, [values], model, "m", "1")
+    _, body = encode_response(request, Outputs([values], model.outputs), "m", "1")
     output = orjson.loads(body)["outputs"][0]
     assert output["shape"] == [2, 2]
     np.testing.assert_array_equal(np.asarray(output["data"], dtype=values.dtype).reshape(2, 2), values)
 
     request.binary_default = True
-    headers, body = encode_response(request, [values], model, "m", "1")
+    headers, body = encode_response(request, Outputs([values], model.outputs), "m", "1")
     length = int(dict(headers)[b"inference-header-content-length"])
     assert body[length:] == values.tobytes()
 
@@ -93,7 +95,7 @@ def test_bf16_is_sent_as_floats_in_json_and_raw_bits_in_binary():
     expected = torch.tensor(floats).to(torch.bfloat16)
     assert bits.tobytes() == expected.view(torch.int16).numpy().tobytes()
 
-    _, body = encode_response(request, [bits], model, "m", "1")
+    _, body = encode_response(request, Outputs([bits], model.outputs), "m", "1")
     sent = np.asarray(orjson.loads(body)["outputs"][0]["data"], dtype=np.float32)
     np.testing.assert_array_equal(sent, expected.float().numpy())
 

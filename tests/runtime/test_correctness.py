@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
+import orjson
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import np_to_triton_dtype
 
-from tests.runtime.oip import BF16, assert_outputs_equal, binary_request, expected_outputs, json_request, parse_response
+from tests.runtime.oip import (
+    BF16,
+    DATATYPE,
+    assert_outputs_equal,
+    binary_request,
+    expected_outputs,
+    json_request,
+    parse_response,
+)
 
 pytestmark = pytest.mark.runtime
 
@@ -177,5 +186,54 @@ def test_a_torchscript_model_without_a_signature_is_served_unbatched(servers, zo
     bad = json_request({"x": np.zeros((1, 5), dtype=np.float32)})
     response = server.client.post("/v2/models/mlp_unsigned/infer", content=bad)
     assert response.status_code == 500  # unchecked: the model itself refuses it
-    assert "inference failed" in response.json()["error"]
+    error = response.json()["error"]
+    assert "inference failed" in error
+    assert "shapes cannot be multiplied (1x5 and 16x32)" in error, error  # the error TorchScript wraps
     assert server.client.get("/v2/health/ready").status_code == 200
+
+
+def test_a_model_without_a_signature_answers_each_request_in_its_own_datatypes(spawn, zoo):
+    """The outputs' datatypes are what each forward pass returned, not what the first request did."""
+    server = spawn("echo", zoo["echo"].path).wait_ready()
+    sent = [
+        np.array([[1.5, 2.5]], dtype=np.float32),
+        np.array([1, -2, 2**40], dtype=np.int64),
+        BF16(np.array([1.5, 3.0, -0.25])),
+        np.array([[True, False, True]]),
+        np.array([7, 8], dtype=np.uint8),
+        np.array([0.5, 1.5], dtype=np.float16),
+    ]
+    for value in sent:
+        datatype = "BF16" if isinstance(value, BF16) else DATATYPE[value.dtype]
+        want = value.values if isinstance(value, BF16) else value
+        for body, headers in (binary_request({"x": value}), (json_request({"x": value}), {})):
+            response = server.client.post("/v2/models/echo/infer", content=body, headers=headers)
+            got = parse_response(response)["output__0"]  # read as the answer's datatype says
+            assert got.dtype == want.dtype and got.shape == want.shape, datatype
+            np.testing.assert_array_equal(got, want)
+        assert response.json()["outputs"][0]["datatype"] == datatype
+
+    refused = server.client.post(
+        "/v2/models/echo/infer",
+        content=b'{"inputs": [{"name": "x", "datatype": ["FP32"], "shape": [1], "data": [1]}]}',
+    )
+    assert refused.status_code == 400 and "unknown datatype" in refused.json()["error"]
+
+
+def test_binary_bools_are_bools_whatever_the_byte(servers, zoo):
+    """A byte other than 0 or 1 in a BOOL tensor is true, as numpy and torch read it, not a 2 or a 255."""
+    features = np.ones((1, 3))
+    body = {
+        "inputs": [
+            {"name": "features", "shape": [1, 3], "datatype": "FP64", "parameters": {"binary_data_size": 24}},
+            {"name": "mask", "shape": [1, 3], "datatype": "BOOL", "parameters": {"binary_data_size": 3}},
+        ]
+    }
+    header = orjson.dumps(body)
+    response = servers["two_inputs"].client.post(
+        "/v2/models/two_inputs/infer",
+        content=header + features.tobytes() + bytes([2, 255, 0]),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    want = expected_outputs(zoo["two_inputs"].module, {"features": features, "mask": np.array([[True, True, False]])})
+    assert_outputs_equal(parse_response(response), want)

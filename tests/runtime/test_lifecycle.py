@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import socket
 import threading
 import time
 
@@ -158,3 +159,56 @@ def test_file_hash_helper_matches_sha256(zoo):
 
     path = zoo["mlp"].path
     assert sha256_of(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _partial_request(port: int, path: str, sent: bytes, length: int) -> socket.socket:
+    """A POST whose body stops after `sent`, of a declared `length`: a slow or vanished client."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    sock.sendall(head.encode() + sent)
+    return sock
+
+
+def test_a_body_slower_than_the_request_timeout_is_answered_408_and_a_vanished_client_is_not_an_error(spawn, zoo):
+    entry = zoo["mlp"]
+    server = spawn("mlp", entry.path, "--request-timeout-s", "0.5", entry=entry).wait_ready()
+    body = json_request({"x": np.zeros((1, 16), dtype=np.float32)})
+
+    sock = _partial_request(server.port, "/v2/models/mlp/infer", body[:20], len(body))
+    started = time.monotonic()
+    answer = sock.recv(65536).decode()
+    sock.close()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert "did not arrive within the request timeout (0.5 s)" in answer
+    assert time.monotonic() - started < 5
+
+    sock = _partial_request(server.port, "/v2/models/mlp/infer", body[:20], len(body))
+    time.sleep(0.1)
+    sock.close()  # gone before its body arrived: nothing to answer, and not the model's failure
+    deadline = time.monotonic() + 5
+    while server.metric("slipway_inference_client_disconnects_total") < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.metric("slipway_inference_client_disconnects_total") == 1
+    assert server.metric("slipway_inference_requests_total", outcome="error") == 0
+    assert server.metric("slipway_inference_requests_total", outcome="client_timeout") == 1
+    assert server.client.get("/v2/health/ready").status_code == 200
+
+
+@pytest.mark.slow
+def test_sigterm_exits_within_the_drain_timeout_even_when_a_forward_pass_outlasts_it(spawn, zoo):
+    entry = zoo["slow"]
+    server = spawn("slow", entry.path, "--drain-timeout-s", "1", "--request-timeout-s", "60", entry=entry)
+    server.wait_ready()
+    x = np.ones((1, 4), dtype=np.float32)
+    endless = json_request({"x": x, "spin": np.full((1, 1), 10_000_000, dtype=np.int64)})  # minutes
+    sock = _partial_request(server.port, "/v2/models/slow/infer", endless, len(endless))
+    deadline = time.monotonic() + 10
+    while server.metric("slipway_inference_batch_size_count") < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert server.wait_exit(timeout=30) == 0
+    took = time.monotonic() - started
+    sock.close()
+    assert took < 2.5, f"exited {took:.1f} s after SIGTERM, with a drain timeout of 1 s"
+    assert "drain timeout: 1 request(s) still in flight" in server.log()

@@ -66,6 +66,13 @@ class Datatypes(torch.nn.Module):
         return u8 * 2, i8 * 2, i16 * 2, i32 * 2, f16 * 2, bf16 * 2, ~flag
 
 
+class Echo(torch.nn.Module):
+    """Returns its input: served without a signature, it answers whatever datatype it is sent."""
+
+    def forward(self, x):
+        return x
+
+
 class Slow(torch.nn.Module):
     """Spins `spin` matrix products per call: a forward pass that takes a while (drain tests)."""
 
@@ -131,6 +138,7 @@ def _write_zoo(directory: Path) -> dict[str, Entry]:
         },
     )
 
+    script("echo", Echo(), None)
     script(
         "slow",
         Slow(),
@@ -150,4 +158,9 @@ def _write_zoo(directory: Path) -> dict[str, Entry]:
     program = torch.export.export(mlp, (torch.zeros(2, 16),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     zoo["mlp_pt2"] = Entry(directory / "mlp.pt2", None, mlp)
     torch.export.save(program, str(zoo["mlp_pt2"].path))
+
+    # Exported for at most 4 rows: its guards refuse a fifth.
+    program = torch.export.export(mlp, (torch.zeros(2, 16),), dynamic_shapes=({0: torch.export.Dim("batch", max=4)},))
+    zoo["mlp_pt2_4"] = Entry(directory / "mlp_4.pt2", None, mlp)
+    torch.export.save(program, str(zoo["mlp_pt2_4"].path))
     return zoo
