@@ -262,7 +262,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "controlplane.exception_handler.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["controlplane.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "controlplane.parsers.JSONParser",
         "registry.uploads.StreamingMultiPartParser",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

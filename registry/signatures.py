@@ -17,12 +17,26 @@ from controlplane.errors import InvalidInput
 TENSOR_DATATYPES = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")
 _EXAMPLE = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}'
+_METADATA_EXAMPLE = '{"training_run": "https://...", "git_commit": "abc123", "metrics": {"accuracy": 0.93}}'
 
 
-def _loads(raw: str | bytes) -> Any:
+# Levels of objects and lists a signature or metadata may nest: the version page draws each one.
+MAX_DEPTH = 64
+
+
+def _loads(raw: str | bytes, field: str, example: str) -> Any:
     """json.loads, refusing NaN and the infinities (also 1e999): JSON has no such numbers,
     PostgreSQL refuses them, and the API could not write them back."""
-    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    try:
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise InvalidInput(_too_deep(field)) from None
+    except ValueError as exc:
+        raise InvalidInput(f"{field} is not valid JSON ({_reason(exc)}). Example: {example}") from exc
+
+
+def _too_deep(field: str) -> str:
+    return f"{field} is nested too deeply: at most {MAX_DEPTH} levels of objects and lists."
 
 
 def _no_constant(name: str):
@@ -40,15 +54,19 @@ def _reason(exc: ValueError) -> str:
     return exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
 
 
-def _check_strings(value: Any, where: str) -> None:
-    """Refuse strings that would be stored but could not be served again, keys included, at any depth."""
+def _check_strings(value: Any, where: str, field: str, depth: int = 1) -> None:
+    """Refuse strings that would be stored but could not be served again, keys included, at any depth;
+    and nesting deeper than MAX_DEPTH."""
     if isinstance(value, str):
         _check_text(value, where)
     elif isinstance(value, dict | list):
+        if depth > MAX_DEPTH:
+            raise InvalidInput(_too_deep(field))
         for key, item in value.items() if isinstance(value, dict) else enumerate(value):
             if isinstance(key, str):
                 _check_text(key, f"a key in {where}")
-            _check_strings(item, f"{where}.{key[:40]}" if isinstance(key, str) else f"{where}[{key}]")
+            here = f"{where}.{key[:40]}" if isinstance(key, str) else f"{where}[{key}]"
+            _check_strings(item, here, field, depth + 1)
 
 
 def _check_text(text: str, where: str) -> None:
@@ -70,11 +88,8 @@ def parse_signature(raw: Any, *, field: str = "signature") -> dict | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, str | bytes):
-        try:
-            raw = _loads(raw)
-        except ValueError as exc:
-            raise InvalidInput(f"{field} is not valid JSON ({_reason(exc)}). Example: {_EXAMPLE}") from exc
-    _check_strings(raw, field)
+        raw = _loads(raw, field, _EXAMPLE)
+    _check_strings(raw, field, field)
     if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), list) or not raw["inputs"]:
         raise InvalidInput(f"{field} must be an object with a non-empty list 'inputs'. Example: {_EXAMPLE}")
     unknown = set(raw) - {"inputs", "outputs"}
@@ -117,16 +132,10 @@ def parse_metadata(raw: Any) -> dict:
     if raw is None or raw == "":
         return {}
     if isinstance(raw, str | bytes):
-        try:
-            raw = _loads(raw)
-        except ValueError as exc:
-            raise InvalidInput(
-                f"metadata is not valid JSON ({_reason(exc)}). Example: "
-                '{"training_run": "https://...", "git_commit": "abc123", "metrics": {"accuracy": 0.93}}'
-            ) from exc
+        raw = _loads(raw, "metadata", _METADATA_EXAMPLE)
     if not isinstance(raw, dict):
         raise InvalidInput('metadata must be a JSON object, such as {"git_commit": "abc123"}.')
-    _check_strings(raw, "metadata")
+    _check_strings(raw, "metadata", "metadata")
     if len(json.dumps(raw)) > 64 * 1024:
         raise InvalidInput("metadata is larger than 64 KiB; link to large documents instead of embedding them.")
     return raw

@@ -167,6 +167,27 @@ def test_bad_signatures_and_metadata_are_refused_with_what_to_fix(
     assert not ModelVersion.objects.exists() and new_files() == set()
 
 
+@pytest.mark.parametrize("field", ["signature", "metadata"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "[" * 100_000 + "]" * 100_000,  # past Python's recursion limit: was a 500 (RecursionError)
+        '{"a": ' * 65 + "1" + "}" * 65,  # readable, but each level widens the version page
+    ],
+    ids=["past-recursion-limit", "65-levels"],
+)
+def test_json_nested_too_deeply_is_refused(api, iris, model_files, new_files, field, value):
+    response = upload(api, model_files["pt2"], **{field: value})
+    assert response.status_code == 400
+    assert response.json()["error"] == f"{field} is nested too deeply: at most 64 levels of objects and lists."
+    assert not ModelVersion.objects.exists() and new_files() == set()
+
+
+def test_metadata_may_nest_64_levels(api, iris, model_files):
+    response = upload(api, model_files["pt2"], metadata='{"a": ' * 63 + "[1]" + "}" * 63)
+    assert response.status_code == 201, response.json()
+
+
 # --- The size limit -----------------------------------------------------------------------
 
 
@@ -466,6 +487,15 @@ def test_creating_a_model_with_bad_input_says_what_to_fix(api, iris, payload, st
     response = api.post("/api/v1/models/", payload, format="json")
     assert response.status_code == status
     assert hint in response.json()["error"]
+
+
+def test_a_json_body_nested_too_deeply_answers_400(api):
+    response = api.post("/api/v1/models/", "[" * 100_000 + "]" * 100_000, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "JSON parse error - nested too deeply; flatten the body.",
+        "code": "parse_error",
+    }
 
 
 def test_creating_a_model_answers_201_with_its_location(api):
