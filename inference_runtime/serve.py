@@ -70,7 +70,16 @@ def build_server(config: Config) -> RuntimeServer:
 def serve(config: Config) -> int:
     """Serve until drained; the exit status: 0 after a drain, 2 when the model was refused."""
     server = build_server(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn's own refusal to start (it has logged why: the port is taken, say)
+        log.error(
+            "refusing to start: could not listen on %s:%d (exit status %s from uvicorn)",
+            config.host,
+            config.port,
+            exc.code,
+        )
+        return 2
     if server.runtime.state == "loading" and not server.signalled:
-        return 2  # uvicorn gave up before the model loaded (e.g. the port is taken)
+        return 2  # uvicorn gave up before the model loaded
     return server.exit_code

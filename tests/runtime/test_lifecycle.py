@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -83,9 +85,6 @@ def test_refuses_to_start_with_a_clear_message(refusals, case, message):
 
 
 def test_bad_options_exit_2_before_loading(tmp_path):
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [sys.executable, "-m", "inference_runtime", "--model", "m.pt", "--name", "m", "--max-batch-size", "0"],
         capture_output=True,
@@ -212,3 +211,13 @@ def test_sigterm_exits_within_the_drain_timeout_even_when_a_forward_pass_outlast
     sock.close()
     assert took < 2.5, f"exited {took:.1f} s after SIGTERM, with a drain timeout of 1 s"
     assert "drain timeout: 1 request(s) still in flight" in server.log()
+
+
+def test_a_port_already_in_use_refuses_to_start_with_status_2(servers, zoo):
+    taken = servers["mlp"].port
+    command = [sys.executable, "-m", "inference_runtime", "--model", str(zoo["mlp"].path), "--name", "mlp"]
+    result = subprocess.run(
+        [*command, "--host", "127.0.0.1", "--port", str(taken)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"could not listen on 127.0.0.1:{taken}" in result.stderr
