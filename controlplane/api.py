@@ -80,6 +80,8 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
                 f"format must be one of {', '.join(audit_export.FORMATS)}, not {fmt!r}.", fields={"format": ["unknown"]}
             )
         events = self.filter_queryset(self.get_queryset())  # a bad filter answers 400 here, before anything is recorded
+        if request.method == "HEAD":  # what a GET would answer, without building it or recording an export
+            return audit_export.response(events.none(), fmt)
         used = {
             name: request.query_params[name]
             for name in self.filterset_class.base_filters

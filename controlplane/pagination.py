@@ -7,6 +7,10 @@ class Pagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+    invalid_page_message = (
+        "There is no page {page_number!r}: {message}. Pages are numbered from 1; follow the answer's "
+        "'next' and 'previous' links, or divide its 'count' by page_size (50 unless given, at most 500)."
+    )
 
 
 class Counted:

@@ -190,6 +190,15 @@ def test_an_export_is_audited_with_its_filter(api, estate):
     assert [json.loads(line)["id"] for line in body.splitlines()] == [exported.id]
 
 
+def test_a_head_request_for_an_export_builds_and_records_nothing(api, estate):
+    before = AuditEvent.objects.count()
+    response = api.head("/api/v1/audit/export/?format=csv")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    assert "attachment" in response["Content-Disposition"]
+    assert AuditEvent.objects.count() == before
+
+
 def test_an_export_needs_a_known_format_and_valid_filters(api, estate):
     before = AuditEvent.objects.count()
     response = api.get("/api/v1/audit/export/?format=xlsx")

@@ -68,11 +68,16 @@ def test_the_next_link_keeps_the_filters(api, alice, iris):
     assert [v["version"] for p in pages for v in p["results"]] == [5, 4, 3, 2, 1]
 
 
-def test_a_page_past_the_end_answers_404_in_json(api, alice, iris):
+@pytest.mark.parametrize(
+    ("page", "why"),
+    [("9", "contains no results"), ("0", "less than 1"), ("abc", "not an integer")],
+)
+def test_a_page_that_does_not_exist_answers_404_in_json_saying_how_pages_go(api, alice, iris, page, why):
     bulk_versions(iris, 3, uploaded_by=alice)
-    response = api.get("/api/v1/models/iris/versions/?page=9")
+    response = api.get(f"/api/v1/models/iris/versions/?page={page}")
     assert response.status_code == 404
-    assert "Invalid page" in response.json()["error"]
+    error = response.json()["error"]
+    assert f"There is no page '{page}'" in error and why in error and "Pages are numbered from 1" in error
 
 
 def test_the_audit_list_pages_newest_first(api, alice):
