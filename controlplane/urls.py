@@ -43,3 +43,6 @@ urlpatterns = [
     path("", include("deployments.urls")),
     path("", include("registry.urls")),
 ]
+
+handler404 = controlplane_views.not_found
+handler500 = controlplane_views.server_error

@@ -6,8 +6,9 @@ import time
 
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponseServerError, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template import loader
 from django.views import csrf
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -113,3 +114,19 @@ def healthz(request):
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"ok": True})
+
+
+# Django's handler404 and handler500 (controlplane/urls.py): the API answers its JSON error shape.
+def not_found(request, exception):
+    if request.path.startswith("/api/"):
+        error = f"No such API endpoint: {request.method} {request.path}; see /api/docs/"
+        return JsonResponse({"error": error, "code": "not_found"}, status=404)
+    return render(request, "404.html", status=404)
+
+
+def server_error(request):
+    if request.path.startswith("/api/"):
+        body = {"error": "internal error; the server's log has the details", "code": "server_error"}
+        return JsonResponse(body, status=500)
+    # Rendered without the request: no context processor, no database (it may be what failed).
+    return HttpResponseServerError(loader.get_template("500.html").render())
