@@ -175,6 +175,10 @@ def require_everywhere(actor: Actor, role: Role, doing: str) -> None:
     )
 
 
+def can_registry(actor: Actor, role: Role) -> bool:
+    return grants(actor).best_rank() >= ROLE_RANK[role]
+
+
 def require_registry(actor: Actor, role: Role, doing: str) -> None:
     """The registry is shared: viewer anywhere reads it, deployer anywhere uploads and builds."""
     held = grants(actor).best_rank()

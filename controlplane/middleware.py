@@ -15,6 +15,7 @@ from controlplane.models import Role
 from registry.uploads import read_browser_form
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+UPLOAD_REFUSAL = "registry/htmx/upload_result.html"
 
 
 class RequestIdMiddleware:
@@ -53,7 +54,8 @@ class RefuseAnonymousUploadsMiddleware(MiddlewareMixin):
                 try:
                     access.require_registry(Actor.from_request(request), Role.DEPLOYER, "upload versions")
                 except ServiceError as exc:
-                    return refusal_page(request, exc)
+                    # htmx swaps the answer into the upload card: the upload view's own refusal, not a page.
+                    return refusal_page(request, exc, UPLOAD_REFUSAL if request.htmx else "refused.html")
             read_browser_form(request)
         return None
 
@@ -65,9 +67,9 @@ class ServiceErrorPagesMiddleware(MiddlewareMixin):
         return refusal_page(request, exception) if isinstance(exception, ServiceError) else None
 
 
-def refusal_page(request, exc: ServiceError):
+def refusal_page(request, exc: ServiceError, template: str = "refused.html"):
     from controlplane.web import refuse
 
     match = getattr(request, "resolver_match", None)
     action = f"page.{match.url_name}" if match and match.url_name else "page"
-    return refuse(request, exc, action, "refused.html", {"status": exc.status_code})
+    return refuse(request, exc, action, template, {"status": exc.status_code})

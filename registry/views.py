@@ -12,8 +12,10 @@ from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from controlplane import access
 from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, ServiceError
+from controlplane.models import Role
 from controlplane.pagination import Counted
 from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page, takes_uploads
 from registry import services
@@ -41,7 +43,12 @@ def _model_list_context(request) -> dict:
     models = Model.objects.order_by("name")
     if query:
         models = models.filter(Q(name__icontains=query) | Q(description__icontains=query))
-    return {"page": paginate(request, models, 25), "q": query, "form": request.POST}
+    return {
+        "page": paginate(request, models, 25),
+        "q": query,
+        "form": request.POST,
+        "may_create": access.can_registry(Actor.from_request(request), Role.DEPLOYER),
+    }
 
 
 def _versions_context(request, model: Model) -> dict:
@@ -118,7 +125,9 @@ def status_badge_html(status: str, reason: str) -> str:
 @require_GET
 def model_detail(request, name):
     model = get_object_or_404(Model, name=name)
-    return render(request, "registry/model_detail.html", _versions_context(request, model))
+    context = _versions_context(request, model)
+    context["may_upload"] = access.can_registry(Actor.from_request(request), Role.DEPLOYER)
+    return render(request, "registry/model_detail.html", context)
 
 
 @registry_page

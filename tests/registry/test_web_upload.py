@@ -7,7 +7,9 @@ from django.conf import settings as django_settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
+from controlplane.models import Role, RoleBinding
 from registry.models import Model, ModelVersion
+from tests.factories import UserFactory
 from tests.models_zoo import MLP_SIGNATURE
 
 pytestmark = pytest.mark.django_db
@@ -97,3 +99,40 @@ def test_a_malformed_body_is_refused_on_the_page_and_keeps_nothing(browser, iris
     assert "ended before the whole body arrived" in response.content.decode()
     assert ModelVersion.objects.count() == 0
     assert _leftovers() == before
+
+
+@pytest.fixture
+def viewer(db):
+    """Someone who may read the registry everywhere, and upload nowhere."""
+    user = UserFactory(username="victor")
+    RoleBinding.objects.create(user=user, role=Role.VIEWER)
+    return user
+
+
+def test_an_htmx_upload_by_a_viewer_answers_the_refusal_in_the_upload_card(viewer, iris, model_files):
+    client = Client()
+    client.force_login(viewer)
+    artifact = SimpleUploadedFile("mlp.pt", model_files["torchscript"].read_bytes())
+    response = client.post("/models/iris/versions/upload/", {"artifact": artifact}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert '<div class="notice notice-error" role="alert">' in page and "Upload refused." in page
+    assert "you need the deployer role" in page
+    assert "<nav" not in page and "<html" not in page
+    assert ModelVersion.objects.count() == 0
+
+
+def test_a_viewer_is_told_which_role_uploading_and_creating_need_instead_of_the_forms(viewer, iris):
+    client = Client()
+    client.force_login(viewer)
+    detail = client.get("/models/iris/").content.decode()
+    assert 'id="upload-form"' not in detail
+    assert "Uploading a version needs the deployer role in at least one environment" in detail
+    listing = client.get("/models/").content.decode()
+    assert "Create model" not in listing
+    assert "Creating a model needs the deployer role in at least one environment" in listing
+
+
+def test_a_deployer_sees_the_upload_and_create_forms(browser, iris):
+    assert 'id="upload-form"' in browser.get("/models/iris/").content.decode()
+    assert "Create model" in browser.get("/models/").content.decode()
