@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 import uuid
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
+from django.shortcuts import resolve_url
 from django.utils.deprecation import MiddlewareMixin
+from django_htmx.http import HttpResponseClientRedirect
 
 from controlplane import access
 from controlplane.audit import Actor
@@ -27,6 +31,31 @@ class RequestIdMiddleware:
         request.request_id = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
         response = self.get_response(request)
         response["X-Request-ID"] = request.request_id
+        return response
+
+
+class HtmxLoginRedirectMiddleware:
+    """An htmx request without a session (it expired): the whole page goes to log in, and comes back after.
+
+    Followed by htmx, the redirect would put the login page inside the fragment, and its `next`
+    would be the fragment's URL (an upload's accepts only POST: a 405 once logged in). `next`
+    is the page the user was on instead, when it is on this host.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        login = resolve_url(settings.LOGIN_URL)
+        if (
+            getattr(request, "htmx", False)
+            and response.status_code == 302
+            and not request.user.is_authenticated
+            and urlsplit(response["Location"]).path == login
+        ):
+            page = request.htmx.current_url_abs_path  # None when it is another host's
+            return HttpResponseClientRedirect(redirect_to_login(urlsplit(page).path).url if page else login)
         return response
 
 

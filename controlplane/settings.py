@@ -83,6 +83,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "controlplane.middleware.HtmxLoginRedirectMiddleware",
     # Last, as django-axes asks: it turns a locked-out log-in's answer into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
