@@ -77,6 +77,12 @@ def uploader_name() -> Subquery:
     return Subquery(get_user_model().objects.filter(pk=OuterRef("uploaded_by_id")).values("username"))
 
 
+def highest_version() -> Subquery:
+    """The highest version number that exists (None: none). Model.latest_version counts the numbers
+    given out, deleted versions' included, so that numbers are never reused: not what users are shown."""
+    return Subquery(ModelVersion.objects.filter(model=OuterRef("pk")).order_by("-version").values("version")[:1])
+
+
 class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
     permission_classes = [IsAuthenticated, RegistryAccess]
     serializer_class = ModelSerializer
@@ -86,7 +92,7 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
     audit_actions = {"create": "model.create"}
 
     def get_queryset(self):
-        return Model.objects.select_related("created_by").order_by("name")
+        return Model.objects.select_related("created_by").annotate(highest_version=highest_version()).order_by("name")
 
     def get_object(self) -> Model:
         model = self.get_queryset().filter(name=self.kwargs["name"]).first()
@@ -101,6 +107,7 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
             serializer.validated_data.get("description", ""),
             actor=Actor.from_request(self.request),
         )
+        serializer.instance.highest_version = None  # a new model has no versions yet
 
     def get_success_headers(self, data):
         return {"Location": self.request.build_absolute_uri(f"/api/v1/models/{data['name']}/")}
@@ -127,10 +134,10 @@ class ModelVersionViewSet(
         version = self.get_queryset().filter(version=self.kwargs["version"]).first()
         if version is None:
             model = self.get_model()
+            latest = model.versions.order_by("-version").values_list("version", flat=True).first()
             raise NotFound(
-                f"{model.name} has no version {self.kwargs['version']}"
-                + (f"; its latest is {model.latest_version}" if model.latest_version else "")
-                + f". List them at /api/v1/models/{model.name}/versions/."
+                f"{model.name} has no version {self.kwargs['version']}; its latest is {latest or 'none'}. "
+                f"List them at /api/v1/models/{model.name}/versions/."
             )
         self.check_object_permissions(self.request, version)
         return version

@@ -11,6 +11,13 @@ from registry.models import Model, ModelVersion
 
 class ModelSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username", read_only=True)
+    latest_version = serializers.IntegerField(
+        source="highest_version",  # annotated by registry.api.highest_version()
+        read_only=True,
+        allow_null=True,
+        help_text="The highest version number that exists now; null when the model has none. "
+        "Numbers are never reused: after deleting v10 the next upload is still v11.",
+    )
 
     class Meta:
         model = Model

@@ -19,7 +19,7 @@ from controlplane.models import Role
 from controlplane.pagination import Counted
 from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page, takes_uploads
 from registry import services
-from registry.api import artifact_response, uploader_name
+from registry.api import artifact_response, highest_version, uploader_name
 from registry.models import VERSION_TERMINAL, ArtifactFormat, Model, ModelVersion, VersionStatus
 from registry.uploads import raise_if_form_refused
 
@@ -40,7 +40,7 @@ def model_list(request):
 
 def _model_list_context(request) -> dict:
     query = request.GET.get("q", "").strip()
-    models = Model.objects.order_by("name")
+    models = Model.objects.annotate(highest_version=highest_version()).order_by("name")
     if query:
         models = models.filter(Q(name__icontains=query) | Q(description__icontains=query))
     return {

@@ -98,3 +98,20 @@ def test_a_verdict_for_a_version_deleted_meanwhile_is_dropped(api, iris, model_f
         services.finish_validation(version.pk, {"ok": True, "signature": MLP_SIGNATURE}, actor=Actor.system()) is None
     )
     assert not AuditEvent.objects.filter(action="model_version.validated").exists()
+
+
+def test_after_deleting_the_highest_version_users_see_the_highest_that_exists(api, client, alice, iris, model_files):
+    upload(api, model_files["torchscript"])
+    upload(api, model_files["torchscript"])
+    assert api.delete("/api/v1/models/iris/versions/2/").status_code == 204
+    assert api.get("/api/v1/models/iris/").json()["latest_version"] == 1
+    assert api.get("/api/v1/models/").json()["results"][0]["latest_version"] == 1
+    assert "its latest is 1." in api.get("/api/v1/models/iris/versions/2/").json()["error"]
+    client.force_login(alice)
+    assert '<td class="num">v1</td>' in client.get("/models/").content.decode()
+
+    assert api.delete("/api/v1/models/iris/versions/1/").status_code == 204
+    assert api.get("/api/v1/models/iris/").json()["latest_version"] is None
+    assert "its latest is none." in api.get("/api/v1/models/iris/versions/2/").json()["error"]
+    # Numbers are not reused.
+    assert upload(api, model_files["torchscript"]).version == 3
