@@ -39,7 +39,7 @@ class HtmxLoginRedirectMiddleware:
 
     Followed by htmx, the redirect would put the login page inside the fragment, and its `next`
     would be the fragment's URL (an upload's accepts only POST: a 405 once logged in). `next`
-    is the page the user was on instead, when it is on this host.
+    is the page the user was on instead (its query string too), when it is on this host.
     """
 
     def __init__(self, get_response):
@@ -55,7 +55,7 @@ class HtmxLoginRedirectMiddleware:
             and urlsplit(response["Location"]).path == login
         ):
             page = request.htmx.current_url_abs_path  # None when it is another host's
-            return HttpResponseClientRedirect(redirect_to_login(urlsplit(page).path).url if page else login)
+            return HttpResponseClientRedirect(redirect_to_login(page).url if page else login)
         return response
 
 

@@ -26,7 +26,7 @@ def test_an_htmx_upload_without_a_session_redirects_the_page_to_log_in_and_back(
         "/models/iris/versions/upload/", {"artifact": artifact}, **htmx("http://testserver/models/iris/?page=2")
     )
     assert response.status_code == 200
-    assert response["HX-Redirect"] == "/login/?next=/models/iris/"
+    assert response["HX-Redirect"] == "/login/?next=/models/iris/%3Fpage%3D2"  # back to the same page of the list
     assert ModelVersion.objects.count() == 0
 
 
