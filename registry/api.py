@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.db.models import OuterRef, Subquery
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
+from django.utils.http import content_disposition_header
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, mixins, renderers, status, viewsets
 from rest_framework.decorators import action
@@ -51,7 +52,17 @@ def uploaded_artifact(request):
         ) from exc
     if upload is None:
         raise InvalidInput("Send the model file in the multipart field 'artifact'.", fields={"artifact": ["required"]})
+    refuse_second_artifact(request.FILES)
     return upload
+
+
+def refuse_second_artifact(files) -> None:
+    count = len(files.getlist("artifact"))
+    if count > 1:
+        raise InvalidInput(
+            f"The request has {count} files in 'artifact'; send one model file per upload.",
+            fields={"artifact": ["one file only"]},
+        )
 
 
 class OctetStreamRenderer(renderers.BaseRenderer):
@@ -201,15 +212,21 @@ class ModelVersionViewSet(
     @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, OctetStreamRenderer])
     def artifact(self, request, *args, **kwargs):
         version = self.get_object()
-        return artifact_response(version)
+        return artifact_response(request, version)
 
 
-def artifact_response(version: ModelVersion) -> FileResponse:
-    response = FileResponse(
-        version.artifact.open("rb"),
-        as_attachment=True,
-        filename=version.filename,
-        content_type="application/octet-stream",
-    )
+def artifact_response(request, version: ModelVersion) -> HttpResponse:
+    """The file as an attachment; for HEAD, its headers only (the file is not opened)."""
+    if request.method == "HEAD":
+        response = HttpResponse(content_type="application/octet-stream")
+        response["Content-Length"] = str(version.size)
+        response["Content-Disposition"] = content_disposition_header(True, version.filename)
+    else:
+        response = FileResponse(
+            version.artifact.open("rb"),
+            as_attachment=True,
+            filename=version.filename,
+            content_type="application/octet-stream",
+        )
     response["X-Checksum-SHA256"] = version.sha256
     return response

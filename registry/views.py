@@ -19,7 +19,7 @@ from controlplane.models import Role
 from controlplane.pagination import Counted
 from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page, takes_uploads
 from registry import services
-from registry.api import artifact_response, highest_version, uploader_name
+from registry.api import artifact_response, highest_version, refuse_second_artifact, uploader_name
 from registry.models import VERSION_TERMINAL, ArtifactFormat, Model, ModelVersion, VersionStatus
 from registry.uploads import raise_if_form_refused
 
@@ -150,6 +150,7 @@ def upload(request, name):
         artifact = request.FILES.get("artifact")
         if artifact is None:
             raise InvalidInput("Choose a model file to upload.")
+        refuse_second_artifact(request.FILES)
         version = services.upload_version(
             model,
             artifact,
@@ -188,4 +189,4 @@ def version_status(request, name, version):
 @require_GET
 def download(request, name, version):
     version = get_object_or_404(ModelVersion.objects.select_related("model"), model__name=name, version=version)
-    return artifact_response(version)
+    return artifact_response(request, version)

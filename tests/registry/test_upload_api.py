@@ -408,6 +408,38 @@ def test_the_download_names_a_unicode_file_in_rfc_6266_form(api, iris, model_fil
     assert fetched["Content-Disposition"] == "attachment; filename*=utf-8''" + quote("модель 🚀.pt")
 
 
+def test_head_on_an_artifact_answers_its_headers_without_reading_it(api, iris, model_files):
+    body, content_type = multipart(
+        'filename="модель 🚀.pt"', model_files["torchscript"].read_bytes(), signature=SIGNATURE
+    )
+    api.generic("POST", "/api/v1/models/iris/versions/", body, content_type=content_type)
+    url = "/api/v1/models/iris/versions/1/artifact/"
+    head = api.head(url)
+    fetched, _ = download(api, url)  # (closing a download ends the test's database connection: last)
+    assert head.status_code == 200
+    assert not head.streaming, "a HEAD must not open the file (a server would read it all to discard it)"
+    for header in ("Content-Length", "Content-Disposition", "Content-Type", "X-Checksum-SHA256"):
+        assert head[header] == fetched[header], header
+    assert int(head["Content-Length"]) == len(model_files["torchscript"].read_bytes())
+
+
+def test_two_files_in_artifact_are_refused_and_neither_is_kept(api, iris, model_files, new_files):
+    data = model_files["torchscript"].read_bytes()
+    boundary = "b0undary"
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="artifact"; filename="m.pt"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    body = part + data + b"\r\n" + part + data + f"\r\n--{boundary}--\r\n".encode()
+    response = api.generic(
+        "POST", "/api/v1/models/iris/versions/", body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    assert response.status_code == 400
+    assert "2 files in 'artifact'" in response.json()["error"]
+    assert not ModelVersion.objects.exists()
+    assert not new_files()
+
+
 def test_the_download_also_answers_clients_that_accept_only_octet_stream(api, iris, model_files):
     data = model_files["pt2"].read_bytes()
     upload(api, model_files["pt2"])
