@@ -215,6 +215,24 @@ def test_a_ready_versions_page_shows_everything_known_about_it(page: Page, alice
     shoot(page, "12-version-ready")
 
 
+def test_long_metadata_values_and_file_names_wrap_on_a_versions_page(page: Page, alice_with_models):
+    model = Model.objects.get(name="iris")
+    run = "https://mlflow.example.com/#/experiments/4/runs/" + "0f4c2a9e8b7d4b1f" * 16
+    add_version(
+        model,
+        alice_with_models,
+        VersionStatus.READY,
+        filename="iris-" + "x" * 190 + ".pt",
+        metadata={"training_run": run, "tag": "t" * 300, "metrics": {"note": "n" * 300}},
+    )
+    log_in(page, alice_with_models)
+    page.goto("/models/iris/versions/1/")
+    expect(page.locator("#version-facts a[href^='https://mlflow.example.com/']")).to_be_visible()
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 1280, f"the page scrolls sideways ({width}px wide)"
+    shoot(page, "13-version-long-metadata")
+
+
 def test_a_rejected_versions_page_says_why_and_does_not_poll(page: Page, alice_with_models):
     model = Model.objects.get(name="iris")
     add_version(model, alice_with_models, VersionStatus.REJECTED, rejection_reason=REJECTED_REASON)
