@@ -90,10 +90,21 @@ class RefuseAnonymousUploadsMiddleware(MiddlewareMixin):
 
 
 class ServiceErrorPagesMiddleware(MiddlewareMixin):
-    """A refusal raised in a browser view (a role it lacks, say) becomes a page saying so, and is audited."""
+    """A refusal raised in a browser view (a role it lacks, say) becomes a page saying so, and is audited.
+
+    For an htmx request the page would land inside whatever fragment it was to replace: the
+    refusal goes to the page's #htmx-refusal box instead (base.html), and the fragment stays.
+    """
 
     def process_exception(self, request, exception):
-        return refusal_page(request, exception) if isinstance(exception, ServiceError) else None
+        if not isinstance(exception, ServiceError):
+            return None
+        if getattr(request, "htmx", False):
+            response = refusal_page(request, exception, "htmx_refusal.html")
+            response["HX-Retarget"] = "#htmx-refusal"
+            response["HX-Reswap"] = "innerHTML"
+            return response
+        return refusal_page(request, exception)
 
 
 def refusal_page(request, exc: ServiceError, template: str = "refused.html"):

@@ -1,4 +1,5 @@
-"""An htmx request after the session expired sends the whole page to log in, and back to that page."""
+"""htmx requests refused: without a session the whole page goes to log in (and back); refused by a view, the
+page's refusal box says why."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from registry.models import Model, ModelVersion
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -43,3 +45,23 @@ def test_a_page_on_another_host_is_not_where_logging_in_leads(iris):
 def test_a_request_without_htmx_is_still_redirected_as_usual(iris):
     response = Client().get("/models/iris/")
     assert response.status_code == 302 and response["Location"] == "/login/?next=/models/iris/"
+
+
+def test_an_htmx_request_refused_by_the_view_says_why_in_the_pages_refusal_box(iris):
+    """Not a whole 'Not allowed' page inside the fragment the request was to replace."""
+    nobody = UserFactory()  # signed in, without a role anywhere
+    client = Client()
+    client.force_login(nobody)
+    response = client.get("/models/iris/versions/rows/", **htmx("http://testserver/models/iris/"))
+    assert response.status_code == 403
+    assert response["HX-Retarget"] == "#htmx-refusal" and response["HX-Reswap"] == "innerHTML"
+    body = response.content.decode()
+    assert 'role="alert"' in body and "<header" not in body and "<html" not in body
+    page = client.get("/models/")  # the same refusal as a whole page, without htmx
+    assert page.status_code == 403 and "<html" in page.content.decode()
+
+
+def test_every_page_has_the_box_htmx_refusals_go_to(alice):
+    client = Client()
+    client.force_login(alice)
+    assert 'id="htmx-refusal"' in client.get("/models/").content.decode()
