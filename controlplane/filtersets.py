@@ -1,6 +1,7 @@
 from datetime import UTC
 
 import django_filters
+from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import Q
 from django_filters.fields import IsoDateTimeField
@@ -23,6 +24,11 @@ class UTCDateTimeField(IsoDateTimeField):
     PostgreSQL refuses offsets beyond ±15:59 that Python accepts (up to ±23:59).
     """
 
+    default_error_messages = {
+        "invalid": "Enter a date, or a date and time, in ISO 8601: 2026-11-23, 2026-11-23T14:30:00Z "
+        "or 2026-11-23T14:30:00+01:00.",
+    }
+
     def to_python(self, value):
         value = super().to_python(value)
         if value is None:
@@ -35,6 +41,10 @@ class UTCDateTimeField(IsoDateTimeField):
 
 class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = UTCDateTimeField
+
+
+class IntegerFilter(django_filters.NumberFilter):
+    field_class = forms.IntegerField  # NumberFilter's decimal would match 1.5 to event 1
 
 
 class AuditEventFilterSet(django_filters.FilterSet):
@@ -56,7 +66,11 @@ class AuditEventFilterSet(django_filters.FilterSet):
     )
     since = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
     until = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
-    event = django_filters.NumberFilter(field_name="id", label="One event, by its id")
+    event = IntegerFilter(
+        field_name="id",
+        label="One event, by its id",
+        error_messages={"invalid": "event is an event's id: a whole number, such as 42."},
+    )
 
     class Meta:
         model = AuditEvent

@@ -248,10 +248,19 @@ def test_an_unknown_outcome_lists_the_valid_ones(api):
 
 
 @pytest.mark.django_db
-def test_a_bad_time_filter_answers_400_saying_which(api, history):
+def test_a_bad_time_filter_answers_400_saying_which_and_how_to_write_one(api, history):
     response = api.get("/api/v1/audit/?since=yesterday")
     assert response.status_code == 400
-    assert "since" in response.json()["error"]
+    error = response.json()["error"]
+    assert "since" in error and "2026-11-23T14:30:00Z" in error
+    assert api.get("/api/v1/audit/?since=2026-01-01").status_code == 200  # a date alone is a time too
+
+
+@pytest.mark.django_db
+def test_an_event_filter_takes_whole_numbers_only(api, history):
+    response = api.get("/api/v1/audit/?event=1.5")
+    assert response.status_code == 400
+    assert "a whole number" in response.json()["error"]
 
 
 @pytest.mark.django_db
