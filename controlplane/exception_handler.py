@@ -51,7 +51,7 @@ def exception_handler(exc, context):
     if isinstance(exc, exceptions.NotAuthenticated):
         exc.detail = exceptions.ErrorDetail(NOT_AUTHENTICATED, code=exc.default_code)  # keeps its auth_header
     elif isinstance(exc, Http404):
-        exc = exceptions.NotFound("Not found: check the name or number in the URL.")
+        exc = exceptions.NotFound(_unknown_format(context) or "Not found: check the name or number in the URL.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, exceptions.Throttled):
@@ -75,6 +75,18 @@ def exception_handler(exc, context):
     elif isinstance(exc, exceptions.ValidationError | exceptions.ParseError | exceptions.UnsupportedMediaType):
         _audit_refusal(context, Outcome.INVALID, body["error"], response.status_code)
     return response
+
+
+def _unknown_format(context) -> str | None:
+    """DRF answers a ?format= that no renderer of the view has with a 404: say that, not "check the URL"."""
+    request, view = context.get("request"), context.get("view")
+    fmt = request.query_params.get("format") if request is not None else None
+    if not fmt or view is None or fmt in {renderer.format for renderer in view.get_renderers()}:
+        return None
+    message = f"There is no format {fmt!r} here: the API answers JSON; leave 'format' out."
+    if request.path.startswith("/api/v1/audit/") and not request.path.startswith("/api/v1/audit/export/"):
+        message += " The audit log's files come from /api/v1/audit/export/?format=csv (or jsonl)."
+    return message
 
 
 def _throttled(exc: exceptions.Throttled, context) -> Response:

@@ -280,3 +280,13 @@ def test_the_chain_check_names_the_tampered_event_and_links_to_it(client, alice,
 
 def test_the_chain_check_needs_a_login(client):
     assert client.get("/audit/verify/").status_code == 302
+
+
+def test_an_unknown_format_on_a_list_says_so_and_where_files_come_from(api, estate):
+    response = api.get("/api/v1/audit/?format=csv")
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert "There is no format 'csv' here" in error and "/api/v1/audit/export/?format=csv" in error
+    response = api.get("/api/v1/models/?format=xml")
+    assert response.status_code == 404 and "There is no format 'xml' here" in response.json()["error"]
+    assert api.get("/api/v1/models/?format=json").status_code == 200
