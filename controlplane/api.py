@@ -120,6 +120,7 @@ class TokenRequestSerializer(serializers.Serializer):
         choices=TokenScope.choices,
         default=TokenScope.ADMIN,
         help_text="read: look only; deploy: also upload, build and deploy; admin (default): all you may do",
+        error_messages={"invalid_choice": f'"{{input}}" is not a scope; use one of {", ".join(TokenScope.values)}.'},
     )
     environments = serializers.ListField(
         child=serializers.CharField(), required=False, default=list, help_text="limit it to these environments"

@@ -205,3 +205,9 @@ def test_a_new_token_records_its_scope_environments_and_expiry(tess):
     event = AuditEvent.objects.filter(action="token.create").latest("id")
     assert event.after["scope"] == "deploy" and event.after["environments"] == ["x", "y"]
     assert event.after["expires_at"]
+
+
+def test_an_unknown_scope_lists_the_scopes_there_are(tess):
+    response = token(tess).post("/api/v1/tokens/", {"name": "odd", "scope": "root"}, format="json")
+    assert response.status_code == 400
+    assert '"root" is not a scope; use one of read, deploy, admin.' in response.json()["error"]
