@@ -23,8 +23,9 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         token = authenticate_token(header[1])
         if token is None:
             exc = exceptions.AuthenticationFailed(
-                "This API token is unknown, revoked or expired. Create a new one under API tokens in the web UI, "
-                "or with 'python manage.py create_api_token USERNAME'."
+                "This API token is unknown, revoked or expired, or its user's account is disabled. Create a new "
+                "one under API tokens in the web UI, or with 'python manage.py create_api_token USERNAME' (an "
+                "administrator re-enables a disabled account)."
             )
             exc.audit_note = describe_refused(header[1])  # which token, for the log only
             raise exc

@@ -73,7 +73,7 @@ def test_a_revoked_token_is_refused(alice):
 def test_the_token_of_a_deactivated_user_is_refused(alice, alice_token):
     alice.is_active = False
     alice.save()
-    event = assert_denied(client_with(f"Bearer {alice_token}").get("/api/v1/models/"), "unknown, revoked or expired")
+    event = assert_denied(client_with(f"Bearer {alice_token}").get("/api/v1/models/"), "account is disabled")
     assert "of alice, its user is deactivated]" in event.message
 
 
