@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.db.models import OuterRef, Subquery
-from django.http import FileResponse, HttpResponse
-from django.utils.http import content_disposition_header
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, mixins, renderers, status, viewsets
 from rest_framework.decorators import action
@@ -18,6 +16,7 @@ from controlplane.pagination import Counted
 from controlplane.permissions import RegistryAccess
 from controlplane.renderers import JSONRenderer
 from registry import services
+from registry.downloads import artifact_response
 from registry.filtersets import ModelFilterSet, ModelVersionFilterSet
 from registry.models import Model, ModelVersion
 from registry.serializers import (
@@ -208,25 +207,16 @@ class ModelVersionViewSet(
     def perform_destroy(self, instance):
         services.delete_version(instance, actor=Actor.from_request(self.request))
 
-    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): bytes,
+            (206, "application/octet-stream"): OpenApiResponse(bytes, description="The bytes a Range header asked for"),
+            416: OpenApiResponse(description="The Range starts past the end of the file"),
+        },
+        description="The artifact as an attachment. One `Range: bytes=...` resumes a download (206); "
+        "`If-Range` with the ETag (the SHA-256) resumes only the same bytes.",
+    )
     @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, OctetStreamRenderer])
     def artifact(self, request, *args, **kwargs):
         version = self.get_object()
         return artifact_response(request, version)
-
-
-def artifact_response(request, version: ModelVersion) -> HttpResponse:
-    """The file as an attachment; for HEAD, its headers only (the file is not opened)."""
-    if request.method == "HEAD":
-        response = HttpResponse(content_type="application/octet-stream")
-        response["Content-Length"] = str(version.size)
-        response["Content-Disposition"] = content_disposition_header(True, version.filename)
-    else:
-        response = FileResponse(
-            version.artifact.open("rb"),
-            as_attachment=True,
-            filename=version.filename,
-            content_type="application/octet-stream",
-        )
-    response["X-Checksum-SHA256"] = version.sha256
-    return response

@@ -19,7 +19,8 @@ from controlplane.models import Role
 from controlplane.pagination import Counted
 from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page, takes_uploads
 from registry import services
-from registry.api import artifact_response, highest_version, refuse_second_artifact, uploader_name
+from registry.api import highest_version, refuse_second_artifact, uploader_name
+from registry.downloads import artifact_response
 from registry.models import VERSION_TERMINAL, ArtifactFormat, Model, ModelVersion, VersionStatus
 from registry.uploads import raise_if_form_refused
 

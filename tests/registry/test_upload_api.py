@@ -342,6 +342,15 @@ def test_an_upload_over_real_http_round_trips_the_exact_bytes(server, alice_toke
     fetched = conn.getresponse()
     assert fetched.status == 200
     assert fetched.read() == data
+    # Cut off after 1,000 bytes, the download resumes where it stopped, on the same connection.
+    conn.request(
+        "GET",
+        "/api/v1/models/iris/versions/1/artifact/",
+        headers={"Authorization": headers["Authorization"], "Range": "bytes=1000-"},
+    )
+    rest = conn.getresponse()
+    assert rest.status == 206
+    assert data[:1000] + rest.read() == data
     conn.close()
 
 
@@ -421,6 +430,49 @@ def test_head_on_an_artifact_answers_its_headers_without_reading_it(api, iris, m
     for header in ("Content-Length", "Content-Disposition", "Content-Type", "X-Checksum-SHA256"):
         assert head[header] == fetched[header], header
     assert int(head["Content-Length"]) == len(model_files["torchscript"].read_bytes())
+
+
+@pytest.fixture
+def uploaded(api, iris, model_files) -> bytes:
+    data = model_files["torchscript"].read_bytes()
+    assert upload(api, model_files["torchscript"], signature=SIGNATURE).status_code == 201
+    return data
+
+
+ARTIFACT = "/api/v1/models/iris/versions/1/artifact/"
+
+
+@pytest.mark.parametrize(
+    ("header", "wanted"),
+    [("bytes=10-19", slice(10, 20)), ("bytes=100-", slice(100, None)), ("bytes=-7", slice(-7, None))],
+)
+def test_a_download_resumes_from_a_byte_range(api, uploaded, header, wanted):
+    """What `curl -C -` and `wget -c` send: the rest of the file, not all of it again."""
+    response, content = download(api, ARTIFACT, HTTP_RANGE=header)
+    part = uploaded[wanted]
+    assert response.status_code == 206
+    assert content == part
+    assert response["Content-Length"] == str(len(part))
+    first = wanted.start if wanted.start >= 0 else len(uploaded) + wanted.start
+    assert response["Content-Range"] == f"bytes {first}-{first + len(part) - 1}/{len(uploaded)}"
+
+
+def test_a_range_past_the_end_is_416_and_odd_ones_get_the_whole_file(api, uploaded):
+    size = len(uploaded)
+    past = api.get(ARTIFACT, HTTP_RANGE=f"bytes={size}-")
+    assert past.status_code == 416 and past["Content-Range"] == f"bytes */{size}"
+    for header in ("bytes=0-1,5-6", "lines=1-2", "bytes=9-3"):
+        response = api.get(ARTIFACT, HTTP_RANGE=header)  # (closing a response ends the test's connection)
+        assert response.status_code == 200 and response["Content-Length"] == str(size), header
+
+
+def test_a_range_for_other_bytes_than_the_clients_gets_the_whole_file(api, uploaded):
+    stale = api.get(ARTIFACT, HTTP_RANGE="bytes=5-", HTTP_IF_RANGE='"0000"')
+    assert stale.status_code == 200 and stale["Content-Length"] == str(len(uploaded))
+    digest = hashlib.sha256(uploaded).hexdigest()
+    response, content = download(api, ARTIFACT, HTTP_RANGE="bytes=5-", HTTP_IF_RANGE=f'"{digest}"')
+    assert response.status_code == 206 and content == uploaded[5:]
+    assert response["ETag"] == f'"{digest}"' and response["Accept-Ranges"] == "bytes"
 
 
 def test_two_files_in_artifact_are_refused_and_neither_is_kept(api, iris, model_files, new_files):
