@@ -19,11 +19,12 @@ LATENCY = "slipway_inference_request_duration_seconds"
 
 # Outcomes (inference_runtime/errors.py) that are the release's failures: requests
 # it should have answered and did not. "error" is a failed forward pass or an
-# unexpected error (500; the runtime also counts a client that hung up mid-request
-# there), "timeout" a 504, "busy" a full queue (503), "not_ready" a replica that
+# unexpected error (500; a client that hangs up mid-request is counted apart, in
+# slipway_inference_client_disconnects_total), "timeout" a 504, "busy" a full queue (503), "not_ready" a replica that
 # took traffic while loading or draining (503). Client mistakes are no fault of the
-# release and do not count: bad_request (400), not_found (404), too_large (413)
-# and unsupported (501: a Content-Encoding the client chose).
+# release and do not count: bad_request (400), not_found (404), too_large (413),
+# unsupported (501: a Content-Encoding the client chose) and client_timeout (408: the
+# client did not send its body in time).
 ERROR_OUTCOMES = frozenset({"error", "timeout", "busy", "not_ready"})
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 

@@ -48,7 +48,14 @@ def test_every_runtime_outcome_is_either_an_error_or_not():
     """A new outcome in the runtime fails here until someone decides whether it is the release's fault."""
     outcomes = {"success", *OUTCOMES.values()}
     assert outcomes >= ERROR_OUTCOMES
-    assert outcomes - ERROR_OUTCOMES == {"success", "bad_request", "not_found", "too_large", "unsupported"}
+    assert outcomes - ERROR_OUTCOMES == {
+        "success",
+        "bad_request",
+        "not_found",
+        "too_large",
+        "unsupported",
+        "client_timeout",
+    }
 
 
 def test_server_failures_count_as_errors_and_client_mistakes_do_not():

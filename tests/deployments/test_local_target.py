@@ -22,7 +22,7 @@ import torch
 
 from deployments.targets import DeploymentRef, ReleaseSpec, RuntimeSettings, TargetError, get_target
 from deployments.targets.local import LocalTarget
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port_range, wait_for
 from tests.models_zoo import MLP, MLP_SIGNATURE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def second_model(tmp_path_factory) -> Path:
 def var_dir(settings, tmp_path) -> Path:
     settings.VAR_DIR = tmp_path / "var"
     # Ports of our own, so tests beside other runs on this machine don't race for 8100.
-    first = free_port()
+    first = free_port_range(21)
     settings.SLIPWAY_LOCAL_PORTS = (first, first + 20)
     return settings.VAR_DIR
 
