@@ -112,4 +112,6 @@ def refusal_page(request, exc: ServiceError, template: str = "refused.html"):
 
     match = getattr(request, "resolver_match", None)
     action = f"page.{match.url_name}" if match and match.url_name else "page"
-    return refuse(request, exc, action, template, {"status": exc.status_code})
+    # Someone without any role would be sent from one refusal to the next by "Back to the models".
+    may_browse = request.user.is_authenticated and access.can_registry(Actor.from_request(request), Role.VIEWER)
+    return refuse(request, exc, action, template, {"status": exc.status_code, "may_browse": may_browse})

@@ -59,6 +59,8 @@ def test_an_htmx_request_refused_by_the_view_says_why_in_the_pages_refusal_box(i
     assert 'role="alert"' in body and "<header" not in body and "<html" not in body
     page = client.get("/models/")  # the same refusal as a whole page, without htmx
     assert page.status_code == 403 and "<html" in page.content.decode()
+    assert "Back to the models" not in page.content.decode()  # it would only lead to this refusal again
+    assert "you have none yet" in page.content.decode()
 
 
 def test_every_page_has_the_box_htmx_refusals_go_to(alice):

@@ -122,6 +122,15 @@ def test_an_htmx_upload_by_a_viewer_answers_the_refusal_in_the_upload_card(viewe
     assert ModelVersion.objects.count() == 0
 
 
+def test_a_viewers_refused_upload_page_leads_back_to_the_models(viewer, iris, model_files):
+    client = Client()
+    client.force_login(viewer)
+    artifact = SimpleUploadedFile("mlp.pt", model_files["torchscript"].read_bytes())
+    response = client.post("/models/iris/versions/upload/", {"artifact": artifact})
+    assert response.status_code == 403
+    assert "Back to the models" in response.content.decode()  # which they may read
+
+
 def test_a_viewer_is_told_which_role_uploading_and_creating_need_instead_of_the_forms(viewer, iris):
     client = Client()
     client.force_login(viewer)
