@@ -32,6 +32,7 @@ def token_list(request):
         "environments": access.scope(Environment.objects, actor, field="pk").order_by("created_at", "name"),
         "lifetimes": [(7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "a year"), ("", "until revoked")],
         "form": request.POST,
+        "chosen_environments": request.POST.getlist("environments"),
     }
     if request.method == "POST":
         try:

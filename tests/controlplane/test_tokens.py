@@ -14,8 +14,9 @@ from django.core.management.base import CommandError
 from rest_framework.test import APIClient
 
 from controlplane.audit import Actor
-from controlplane.models import APIToken, AuditEvent
+from controlplane.models import APIToken, AuditEvent, Role, RoleBinding
 from controlplane.tokens import create_token, hash_token
+from deployments import services as deployment_services
 from tests.conftest import ROOT
 from tests.factories import UserFactory
 
@@ -129,6 +130,20 @@ def test_nobody_can_see_or_revoke_someone_elses_token(browser, alice):
     assert "bobs-laptop" not in browser.get("/tokens/").content.decode()
     assert browser.post(f"/tokens/{issued.token.pk}/revoke/").status_code == 404
     assert authenticates(issued.raw)
+
+
+@pytest.mark.django_db
+def test_a_refused_token_form_keeps_what_was_typed_and_ticked(browser, alice):
+    for name in ("dev", "prod-dev"):
+        env = deployment_services.create_environment(name, actor=Actor.system())
+        RoleBinding.objects.create(user=alice, environment=env, role=Role.ADMIN)
+    browser.post("/tokens/", {"name": "ci-pipeline"})
+    again = browser.post("/tokens/", {"name": "ci-pipeline", "environments": ["prod-dev"]})  # the name is taken
+    assert again.status_code == 409
+    page = again.content.decode()
+    assert 'value="ci-pipeline"' in page
+    assert 'value="prod-dev" checked' in page
+    assert 'value="dev" checked' not in page  # "dev" is in "prod-dev", but was not ticked
 
 
 @pytest.mark.django_db
