@@ -65,27 +65,25 @@ class Batcher:
         self._running_since: float | None = None  # when the forward pass now running began
         self._loop = asyncio.get_running_loop()
 
-    async def infer(
-        self, arrays: list[np.ndarray], datatypes: tuple[str, ...], rows: int, key: Any, deadline: float
-    ) -> Outputs:
-        """Queue one request and wait for its own rows of every output."""
+    async def infer(self, arrays: list[np.ndarray], datatypes: tuple[str, ...], rows: int, key: Any, watch) -> Outputs:
+        """Queue one request and wait for its own rows of every output.
+
+        `watch.item` is set to the queued item: the request's deadline (server.Deadline) expires it.
+        """
         queue = self._queue
         if len(queue) >= self._max_queue:
             raise ServerBusy(f"the queue is full ({self._max_queue} requests waiting); retry shortly")
         loop = self._loop
         item = Item(arrays, datatypes, rows, key, loop.create_future(), loop.time())
         queue.append(item)
+        watch.item = item
         self._queued_rows += rows
         # Wake the batcher only when there is something new for it to decide.
         if len(queue) == 1 or self._queued_rows >= self._max_rows or self._nobody_else_coming():
             self._wakeup.set()
-        timer = loop.call_at(deadline, self._expire, item)
-        try:
-            return await item.future
-        finally:
-            timer.cancel()
+        return await item.future
 
-    def _expire(self, item: Item) -> None:
+    def expire(self, item: Item) -> None:
         """Past its deadline: answer 504 and give its place in the queue to someone else."""
         if item.future.done():
             return

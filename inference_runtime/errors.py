@@ -46,7 +46,7 @@ class ServerBusy(RuntimeFailure):
 
 
 class BodyTimeout(RuntimeFailure):
-    """The client did not send its whole body within the request timeout."""
+    """The client did not send its whole body within the request timeout (answered with Connection: close)."""
 
     status = 408
 

@@ -52,6 +52,18 @@ class ClientGone(Exception):
     pass
 
 
+class Deadline:
+    """A request's timeout: the task reading its body, then its place in the batching queue."""
+
+    __slots__ = ("cut_off", "item", "reading", "task")
+
+    def __init__(self, task: asyncio.Task):
+        self.task = task
+        self.reading = True
+        self.cut_off = False
+        self.item = None  # set by the batcher once the request is queued
+
+
 class Runtime:
     """One model's lifecycle: loading → ready → draining, and the infer hot path."""
 
@@ -203,17 +215,28 @@ class Runtime:
         """POST /v2/models/{name}[/versions/{v}]/infer: the hot path."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = started + self.config.request_timeout_s
         metrics = self.metrics
+        # One timer for the whole request: past the timeout it cuts off a body still arriving (408),
+        # or takes the request out of the batching queue (504).
+        watch = Deadline(asyncio.current_task())
+        timer = loop.call_at(started + self.config.request_timeout_s, self._deadline_passed, watch)
         self.in_flight += 1
         try:
             try:
                 model = self.ready_model(name, version)
-                header_length, body = await self._read_body(scope, receive, deadline)
+                try:
+                    header_length, body = await self._read_body(scope, receive)
+                except asyncio.CancelledError:
+                    if not watch.cut_off:
+                        raise  # the server is stopping
+                    watch.task.uncancel()
+                    raise BodyTimeout(
+                        f"the body did not arrive within the request timeout ({self.config.request_timeout_s:g} s)",
+                        headers={"connection": "close"},
+                    ) from None
+                watch.reading = False
                 request = decode_request(body, header_length, model)
-                result = await self.batcher.infer(
-                    request.arrays, request.datatypes, request.rows, request.key, deadline
-                )
+                result = await self.batcher.infer(request.arrays, request.datatypes, request.rows, request.key, watch)
                 headers, payload = encode_response(request, result, self.config.model_name, self.config.model_version)
                 status, outcome = 200, "success"
             except ClientGone:
@@ -224,14 +247,23 @@ class Runtime:
                 outcome = outcome_of(exc)
                 if not isinstance(exc, RuntimeFailure):
                     log.exception("unexpected error in an infer request")
+            watch.reading = False
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": payload})
             metrics.requests[outcome].inc()
             metrics.latency.observe(loop.time() - started)
         finally:
+            timer.cancel()
             self.in_flight -= 1
 
-    async def _read_body(self, scope: dict, receive: Callable, deadline: float) -> tuple[int | None, bytes]:
+    def _deadline_passed(self, watch: Deadline) -> None:
+        if watch.reading:
+            watch.cut_off = True
+            watch.task.cancel()
+        elif watch.item is not None:
+            self.batcher.expire(watch.item)
+
+    async def _read_body(self, scope: dict, receive: Callable) -> tuple[int | None, bytes]:
         limit = self.config.max_body_bytes
         header_length = encoding = None
         for key, value in scope["headers"]:
@@ -246,8 +278,8 @@ class Runtime:
             elif key == b"content-encoding":
                 encoding = value.decode("latin-1").strip().lower()
         chunks, size = [], 0
-        message = await receive()  # a small body has arrived whole with the headers
         while True:
+            message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk = message.get("body", b"")
@@ -257,12 +289,6 @@ class Runtime:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-            try:  # a slow client may not hold a request (and a drain) open past the request timeout
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
-            except TimeoutError:
-                raise BodyTimeout(
-                    f"the body did not arrive within the request timeout ({self.config.request_timeout_s:g} s)"
-                ) from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if encoding and encoding != "identity":
             body = _decompress(body, encoding, limit)
