@@ -15,7 +15,8 @@ from django.utils.http import content_disposition_header
 
 from registry.models import ModelVersion
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# 19 digits: any file size; a longer number would only make int() refuse it (a 500).
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$", re.IGNORECASE)
 _CHUNK = 1024 * 1024
 
 
@@ -55,6 +56,8 @@ def byte_range(header: str, size: int) -> tuple[int, int] | str | None:
     match = _RANGE.match(header.strip())
     if match is None:
         return None  # several ranges, another unit, or nonsense
+    if size == 0:
+        return "unsatisfiable"  # no byte to send
     first, last = match.groups()
     if not first:
         if not last:

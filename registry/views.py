@@ -10,7 +10,7 @@ from django.template.defaultfilters import filesizeformat, truncatechars
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST, require_safe
 
 from controlplane import access
 from controlplane.audit import Actor
@@ -187,7 +187,7 @@ def version_status(request, name, version):
 
 
 @registry_page
-@require_GET
+@require_safe
 def download(request, name, version):
     version = get_object_or_404(ModelVersion.objects.select_related("model"), model__name=name, version=version)
     return artifact_response(request, version)

@@ -13,10 +13,12 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from django.conf import settings
+from django.test import Client
 
 from controlplane.audit import Actor
 from controlplane.models import AuditEvent
 from registry import services
+from registry.downloads import byte_range
 from registry.models import ModelVersion
 from tests.conftest import wait_for
 from tests.models_zoo import MLP_SIGNATURE
@@ -461,9 +463,23 @@ def test_a_range_past_the_end_is_416_and_odd_ones_get_the_whole_file(api, upload
     size = len(uploaded)
     past = api.get(ARTIFACT, HTTP_RANGE=f"bytes={size}-")
     assert past.status_code == 416 and past["Content-Range"] == f"bytes */{size}"
-    for header in ("bytes=0-1,5-6", "lines=1-2", "bytes=9-3"):
+    for header in ("bytes=0-1,5-6", "lines=1-2", "bytes=9-3", "bytes=" + "9" * 5000 + "-"):
         response = api.get(ARTIFACT, HTTP_RANGE=header)  # (closing a response ends the test's connection)
         assert response.status_code == 200 and response["Content-Length"] == str(size), header
+
+
+def test_the_range_unit_is_case_insensitive(api, uploaded):
+    response, content = download(api, ARTIFACT, HTTP_RANGE="Bytes=0-9")
+    assert response.status_code == 206 and content == uploaded[:10]
+
+
+def test_an_empty_artifact_has_no_byte_to_send_and_the_pages_download_answers_head(iris, alice):
+    assert byte_range("bytes=-5", 0) == "unsatisfiable"
+    assert byte_range("bytes=0-", 0) == "unsatisfiable"
+    assert byte_range("bytes=0-", 10) == (0, 9)
+    browser = Client()
+    browser.force_login(alice)
+    assert browser.head("/models/iris/versions/99/download/").status_code == 404  # HEAD is allowed there too
 
 
 def test_a_range_for_other_bytes_than_the_clients_gets_the_whole_file(api, uploaded):
