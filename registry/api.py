@@ -51,17 +51,7 @@ def uploaded_artifact(request):
         ) from exc
     if upload is None:
         raise InvalidInput("Send the model file in the multipart field 'artifact'.", fields={"artifact": ["required"]})
-    refuse_second_artifact(request.FILES)
     return upload
-
-
-def refuse_second_artifact(files) -> None:
-    count = len(files.getlist("artifact"))
-    if count > 1:
-        raise InvalidInput(
-            f"The request has {count} files in 'artifact'; send one model file per upload.",
-            fields={"artifact": ["one file only"]},
-        )
 
 
 class OctetStreamRenderer(renderers.BaseRenderer):

@@ -354,6 +354,9 @@ class _Form:
         filename = clean_file_name(params["filename"])
         if not filename:
             return
+        if name in self.files:  # refused before a second file is written, not after
+            count = len(self.files.getlist(name)) + 1
+            raise InvalidInput(f"The request has {count} files in {name!r}; send one model file per upload.")
         content_type, extra = header_parameters(self._headers.get("content-type", ""), "a part's Content-Type")
         charset = extra.pop("charset", None)
         self._writer = _FileWriter(filename, content_type, charset, extra, settings.SLIPWAY_MAX_ARTIFACT_BYTES)

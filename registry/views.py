@@ -19,7 +19,7 @@ from controlplane.models import Role
 from controlplane.pagination import Counted
 from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page, takes_uploads
 from registry import services
-from registry.api import highest_version, refuse_second_artifact, uploader_name
+from registry.api import highest_version, uploader_name
 from registry.downloads import artifact_response
 from registry.models import VERSION_TERMINAL, ArtifactFormat, Model, ModelVersion, VersionStatus
 from registry.uploads import raise_if_form_refused
@@ -151,7 +151,6 @@ def upload(request, name):
         artifact = request.FILES.get("artifact")
         if artifact is None:
             raise InvalidInput("Choose a model file to upload.")
-        refuse_second_artifact(request.FILES)
         version = services.upload_version(
             model,
             artifact,

@@ -101,6 +101,17 @@ def test_a_malformed_body_is_refused_on_the_page_and_keeps_nothing(browser, iris
     assert _leftovers() == before
 
 
+def test_two_files_chosen_for_one_upload_are_refused_on_the_page(browser, iris, model_files):
+    before = _leftovers()
+    data = model_files["torchscript"].read_bytes()
+    files = [SimpleUploadedFile("a.pt", data), SimpleUploadedFile("b.pt", data)]
+    response = browser.post("/models/iris/versions/upload/", {"artifact": files}, **_csrf(browser))
+    assert response.status_code == 400
+    assert "2 files in &#x27;artifact&#x27;" in response.content.decode()
+    assert ModelVersion.objects.count() == 0
+    assert _leftovers() == before
+
+
 @pytest.fixture
 def viewer(db):
     """Someone who may read the registry everywhere, and upload nowhere."""
