@@ -59,7 +59,7 @@ class Deadline:
 
     def __init__(self, task: asyncio.Task):
         self.task = task
-        self.reading = True
+        self.reading = False  # True while the body arrives
         self.cut_off = False
         self.item = None  # set by the batcher once the request is queued
 
@@ -224,6 +224,7 @@ class Runtime:
         try:
             try:
                 model = self.ready_model(name, version)
+                watch.reading = True
                 try:
                     header_length, body = await self._read_body(scope, receive)
                 except asyncio.CancelledError:
@@ -234,7 +235,8 @@ class Runtime:
                         f"the body did not arrive within the request timeout ({self.config.request_timeout_s:g} s)",
                         headers={"connection": "close"},
                     ) from None
-                watch.reading = False
+                finally:
+                    watch.reading = False
                 request = decode_request(body, header_length, model)
                 result = await self.batcher.infer(request.arrays, request.datatypes, request.rows, request.key, watch)
                 headers, payload = encode_response(request, result, self.config.model_name, self.config.model_version)
@@ -247,7 +249,6 @@ class Runtime:
                 outcome = outcome_of(exc)
                 if not isinstance(exc, RuntimeFailure):
                     log.exception("unexpected error in an infer request")
-            watch.reading = False
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": payload})
             metrics.requests[outcome].inc()
