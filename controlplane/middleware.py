@@ -47,12 +47,11 @@ class HtmxLoginRedirectMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
-        login = resolve_url(settings.LOGIN_URL)
         if (
             getattr(request, "htmx", False)
             and response.status_code == 302
             and not request.user.is_authenticated
-            and urlsplit(response["Location"]).path == login
+            and urlsplit(response["Location"]).path == (login := resolve_url(settings.LOGIN_URL))
         ):
             page = request.htmx.current_url_abs_path  # None when it is another host's
             return HttpResponseClientRedirect(redirect_to_login(page).url if page else login)
