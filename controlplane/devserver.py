@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+GUNICORN_CONF = Path(__file__).resolve().parent / "gunicorn.conf.py"  # worker class, threads, timeout, GC
 
 
 def main() -> int:
@@ -32,16 +33,12 @@ def main() -> int:
         "web": [
             str(BIN / "gunicorn"),
             "controlplane.wsgi",
+            "--config",
+            str(GUNICORN_CONF),
             "--bind",
             bind,
-            "--worker-class",
-            "gthread",
             "--workers",
             os.environ.get("SLIPWAY_WEB_WORKERS", "2"),
-            "--threads",
-            "8",
-            "--timeout",
-            "600",
             "--access-logfile",
             "-",
         ],

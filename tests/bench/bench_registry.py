@@ -325,20 +325,16 @@ class Server:
 
 def gunicorn(name: str, app: list[str], env: dict[str, str], ready_path: str) -> Server:
     port = free_port()
-    # The flags of controlplane/devserver.py, which `make run` starts.
+    # The settings and flags of controlplane/devserver.py, which `make run` starts.
     cmd = [
         str(BIN / "gunicorn"),
         *app,
+        "--config",
+        str(ROOT / "controlplane" / "gunicorn.conf.py"),
         "--bind",
         f"127.0.0.1:{port}",
-        "--worker-class",
-        "gthread",
         "--workers",
         "2",
-        "--threads",
-        "8",
-        "--timeout",
-        "600",
         "--access-logfile",
         "-",
     ]

@@ -1,0 +1,89 @@
+"""controlplane/gunicorn.conf.py: what a request leaves in reference cycles is freed once its answer is written.
+
+Run through a real gunicorn with the file, as `make run` and production start it, on a
+small WSGI app: the first request makes a reference cycle and keeps only a weak reference
+to it; the next request answers whether the cycle is still alive. Without the
+configuration the cycle waits for the collector's thresholds (700 new objects), so the
+same test also proves that it tells the two apart.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+CONF = ROOT / "controlplane" / "gunicorn.conf.py"
+
+APP = """
+import gc
+import weakref
+
+class Node:
+    pass
+
+cycles = []
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/make":
+        node = Node()
+        node.self = node  # freed only by the cycle collector
+        cycles.append(weakref.ref(node))
+        body = b"made"
+    else:
+        alive = sum(ref() is not None for ref in cycles)
+        body = f"{alive} {gc.get_freeze_count()} {gc.get_threshold()[0]}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def serve(tmp_path, *config: str):
+    (tmp_path / "cycles_app.py").write_text(APP)
+    port = free_port()
+    with (tmp_path / "gunicorn.log").open("wb") as log:
+        # One worker, so both requests reach the same process.
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gunicorn", *config, "--chdir", str(tmp_path)),
+                *("--workers", "1", "--bind", f"127.0.0.1:{port}", "cycles_app:application"),
+            ],
+            cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("GUNICORN")},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+    while True:
+        try:
+            client.get("/status")
+            return server, client
+        except httpx.TransportError:
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["with-the-conf", "gunicorn-defaults"])
+def test_a_requests_reference_cycles_are_freed_before_the_next_request(tmp_path, configured):
+    server, client = serve(tmp_path, *(["--config", str(CONF)] if configured else []))
+    try:
+        assert client.get("/make").text == "made"
+        alive, frozen, young_threshold = map(int, client.get("/status").text.split())
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=30)
+    if configured:
+        assert alive == 0
+        assert frozen > 10_000  # what the worker had made before its first request: frozen, no longer scanned
+        assert young_threshold == 20_000  # one request's objects do not trigger a collection mid-request
+    else:
+        assert alive == 1
+        assert frozen == 0
