@@ -16,6 +16,7 @@ from controlplane import access
 from controlplane.audit import Actor
 from controlplane.errors import ServiceError
 from controlplane.models import Role
+from controlplane.web import HTMX_STOP_POLLING
 from registry.uploads import read_browser_form
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -93,6 +94,9 @@ class ServiceErrorPagesMiddleware(MiddlewareMixin):
 
     For an htmx request the page would land inside whatever fragment it was to replace: the
     refusal goes to the page's #htmx-refusal box instead (base.html), and the fragment stays.
+    An htmx GET is a live view's refresh: it is answered with htmx's "stop polling" status,
+    so that a page left open after its user lost a role says why once, and neither asks
+    again every second nor writes a refusal into the audit log each time.
     """
 
     def process_exception(self, request, exception):
@@ -102,6 +106,8 @@ class ServiceErrorPagesMiddleware(MiddlewareMixin):
             response = refusal_page(request, exception, "htmx_refusal.html")
             response["HX-Retarget"] = "#htmx-refusal"
             response["HX-Reswap"] = "innerHTML"
+            if request.method == "GET":
+                response.status_code = HTMX_STOP_POLLING
             return response
         return refusal_page(request, exception)
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from controlplane.audit import Actor
+from controlplane.models import AuditEvent, RoleBinding
 from registry import services
 from registry.models import ArtifactFormat, Model, ModelVersion, VersionStatus, artifact_storage
 from tests.e2e.conftest import PASSWORD, log_in, shoot, watch_polls
@@ -283,6 +284,25 @@ def test_pages_poll_while_a_version_validates_and_stop_once_it_settles(page: Pag
     expect(page.locator("#versions .badge")).to_have_text("ready")
     page.wait_for_timeout(1500)
     assert table_polls == []
+
+
+def test_a_live_page_whose_user_loses_the_role_says_so_once_and_stops_polling(page: Page, alice_with_models):
+    model = Model.objects.get(name="iris")
+    add_version(model, alice_with_models, VersionStatus.VALIDATING)
+    log_in(page, alice_with_models)
+    facts_polls = watch_polls(page, "/status/")
+    page.goto("/models/iris/versions/1/")
+    expect(page.locator("#version-facts .badge")).to_have_text("validating")
+
+    RoleBinding.objects.filter(user=alice_with_models).delete()  # an administrator takes the role away
+    expect(page.locator("#htmx-refusal")).to_contain_text("role")
+    expect(page.locator("#version-facts .badge")).to_have_text("validating")  # the page stays as it was
+    assert facts_polls[-1] == 286, facts_polls
+    asked = len(facts_polls)
+    page.wait_for_timeout(2500)
+    assert len(facts_polls) == asked, f"the page kept asking after the refusal: {facts_polls}"
+    refusals = AuditEvent.objects.filter(actor=alice_with_models.username, action="page.version-status")
+    assert refusals.count() == 1, list(refusals.values_list("outcome", "message"))
 
 
 def test_a_new_api_token_is_shown_once_and_can_be_revoked(page: Page, alice, live_db):
