@@ -64,17 +64,26 @@ def token_revoke(request, pk):
 def audit_log(request):
     visible = access.audit_scope(AuditEvent.objects.order_by("-id"), Actor.from_request(request))
     filterset = AuditEventFilterSet(request.GET, queryset=visible)
-    events = filterset.qs if filterset.is_valid() else AuditEvent.objects.none()
+    valid = filterset.is_valid()
+    events = filterset.qs if valid else AuditEvent.objects.none()
     filters = request.GET.copy()
     filters.pop("page", None)
     filters.pop("format", None)
+    query = request.GET.copy()
+    if valid:
+        # A link may say 2026-11-23 or 2026-11-23T14:30:00+01:00; the form's time fields show only
+        # their own format (in UTC), and would look empty while the filter is on.
+        for name in ("since", "until"):
+            if (when := filterset.form.cleaned_data.get(name)) is not None:
+                seconds = ":%S" if when.second or when.microsecond else ""
+                query[name] = when.strftime(f"%Y-%m-%dT%H:%M{seconds}")
     return render(
         request,
         "controlplane/audit.html",
         {
             "filter": filterset,
             "page": paginate(request, events),
-            "query": request.GET.copy(),
+            "query": query,
             "filters": filters,
             "can_verify": access.sees_everything(Actor.from_request(request)),
         },

@@ -282,6 +282,28 @@ def test_the_audit_page_filters_too(client, alice, history):
     assert "model_version.validated" in page and "churn" not in page
 
 
+@pytest.mark.parametrize(
+    ("since", "shown"),
+    [
+        ("2026-11-23", "2026-11-23T00:00"),  # a date alone: its midnight, UTC
+        ("2026-11-23T14:30:15%2B01:00", "2026-11-23T13:30:15"),  # an offset: the same instant in UTC
+        ("2026-11-23T14:30Z", "2026-11-23T14:30"),
+        ("2026-11-23T14:30", "2026-11-23T14:30"),  # what the form itself sends
+    ],
+)
+def test_the_audit_pages_time_fields_show_the_filter_a_link_gave_in_their_own_form(client, alice, since, shown):
+    """A datetime-local field shows only YYYY-MM-DDTHH:MM[:SS]: any other form looked empty while it filtered."""
+    client.force_login(alice)
+    page = client.get(f"/audit/?since={since}&until={since}").content.decode()
+    assert f'name="since" value="{shown}"' in page and f'name="until" value="{shown}"' in page
+
+
+def test_a_time_filter_that_is_not_a_time_is_shown_as_typed_beside_its_error(client, alice):
+    client.force_login(alice)
+    page = client.get("/audit/?since=yesterday").content.decode()
+    assert 'name="since" value="yesterday" aria-invalid="true"' in page and "ISO 8601" in page
+
+
 @pytest.mark.django_db
 def test_the_audit_log_is_read_only_through_the_api(api, history):
     event = AuditEvent.objects.first()
