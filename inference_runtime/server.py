@@ -359,6 +359,9 @@ def create_app(runtime: Runtime) -> Callable:
         openapi_url=None,
     )
 
+    # HEAD as well as GET: load balancers and uptime checks often probe with HEAD.
+    READ = ["GET", "HEAD"]
+
     @api.exception_handler(RuntimeFailure)
     async def runtime_failure(_: Request, exc: RuntimeFailure) -> Response:
         return _error(exc)
@@ -372,38 +375,38 @@ def create_app(runtime: Runtime) -> Callable:
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         return _json({"error": str(exc)}, 400)
 
-    @api.get("/v2/health/live")
+    @api.api_route("/v2/health/live", methods=READ)
     async def live() -> Response:
         return _json({"live": True})
 
-    @api.get("/v2/health/ready")
+    @api.api_route("/v2/health/ready", methods=READ)
     async def ready() -> Response:
         is_ready = runtime.state == READY and runtime.stalled() is None
         return _json({"ready": is_ready}, 200 if is_ready else 503)
 
-    @api.get("/v2")
+    @api.api_route("/v2", methods=READ)
     async def server_metadata() -> Response:
         return _json({"name": "slipway-inference-runtime", "version": __version__, "extensions": EXTENSIONS})
 
-    @api.get("/v2/models/{name}")
+    @api.api_route("/v2/models/{name}", methods=READ)
     async def model_metadata(name: str) -> Response:
         return _json(runtime.model_metadata(name, None))
 
-    @api.get("/v2/models/{name}/versions/{version}")
+    @api.api_route("/v2/models/{name}/versions/{version}", methods=READ)
     async def model_version_metadata(name: str, version: str) -> Response:
         return _json(runtime.model_metadata(name, version))
 
-    @api.get("/v2/models/{name}/ready")
+    @api.api_route("/v2/models/{name}/ready", methods=READ)
     async def model_ready(name: str) -> Response:
         runtime.ready_for_traffic(name, None)
         return _json({"name": name, "ready": True})
 
-    @api.get("/v2/models/{name}/versions/{version}/ready")
+    @api.api_route("/v2/models/{name}/versions/{version}/ready", methods=READ)
     async def model_version_ready(name: str, version: str) -> Response:
         runtime.ready_for_traffic(name, version)
         return _json({"name": name, "ready": True})
 
-    @api.get("/metrics")
+    @api.api_route("/metrics", methods=READ)
     async def metrics() -> Response:
         return Response(runtime.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -180,6 +180,16 @@ def test_unknown_endpoints_and_methods_answer_json(servers):
     assert "error" in response.json()
 
 
+def test_health_metadata_and_metrics_answer_head_as_they_answer_get(servers):
+    """Load balancers and uptime checks often probe with HEAD: the same status and headers, no body."""
+    client = servers["mlp"].client
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/mlp", "/v2/models/mlp/ready", "/metrics"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"], path
+    assert client.head("/v2/models/nope/ready").status_code == client.get("/v2/models/nope/ready").status_code == 404
+
+
 def test_bad_requests_are_counted_by_outcome(servers):
     server = servers["mlp"]
     before = server.metric("slipway_inference_requests_total", outcome="bad_request")
