@@ -63,6 +63,7 @@ class Batcher:
         self._in_flight = in_flight  # requests received and not yet answered, queued or not
         self._running = 0  # requests in the forward pass now
         self._running_since: float | None = None  # when the forward pass now running began
+        self._batch: list[Item] = []  # the requests in the forward pass now
         self._loop = asyncio.get_running_loop()
 
     async def infer(self, arrays: list[np.ndarray], datatypes: tuple[str, ...], rows: int, key: Any, watch) -> Outputs:
@@ -93,6 +94,20 @@ class Batcher:
         except ValueError:
             return  # already in the forward pass
         self._queued_rows -= item.rows
+
+    def abandon(self, error: Exception) -> int:
+        """The server stops without waiting: answer every request still queued or running with `error`.
+
+        Returns how many were answered. A forward pass already running goes on, unanswered.
+        """
+        abandoned = 0
+        for item in (*self._batch, *self._queue):
+            if not item.future.done():
+                item.future.set_exception(error)
+                abandoned += 1
+        self._queue.clear()
+        self._queued_rows = 0
+        return abandoned
 
     def stalled_for(self) -> float:
         """How long the forward pass now running has run (0 when none runs)."""
@@ -161,7 +176,7 @@ class Batcher:
         for item in batch:
             metrics.queue_wait.observe(now - item.enqueued)
         inputs = [item.arrays for item in batch]
-        self._running, self._running_since = len(batch), now
+        self._running, self._running_since, self._batch = len(batch), now, batch
         try:
             results = await self._loop.run_in_executor(
                 self._executor, run_batch, self._model, inputs, batch[0].datatypes, metrics.batch_size.observe
@@ -170,7 +185,7 @@ class Batcher:
             log.exception("a batch failed")
             results = [exc] * len(batch)
         finally:
-            self._running, self._running_since = 0, None
+            self._running, self._running_since, self._batch = 0, None, []
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue

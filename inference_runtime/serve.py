@@ -36,7 +36,9 @@ class RuntimeServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.signalled:
-            log.warning("second %s: stopping now", signal.Signals(sig).name)
+            name = signal.Signals(sig).name
+            log.warning("second %s: stopping now", name)
+            self.runtime.abandon_threadsafe(f"a second {name}")
             self.should_exit = self.force_exit = True
             return
         self.signalled = True

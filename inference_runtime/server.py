@@ -168,10 +168,26 @@ class Runtime:
             await asyncio.sleep(0.01)
         if self.in_flight:
             log.warning("drain timeout: %d request(s) still in flight; exiting without them", self.in_flight)
+            self.abandon(f"its drain timeout ({self.config.drain_timeout_s:g} s) passed")
             self.request_exit(0, force=True)  # uvicorn would otherwise wait for them once more
         else:
             log.info("drained")
             self.request_exit(0)
+
+    def abandon(self, why: str) -> None:
+        """Stopping without waiting: the requests still waiting for the model get a 503 (retry elsewhere)
+        now, before the process exits, instead of a bare 500 or a dropped connection."""
+        if self.batcher is not None:
+            self.batcher.abandon(
+                NotReady(
+                    f"the server is stopping ({why}) before this request was answered; retry",
+                    headers={"retry-after": "1", "connection": "close"},
+                )
+            )
+
+    def abandon_threadsafe(self, why: str) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.abandon, why)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import socket
 import subprocess
@@ -197,24 +198,64 @@ def test_a_body_slower_than_the_request_timeout_is_answered_408_and_a_vanished_c
     assert server.client.get("/v2/health/ready").status_code == 200
 
 
+def _endless_requests(spawn, zoo, drain_timeout_s: str, count: int):
+    """A server whose model is in a forward pass of minutes, and `count` requests in flight (the first in it)."""
+    entry = zoo["slow"]
+    server = spawn("slow", entry.path, "--drain-timeout-s", drain_timeout_s, "--request-timeout-s", "60", entry=entry)
+    server.wait_ready()
+    spin = np.full((1, 1), 10_000_000, dtype=np.int64)  # minutes
+    endless = json_request({"x": np.ones((1, 4), dtype=np.float32), "spin": spin})
+    socks = []
+    deadline = time.monotonic() + 10
+    for sent in range(1, count + 1):
+        socks.append(_partial_request(server.port, "/v2/models/slow/infer", endless, len(endless)))
+        while server.metric("slipway_inference_in_flight_requests") < sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        while server.metric("slipway_inference_batch_size_count") < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return server, socks
+
+
 @pytest.mark.slow
 def test_sigterm_exits_within_the_drain_timeout_even_when_a_forward_pass_outlasts_it(spawn, zoo):
-    entry = zoo["slow"]
-    server = spawn("slow", entry.path, "--drain-timeout-s", "1", "--request-timeout-s", "60", entry=entry)
-    server.wait_ready()
-    x = np.ones((1, 4), dtype=np.float32)
-    endless = json_request({"x": x, "spin": np.full((1, 1), 10_000_000, dtype=np.int64)})  # minutes
-    sock = _partial_request(server.port, "/v2/models/slow/infer", endless, len(endless))
-    deadline = time.monotonic() + 10
-    while server.metric("slipway_inference_batch_size_count") < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    server, [sock] = _endless_requests(spawn, zoo, "1", 1)
     server.proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     assert server.wait_exit(timeout=30) == 0
     took = time.monotonic() - started
-    sock.close()
+    answer = _read_answer(sock)
     assert took < 2.5, f"exited {took:.1f} s after SIGTERM, with a drain timeout of 1 s"
     assert "drain timeout: 1 request(s) still in flight" in server.log()
+    # The request left behind is told to retry (elsewhere), in the protocol's error shape.
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+    assert b"retry-after: 1" in answer.lower() and b"connection: close" in answer.lower()
+    error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+    assert "stopping (its drain timeout (1 s) passed)" in error, error
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_stops_at_once_and_answers_the_requests_in_flight_503(spawn, zoo):
+    server, socks = _endless_requests(spawn, zoo, "60", 2)  # one in the forward pass, one queued behind it
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert server.proc.poll() is None, "the first SIGTERM drains: it must wait for the requests"
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=10) == 0
+    assert "second SIGTERM: stopping now" in server.log()
+    for sock in socks:
+        answer = _read_answer(sock)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:300]
+        assert "stopping (a second SIGTERM)" in json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+    assert "Exception in ASGI application" not in server.log()
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """Everything the server sent on `sock` until it closed it."""
+    chunks = []
+    with sock:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def test_a_port_already_in_use_refuses_to_start_with_status_2(servers, zoo):
