@@ -433,7 +433,8 @@ def create_app(runtime: Runtime) -> Callable:
 
     async def app(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            parts = scope["path"].split("/")
+            # A trailing slash is served, not redirected: a client that does not follow a 307 would fail.
+            parts = scope["path"].removesuffix("/").split("/")
             # ['', 'v2', 'models', name, 'infer'] or ['', 'v2', 'models', name, 'versions', v, 'infer']
             if parts[-1] == "infer" and len(parts) in (5, 7) and parts[1] == "v2" and parts[2] == "models":
                 if len(parts) == 5:

@@ -71,6 +71,15 @@ def test_binary_outputs_equal_the_model_called_directly(servers, zoo, model):
     assert_outputs_equal(parse_response(response), expected_outputs(zoo[model].module, inputs))
 
 
+@pytest.mark.parametrize("path", ["/v2/models/mlp/infer/", "/v2/models/mlp/versions/1/infer/"])
+def test_an_infer_url_with_a_trailing_slash_is_answered_not_redirected(servers, zoo, path):
+    """A 307 would fail every client that does not follow redirects for POST (httpx, curl without -L)."""
+    inputs = sample_inputs("mlp", 2)
+    response = servers["mlp"].client.post(path, content=json_request(inputs))
+    assert response.status_code == 200, response.text
+    assert_outputs_equal(parse_response(response), expected_outputs(zoo["mlp"].module, inputs))
+
+
 def test_binary_inputs_can_ask_for_json_outputs(servers, zoo):
     inputs = sample_inputs("two_inputs", 2)
     body, headers = binary_request(inputs, binary_output=False)
