@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ CONF = ROOT / "controlplane" / "gunicorn.conf.py"
 
 APP = """
 import gc
+import time
 import weakref
 
 class Node:
@@ -31,11 +33,15 @@ class Node:
 cycles = []
 
 def application(environ, start_response):
-    if environ["PATH_INFO"] == "/make":
+    if environ["PATH_INFO"] in ("/make", "/hold"):
         node = Node()
         node.self = node  # freed only by the cycle collector
         cycles.append(weakref.ref(node))
+        if environ["PATH_INFO"] == "/hold":
+            time.sleep(0.02)  # alive while other threads' requests end
         body = b"made"
+    elif environ["PATH_INFO"] == "/noop":
+        body = b""
     else:
         alive = sum(ref() is not None for ref in cycles)
         body = f"{alive} {gc.get_freeze_count()} {gc.get_threshold()[0]}".encode()
@@ -70,9 +76,12 @@ def serve(tmp_path, *config: str):
             time.sleep(0.1)
 
 
+WITHOUT_THE_CONF = ["--worker-class", "gthread", "--threads", "8"]  # the same workers, gunicorn's defaults otherwise
+
+
 @pytest.mark.parametrize("configured", [True, False], ids=["with-the-conf", "gunicorn-defaults"])
 def test_a_requests_reference_cycles_are_freed_before_the_next_request(tmp_path, configured):
-    server, client = serve(tmp_path, *(["--config", str(CONF)] if configured else []))
+    server, client = serve(tmp_path, *(["--config", str(CONF)] if configured else WITHOUT_THE_CONF))
     try:
         assert client.get("/make").text == "made"
         alive, frozen, young_threshold = map(int, client.get("/status").text.split())
@@ -87,3 +96,26 @@ def test_a_requests_reference_cycles_are_freed_before_the_next_request(tmp_path,
     else:
         assert alive == 1
         assert frozen == 0
+
+
+def test_cycles_of_requests_that_overlapped_are_freed_too(tmp_path):
+    """With 8 threads a request ends while others run: their live cycles outlast its collection and
+    move to an older generation. They must still be collected there once their requests end."""
+    server, client = serve(tmp_path, "--config", str(CONF))
+    try:
+
+        def hold(_):
+            with httpx.Client(base_url=client.base_url) as own:
+                for _ in range(25):
+                    assert own.get("/hold").status_code == 200
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(hold, range(8)))
+        for _ in range(150):  # enough responses for the older generations' turns to come
+            client.get("/noop")
+        alive = int(client.get("/status").text.split()[0])
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=30)
+    assert alive == 0, f"{alive} of 200 requests' reference cycles are still alive"
