@@ -94,9 +94,9 @@ class ServiceErrorPagesMiddleware(MiddlewareMixin):
 
     For an htmx request the page would land inside whatever fragment it was to replace: the
     refusal goes to the page's #htmx-refusal box instead (base.html), and the fragment stays.
-    An htmx GET is a live view's refresh: it is answered with htmx's "stop polling" status,
-    so that a page left open after its user lost a role says why once, and neither asks
-    again every second nor writes a refusal into the audit log each time.
+    A live view's refresh (a view marked `polled`) is answered with htmx's "stop polling"
+    status, so that a page left open after its user lost a role says why once, and neither
+    asks again every second nor writes a refusal into the audit log each time.
     """
 
     def process_exception(self, request, exception):
@@ -106,7 +106,7 @@ class ServiceErrorPagesMiddleware(MiddlewareMixin):
             response = refusal_page(request, exception, "htmx_refusal.html")
             response["HX-Retarget"] = "#htmx-refusal"
             response["HX-Reswap"] = "innerHTML"
-            if request.method == "GET":
+            if getattr(getattr(request.resolver_match, "func", None), "polled", False):
                 response.status_code = HTMX_STOP_POLLING
             return response
         return refusal_page(request, exception)

@@ -51,6 +51,15 @@ def registry_page(view):
     return wrapped
 
 
+def polled(view):
+    """Mark a view that a live page refreshes every second or so: a refusal answers htmx's stop-polling status.
+
+    Asked again, the refusal would only repeat itself (and write an audit row each time).
+    """
+    view.polled = True
+    return view
+
+
 def takes_uploads(view):
     """Mark a view that receives artifacts: the upload middleware refuses non-deployers before the body is read."""
     view.takes_uploads = True

@@ -22,7 +22,7 @@ from controlplane import access, roles
 from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, ServiceError
 from controlplane.models import Role, RoleBinding
-from controlplane.web import HTMX_STOP_POLLING, paginate, refuse
+from controlplane.web import HTMX_STOP_POLLING, paginate, polled, refuse
 from deployments import forms, ledger, services
 from deployments.models import (
     ROLLOUT_ACTIVE,
@@ -367,6 +367,7 @@ def deployment_detail(request, pk):
     return render(request, "deployments/deployment_detail.html", _detail_context(request, pk))
 
 
+@polled
 @login_required
 @require_GET
 def deployment_live(request, pk):
@@ -374,6 +375,7 @@ def deployment_live(request, pk):
     return _live(request, pk)
 
 
+@polled
 @login_required
 @require_GET
 def deployment_watch(request, pk):

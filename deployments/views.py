@@ -7,7 +7,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.audit import Actor
 from controlplane.errors import ServiceError
-from controlplane.web import HTMX_STOP_POLLING, refuse, registry_page
+from controlplane.web import HTMX_STOP_POLLING, polled, refuse, registry_page
 from deployments import services
 from deployments.models import ImageBuild
 from registry.models import ModelVersion
@@ -36,6 +36,7 @@ def build_detail(request, pk):
     return render(request, "deployments/build_detail.html", {"build": _build(pk)})
 
 
+@polled
 @registry_page
 @require_GET
 def build_status(request, pk):

@@ -17,7 +17,7 @@ from controlplane.audit import Actor
 from controlplane.errors import InvalidInput, ServiceError
 from controlplane.models import Role
 from controlplane.pagination import Counted
-from controlplane.web import HTMX_STOP_POLLING, paginate, refuse, registry_page, takes_uploads
+from controlplane.web import HTMX_STOP_POLLING, paginate, polled, refuse, registry_page, takes_uploads
 from registry import services
 from registry.api import highest_version, uploader_name
 from registry.downloads import artifact_response
@@ -131,6 +131,7 @@ def model_detail(request, name):
     return render(request, "registry/model_detail.html", context)
 
 
+@polled
 @registry_page
 @require_GET
 def version_rows(request, name):
@@ -175,6 +176,7 @@ def version_detail(request, name, version):
     return render(request, "registry/version_detail.html", {"version": version, "model": version.model})
 
 
+@polled
 @registry_page
 @require_GET
 def version_status(request, name, version):

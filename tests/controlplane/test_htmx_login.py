@@ -57,6 +57,9 @@ def test_an_htmx_request_refused_by_the_view_says_why_in_the_pages_refusal_box(i
     assert response["HX-Retarget"] == "#htmx-refusal" and response["HX-Reswap"] == "innerHTML"
     body = response.content.decode()
     assert 'role="alert"' in body and "<header" not in body and "<html" not in body
+    # Not a refresh: the same refusal, with its own status (htmx swaps it into the box all the same).
+    other = client.get("/models/iris/", **htmx("http://testserver/models/"))
+    assert other.status_code == 403 and other["HX-Retarget"] == "#htmx-refusal"
     page = client.get("/models/")  # the same refusal as a whole page, without htmx
     assert page.status_code == 403 and "<html" in page.content.decode()
     assert "Back to the models" not in page.content.decode()  # it would only lead to this refusal again

@@ -117,7 +117,7 @@ def test_a_filtered_page_and_a_later_page_match_the_serializer_too(api, iris):
 # view's context for it): the reference the page must still equal.
 TABLE_BEFORE = """<div id="versions"
      hx-get="{% url 'registry:version-rows' model.name %}{% if page.number > 1 %}?page={{ page.number }}{% endif %}"
-     hx-trigger="{% if in_flight %}every 1s, {% endif %}versions-changed from:body"
+     hx-trigger="{% if in_flight %}every 1s, {% endif %}versions-changed from:body" hx-sync="this:drop"
      hx-swap="outerHTML">
 <div class="overflow-auto">
 <table class="versions">
