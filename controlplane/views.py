@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
 from django.db import connection
@@ -64,19 +65,19 @@ def token_revoke(request, pk):
 def audit_log(request):
     visible = access.audit_scope(AuditEvent.objects.order_by("-id"), Actor.from_request(request))
     filterset = AuditEventFilterSet(request.GET, queryset=visible)
-    valid = filterset.is_valid()
-    events = filterset.qs if valid else AuditEvent.objects.none()
+    events = filterset.qs if filterset.is_valid() else AuditEvent.objects.none()
     filters = request.GET.copy()
     filters.pop("page", None)
     filters.pop("format", None)
     query = request.GET.copy()
-    if valid:
-        # A link may say 2026-11-23 or 2026-11-23T14:30:00+01:00; the form's time fields show only
-        # their own format (in UTC), and would look empty while the filter is on.
-        for name in ("since", "until"):
-            if (when := filterset.form.cleaned_data.get(name)) is not None:
-                seconds = ":%S" if when.second or when.microsecond else ""
-                query[name] = when.strftime(f"%Y-%m-%dT%H:%M{seconds}")
+    # A link may say 2026-11-23 or 2026-11-23T14:30:00.5+01:00; the form's time fields show only
+    # their own format (UTC, whole seconds), and would look empty while the filter is on.
+    cleaned = getattr(filterset.form, "cleaned_data", {})  # the fields that are valid, when others are not
+    for name, rounding in (("since", 0), ("until", 1)):
+        if (when := cleaned.get(name)) is not None:
+            if when.microsecond:  # widened to the whole second around it, so that sending the form loses nothing
+                when = when.replace(microsecond=0) + timedelta(seconds=rounding)
+            query[name] = when.strftime("%Y-%m-%dT%H:%M:%S" if when.second else "%Y-%m-%dT%H:%M")
     return render(
         request,
         "controlplane/audit.html",

@@ -300,8 +300,16 @@ def test_the_audit_pages_time_fields_show_the_filter_a_link_gave_in_their_own_fo
 
 def test_a_time_filter_that_is_not_a_time_is_shown_as_typed_beside_its_error(client, alice):
     client.force_login(alice)
-    page = client.get("/audit/?since=yesterday").content.decode()
+    page = client.get("/audit/?since=yesterday&until=2026-11-23T14:30%2B01:00").content.decode()
     assert 'name="since" value="yesterday" aria-invalid="true"' in page and "ISO 8601" in page
+    assert 'name="until" value="2026-11-23T13:30"' in page  # the valid one is still shown in the field's form
+
+
+def test_fractions_of_a_second_widen_the_shown_range_to_whole_seconds(client, alice):
+    """The fields take whole seconds; sending the form again must not drop the events of a cut-off fraction."""
+    client.force_login(alice)
+    page = client.get("/audit/?since=2026-11-23T14:30:15.25Z&until=2026-11-23T14:30:59.5Z").content.decode()
+    assert 'name="since" value="2026-11-23T14:30:15"' in page and 'name="until" value="2026-11-23T14:31"' in page
 
 
 @pytest.mark.django_db
