@@ -64,6 +64,7 @@ class Batcher:
         self._running = 0  # requests in the forward pass now
         self._running_since: float | None = None  # when the forward pass now running began
         self._batch: list[Item] = []  # the requests in the forward pass now
+        self._abandoned: Exception | None = None  # the server stops without waiting: every request gets this
         self._loop = asyncio.get_running_loop()
 
     async def infer(self, arrays: list[np.ndarray], datatypes: tuple[str, ...], rows: int, key: Any, watch) -> Outputs:
@@ -71,6 +72,8 @@ class Batcher:
 
         `watch.item` is set to the queued item: the request's deadline (server.Deadline) expires it.
         """
+        if self._abandoned is not None:
+            raise self._abandoned
         queue = self._queue
         if len(queue) >= self._max_queue:
             raise ServerBusy(f"the queue is full ({self._max_queue} requests waiting); retry shortly")
@@ -96,10 +99,12 @@ class Batcher:
         self._queued_rows -= item.rows
 
     def abandon(self, error: Exception) -> int:
-        """The server stops without waiting: answer every request still queued or running with `error`.
+        """The server stops without waiting: answer every request still queued or running with `error`,
+        and any request that arrives after.
 
-        Returns how many were answered. A forward pass already running goes on, unanswered.
+        Returns how many were answered now. A forward pass already running goes on, unanswered.
         """
+        self._abandoned = error
         abandoned = 0
         for item in (*self._batch, *self._queue):
             if not item.future.done():

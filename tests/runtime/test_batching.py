@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from inference_runtime.batching import Batcher
+from inference_runtime.errors import NotReady
+from inference_runtime.metrics import Metrics
 from tests.runtime.oip import binary_request, expected_outputs, json_request, parse_response
 
 pytestmark = pytest.mark.runtime
@@ -113,3 +118,29 @@ def test_full_queue_is_503_with_retry_after_and_a_late_request_is_504(spawn, zoo
     assert stalled.status_code == 503
     assert "forward pass has run" in stalled.json()["error"]
     assert server.client.get("/v2/health/live").status_code == 200
+
+
+def test_abandoning_answers_the_queued_requests_and_any_that_arrive_after_at_once():
+    """What the server does when it stops without waiting (a second SIGTERM, the drain timeout)."""
+
+    class Model:  # never reached: nothing runs once the batcher is abandoned
+        batchable, max_request_rows = True, 16
+
+    async def scenario():
+        executor = ThreadPoolExecutor(1)
+        batcher = Batcher(
+            Model(), executor, Metrics("m", "1"), max_batch_size=4, max_delay_s=60, max_queue=8, in_flight=lambda: 2
+        )
+        row = [np.zeros((1, 4), dtype=np.float32)]
+        queued = asyncio.ensure_future(batcher.infer(row, ("FP32",), 1, None, SimpleNamespace(item=None)))
+        await asyncio.sleep(0)
+        stopping = NotReady("the server is stopping")
+        assert batcher.abandon(stopping) == 1
+        with pytest.raises(NotReady):
+            await queued
+        with pytest.raises(NotReady):  # arrived after: not queued for a process about to exit
+            await asyncio.wait_for(batcher.infer(row, ("FP32",), 1, None, SimpleNamespace(item=None)), 5)
+        assert batcher.depth == 0
+        executor.shutdown()
+
+    asyncio.run(scenario())
