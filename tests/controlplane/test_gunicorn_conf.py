@@ -1,4 +1,4 @@
-"""controlplane/gunicorn.conf.py: what a request leaves in reference cycles is freed once its answer is written.
+"""controlplane/gunicorn.conf.py: what a request leaves in reference cycles is freed before the next one runs.
 
 Run through a real gunicorn with the file, as `make run` and production start it, on a
 small WSGI app: the first request makes a reference cycle and keeps only a weak reference
