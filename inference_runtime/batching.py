@@ -61,9 +61,8 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._flushing = False
         self._in_flight = in_flight  # requests received and not yet answered, queued or not
-        self._running = 0  # requests in the forward pass now
-        self._running_since: float | None = None  # when the forward pass now running began
         self._batch: list[Item] = []  # the requests in the forward pass now
+        self._running_since: float | None = None  # when the forward pass now running began
         self._abandoned: Exception | None = None  # the server stops without waiting: every request gets this
         self._loop = asyncio.get_running_loop()
 
@@ -148,7 +147,7 @@ class Batcher:
 
     def _nobody_else_coming(self) -> bool:
         """True when no request is being received or decoded: none could join this batch soon."""
-        return self._in_flight() <= len(self._queue) + self._running
+        return self._in_flight() <= len(self._queue) + len(self._batch)
 
     def _take(self) -> list[Item]:
         """The oldest live request and the queued requests it can be stacked with, in order."""
@@ -181,7 +180,7 @@ class Batcher:
         for item in batch:
             metrics.queue_wait.observe(now - item.enqueued)
         inputs = [item.arrays for item in batch]
-        self._running, self._running_since, self._batch = len(batch), now, batch
+        self._batch, self._running_since = batch, now
         try:
             results = await self._loop.run_in_executor(
                 self._executor, run_batch, self._model, inputs, batch[0].datatypes, metrics.batch_size.observe
@@ -190,7 +189,7 @@ class Batcher:
             log.exception("a batch failed")
             results = [exc] * len(batch)
         finally:
-            self._running, self._running_since, self._batch = 0, None, []
+            self._batch, self._running_since = [], None
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue
