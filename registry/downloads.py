@@ -66,13 +66,12 @@ def byte_range(header: str, size: int) -> tuple[int, int] | str | None:
         if suffix == 0:
             return "unsatisfiable"
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if last and int(last) < start:
-        return None
+    start, stop = int(first), int(last) if last else None
+    if stop is not None and stop < start:
+        return None  # not a range: the whole file
     if start >= size:
         return "unsatisfiable"
-    return start, end
+    return start, size - 1 if stop is None else min(stop, size - 1)
 
 
 class _Slice:
