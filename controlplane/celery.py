@@ -1,5 +1,6 @@
 """The Celery app. Tasks receive row ids and are enqueued on commit."""
 
+import logging
 import os
 
 from celery import Celery
@@ -9,3 +10,35 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 app = Celery("slipway")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# The beat's housekeeping, which runs every few seconds and almost always finds nothing to do.
+HOUSEKEEPING = frozenset(
+    {
+        "deployments.tasks.sweep_rollouts",
+        "deployments.tasks.recover_stale_builds",
+        "registry.tasks.requeue_stale_validations",
+    }
+)
+
+
+class QuietHousekeeping(logging.Filter):
+    """Keep the worker's log for what happened: drop the INFO lines of housekeeping that did nothing.
+
+    The rollout sweeper alone would write three lines every five seconds ("Sending due task",
+    "received", "succeeded ...: []"), burying `make run`'s output. A housekeeping task that acted
+    (it returns the ids it touched) is still logged, failures are logged as errors whatever
+    happens here, and at `--loglevel DEBUG` every line is kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return True
+        data = getattr(record, "data", None)  # Celery's "received" and "succeeded" lines carry their context
+        if isinstance(data, dict):
+            return data.get("name") not in HOUSEKEEPING or data.get("return_value", "[]") != "[]"
+        args = record.args  # the beat's "Scheduler: Sending due task %s (%s)"
+        return not (isinstance(args, tuple) and len(args) == 2 and args[1] in HOUSEKEEPING)
+
+
+for _name in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_name).addFilter(QuietHousekeeping())

@@ -58,3 +58,9 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    @property
+    def default_connection_params(self):
+        # Folders, not a host: without a default hostname kombu does not warn
+        # "No hostname was supplied" at every start.
+        return {"port": self.default_port}

@@ -27,6 +27,10 @@ import gc
 worker_class = "gthread"
 threads = 8
 timeout = 600
+# gunicorn's control socket (for `gunicornc`) has one default path per user, $HOME/.gunicorn/gunicorn.ctl:
+# each Slipway on a machine (`make run`, the tests, the benchmarks) would take it from the one before,
+# and the first to stop would remove it for the rest. Nothing here uses it.
+control_socket_disable = True
 
 # A request allocating more than this (an audit export, say) still collects on its way.
 YOUNG_THRESHOLD = 20_000

@@ -4,7 +4,8 @@ Run through a real gunicorn with the file, as `make run` and production start it
 small WSGI app: the first request makes a reference cycle and keeps only a weak reference
 to it; the next request answers whether the cycle is still alive. Without the
 configuration the cycle waits for the collector's thresholds (700 new objects), so the
-same test also proves that it tells the two apart.
+same test also proves that it tells the two apart. It also keeps gunicorn's control
+socket closed: its default path is one per user, shared by every gunicorn on the machine.
 """
 
 from __future__ import annotations
@@ -58,10 +59,12 @@ def serve(tmp_path, *config: str):
         server = subprocess.Popen(
             [
                 *(sys.executable, "-m", "gunicorn", *config, "--chdir", str(tmp_path)),
-                *("--workers", "1", "--bind", f"127.0.0.1:{port}", "cycles_app:application"),
+                *("--workers", "1", "--bind", f"127.0.0.1:{port}", "--log-level", "debug", "cycles_app:application"),
             ],
             cwd=ROOT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("GUNICORN")},
+            # A home of its own: gunicorn's default control socket is $HOME/.gunicorn/gunicorn.ctl.
+            env={k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN", "XDG_"))}
+            | {"HOME": str(tmp_path / "home")},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -76,6 +79,15 @@ def serve(tmp_path, *config: str):
             time.sleep(0.1)
 
 
+def control_socket_opened(tmp_path) -> bool:
+    # The master decides after its workers have started (its log says which way, at debug level).
+    log, deadline = tmp_path / "gunicorn.log", time.monotonic() + 30
+    while "Control socket" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    return (tmp_path / "home" / ".gunicorn" / "gunicorn.ctl").exists()
+
+
 WITHOUT_THE_CONF = ["--worker-class", "gthread", "--threads", "8"]  # the same workers, gunicorn's defaults otherwise
 
 
@@ -85,6 +97,7 @@ def test_a_requests_reference_cycles_are_freed_before_the_next_request(tmp_path,
     try:
         assert client.get("/make").text == "made"
         alive, frozen, young_threshold = map(int, client.get("/status").text.split())
+        control_socket = control_socket_opened(tmp_path)
     finally:
         client.close()
         server.terminate()
@@ -93,9 +106,12 @@ def test_a_requests_reference_cycles_are_freed_before_the_next_request(tmp_path,
         assert alive == 0
         assert frozen > 10_000  # what the worker had made before its first request: frozen, no longer scanned
         assert young_threshold == 20_000  # one request's objects do not trigger a collection mid-request
+        # One path per user: every Slipway on the machine would take it from the one before.
+        assert not control_socket
     else:
         assert alive == 1
         assert frozen == 0
+        assert control_socket
 
 
 def test_cycles_of_requests_that_overlapped_are_freed_too(tmp_path):
