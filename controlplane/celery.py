@@ -4,6 +4,7 @@ import logging
 import os
 
 from celery import Celery
+from celery.app import trace
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
@@ -33,11 +34,14 @@ class QuietHousekeeping(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno != logging.INFO or logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
             return True
-        data = getattr(record, "data", None)  # Celery's "received" and "succeeded" lines carry their context
-        if isinstance(data, dict):
-            return data.get("name") not in HOUSEKEEPING or data.get("return_value", "[]") != "[]"
-        args = record.args  # the beat's "Scheduler: Sending due task %s (%s)"
-        return not (isinstance(args, tuple) and len(args) == 2 and args[1] in HOUSEKEEPING)
+        if record.msg in (trace.LOG_RECEIVED, trace.LOG_SUCCESS):  # the worker's, with the task's context
+            context = record.args if isinstance(record.args, dict) else {}
+            if context.get("name") not in HOUSEKEEPING:
+                return True
+            return record.msg == trace.LOG_SUCCESS and context.get("return_value") != "[]"
+        if record.msg == "Scheduler: Sending due task %s (%s)":  # the beat's
+            return not (isinstance(record.args, tuple) and len(record.args) == 2 and record.args[1] in HOUSEKEEPING)
+        return True  # retries, rejections and everything else
 
 
 for _name in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):

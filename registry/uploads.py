@@ -452,18 +452,18 @@ def body_chunks(stream) -> Iterator[bytes | bytearray]:
     (0.45-0.95 s per GiB on the same machine; docs/benchmarks.md). Elsewhere (another WSGI
     server, a chunked body, Django's test client) through `stream.read`.
     """
-    reader = _gunicorn_body(stream)
-    if reader is None:
+    body = _gunicorn_body(stream)
+    if body is None:
         while chunk := stream.read(CHUNK):
             yield chunk
         return
     stream._read_started = True  # as Django marks a request whose body has been read
-    yield from _receive(stream.META["gunicorn.socket"], reader)
+    yield from _receive(stream.META["gunicorn.socket"], body)
 
 
 def _gunicorn_body(request):
-    """gunicorn's reader of `request`'s body, if the body can be read from the socket instead: gunicorn
-    serves it, with a Content-Length, and nothing of it has been read yet."""
+    """gunicorn's body of `request`, if it can be read from the socket instead: gunicorn serves it,
+    with a Content-Length, and nothing of it has been read yet."""
     environ = getattr(request, "META", None)
     if environ is None or getattr(request, "_read_started", True) or "gunicorn.socket" not in environ:
         return None
@@ -483,13 +483,16 @@ def _gunicorn_body(request):
         or str(reader.length) != environ.get("CONTENT_LENGTH")
     ):
         return None
-    return reader
+    return body
 
 
-def _receive(sock, reader) -> Iterator[bytes | bytearray]:
-    """What is left of a body of `reader.length` bytes: first what gunicorn read ahead with the headers,
-    then the socket's. `reader.length` stays what the socket still holds, so that gunicorn, before
-    the next request on the connection, skips just the rest of a body refused part-way."""
+def _receive(sock, body) -> Iterator[bytes | bytearray]:
+    """What is left of gunicorn's `body`: first what gunicorn read ahead with the headers, then the
+    socket's. Its reader's `length` stays what the socket still holds, so that gunicorn, before the
+    next request on the connection, skips just the rest of a body refused part-way; a body that
+    cannot be read to its end is marked failed, as gunicorn marks its own, and the connection closes.
+    """
+    reader = body.reader
     held = reader.unreader.take_buffered()
     if len(held) > reader.length:  # the next request, sent before this one was answered
         reader.unreader.unread(held[reader.length :])
@@ -504,12 +507,14 @@ def _receive(sock, reader) -> Iterator[bytes | bytearray]:
                 filled = 0
                 while filled < len(chunk):
                     received = sock.recv_into(view[filled:])
-                    if not received:
-                        return  # the client closed the connection: the body ends short
+                    if not received:  # the client closed the connection: the body ends short
+                        body.failed = True
+                        return
                     filled += received
                     reader.length -= received
             yield chunk
     except OSError as exc:  # as Django's request.read() reports a connection that failed
+        body.failed = True
         raise UnreadablePostError(*exc.args) from exc
 
 

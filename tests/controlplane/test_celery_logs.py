@@ -62,13 +62,15 @@ def test_housekeeping_that_did_nothing_is_not_logged(captured):
     assert captured == []
 
 
-def test_housekeeping_that_acted_and_other_tasks_are_logged(captured):
+def test_housekeeping_that_acted_or_retries_and_other_tasks_are_logged(captured):
     succeeded(SWEEP, "[12, 14]")
+    trace.info(trace.LOG_RETRY, {"id": "abc", "name": SWEEP, "exc": "the database went away"})
     received(VALIDATE)
     succeeded(VALIDATE, "'ready'")
     sent_by_the_beat("registry.tasks.some_other_periodic_task")
     assert captured == [
         f"Task {SWEEP}[abc] succeeded in 0.01s: [12, 14]",
+        f"Task {SWEEP}[abc] retry: the database went away",
         f"Task {VALIDATE}[abc] received",
         f"Task {VALIDATE}[abc] succeeded in 0.01s: 'ready'",
         "Scheduler: Sending due task sweep-rollouts (registry.tasks.some_other_periodic_task)",

@@ -96,17 +96,20 @@ def test_the_body_arrives_exact_and_the_request_sent_behind_it_stays_for_gunicor
     assert next(parser).path == "/next"
 
 
-def test_a_body_cut_short_by_the_client_is_refused_and_leaves_no_file(temp_dir, connection):
+@pytest.mark.parametrize("how", ["closed", "stalled"])
+def test_a_body_cut_short_is_refused_leaves_no_file_and_closes_the_connection(temp_dir, connection, how):
     server, client = connection
     whole = request_bytes(body(part("artifact", os.urandom(3 * CHUNK), "m.pt")))
-    sender = send(client, whole[: 2 * CHUNK], then_close=True)
-    _, request = receive(server)
+    sender = send(client, whole[: 2 * CHUNK], then_close=how == "closed")
+    parser, request = receive(server)
+    server.settimeout(0.5)  # "stalled": the socket's timeout passes (an OSError, as a reset connection raises)
 
     with pytest.raises(InvalidInput, match="ended before the whole body arrived"):
         read_multipart(request, request.META, "utf-8")
 
     sender.join()
     assert left_in(temp_dir) == []
+    assert parser.finish_body() is False  # gunicorn closes the connection instead of reading on
 
 
 def test_after_a_refusal_part_way_gunicorn_skips_just_the_rest_of_the_body(temp_dir, connection, settings):
