@@ -9,6 +9,9 @@ from html import unescape
 import pytest
 from django.core.management import call_command
 
+from controlplane.audit import Actor
+from registry import services
+
 pytestmark = pytest.mark.django_db
 
 V1_OPERATIONS = {
@@ -81,3 +84,22 @@ def test_the_interactive_docs_load_nothing_from_outside(api):
         served = api.get(asset)
         assert served.status_code == 200, asset
         served.close()
+
+
+def test_options_describes_what_a_post_takes_as_the_schema_does(api, alice):
+    """OPTIONS lists the fields a POST takes (from the same declaration as the schema's request
+    body), not the fields of what it answers, which are all read-only."""
+    services.create_model("iris", "", actor=Actor(user=alice))
+
+    upload = api.options("/api/v1/models/iris/versions/").json()["actions"]["POST"]
+    assert set(upload) == {"artifact", "sha256", "signature", "metadata"}
+    assert upload["artifact"]["required"] is True and upload["artifact"]["type"] == "file upload"
+    assert not any(field["read_only"] for field in upload.values())
+
+    deploy = api.options("/api/v1/deployments/").json()["actions"]["POST"]
+    assert {"model", "environment", "version", "reason"} <= set(deploy)
+    assert deploy["model"]["required"] is True
+
+    assert api.options("/api/v1/builds/1/cancel/").json()["actions"]["POST"] == {}  # takes no body
+    model = api.options("/api/v1/models/").json()["actions"]["POST"]  # nothing declared: the serializer's own
+    assert {name for name, field in model.items() if not field["read_only"]} == {"name", "description"}
