@@ -55,5 +55,7 @@ bench-build: $(VENV)/.run-installed
 bench-rollouts: $(VENV)/.dev-installed
 	@bash .ci/bench-rollouts.sh $(ARGS)
 
+# The local target's runtime processes outlive var/ unless stopped first.
 clean:
+	@if [ -x $(VENV)/bin/python ] && [ -d var/deployments ]; then $(VENV)/bin/python manage.py stop_local_deployments; fi
 	rm -rf $(VENV) var

@@ -98,7 +98,7 @@ def still_serving(var: Path) -> None:
         print(
             f"Still serving: {endpoints} (runtime processes outlive the control plane, as pods do; "
             "the next `make run` manages them again). To stop them: "
-            "pkill -f 'inference_runtime|deployments.targets.router'",
+            ".venv/bin/python manage.py stop_local_deployments (`make clean` does it too)",
             flush=True,
         )
 

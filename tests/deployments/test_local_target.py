@@ -7,6 +7,7 @@ them on one thread each. Every process is stopped after each test, even a failed
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from django.core.management import call_command
 
 from deployments.targets import DeploymentRef, ReleaseSpec, RuntimeSettings, TargetError, get_target
 from deployments.targets.local import LocalTarget
@@ -239,6 +241,24 @@ def local_dir(deployment: DeploymentRef) -> Path:
     from django.conf import settings
 
     return Path(settings.VAR_DIR) / "deployments" / deployment.key
+
+
+def test_make_cleans_command_stops_every_local_deployment(local, model_files):
+    """`make clean` runs stop_local_deployments before it deletes var/, where the processes are recorded."""
+    model = model_files["torchscript"]
+    local.apply(IRIS, release(1, model), 1)
+    wait_done(local, 1)
+    endpoint = local.route(IRIS, {1: 100})
+    processes = [pid_of(local, 1), json.loads((local_dir(IRIS) / "router.json").read_text())["pid"]]
+    said = io.StringIO()
+
+    call_command("stop_local_deployments", stdout=said)
+
+    assert said.getvalue() == "Stopped the local deployments iris-dev.\n"
+    assert [start_time_of(pid) for pid in processes] == [None, None]
+    assert runtimes_serving(model) == []
+    assert not local_dir(IRIS).exists()
+    assert port_is_free(int(endpoint.rsplit(":", 1)[1]))
 
 
 # --- failures ----------------------------------------------------------------------------
