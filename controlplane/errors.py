@@ -48,6 +48,11 @@ class LengthRequired(ServiceError):
     code = "length_required"
 
 
+class RequestTimeout(ServiceError):
+    status_code = 408
+    code = "timeout"
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "too_large"

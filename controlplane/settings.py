@@ -180,6 +180,8 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 SLIPWAY_MAX_ARTIFACT_BYTES = env_int("SLIPWAY_MAX_ARTIFACT_BYTES", 4 * 1024**3, minimum=1)
+# An upload that sends nothing for this long is refused (408) and its thread and temporary file let go.
+SLIPWAY_UPLOAD_IDLE_TIMEOUT_S = env_float("SLIPWAY_UPLOAD_IDLE_TIMEOUT_S", 60.0, minimum=0.1)
 SLIPWAY_ARCHIVE_MAX_MEMBERS = env_int("SLIPWAY_ARCHIVE_MAX_MEMBERS", 100_000, minimum=1)
 SLIPWAY_ARCHIVE_MAX_UNCOMPRESSED_BYTES = env_int("SLIPWAY_ARCHIVE_MAX_UNCOMPRESSED_BYTES", 16 * 1024**3, minimum=1)
 # The sandboxed validator child: limits on what a model may take while loading.

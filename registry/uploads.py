@@ -24,6 +24,7 @@ import logging
 import mmap
 import os
 import tempfile
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,7 +39,14 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser
 from rest_framework.parsers import BaseParser, DataAndFiles
 
-from controlplane.errors import InsufficientStorage, InvalidInput, PayloadTooLarge, ServiceError, as_service_error
+from controlplane.errors import (
+    InsufficientStorage,
+    InvalidInput,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    as_service_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +76,48 @@ def too_large(limit: int) -> PayloadTooLarge:
     )
 
 
+# A temporary upload file not written to for this long belongs to no upload: the worker that wrote it
+# died (killed, or stopped before the upload ended) before it could delete it.
+STALE_UPLOAD_S = 24 * 3600
+_next_sweep = 0.0  # monotonic time of this process's next look for such files
+
+
+def sweep_stale_uploads() -> list[str]:
+    """Delete the temporary upload files that dead workers left in FILE_UPLOAD_TEMP_DIR; returns their names.
+
+    A live upload writes its file at least every SLIPWAY_UPLOAD_IDLE_TIMEOUT_S (or is refused), so a
+    day-old one is garbage. Runs as an upload starts, at most once an hour in each process.
+    """
+    global _next_sweep
+    if time.monotonic() < _next_sweep:
+        return []
+    _next_sweep = time.monotonic() + 3600
+    cutoff = time.time() - max(STALE_UPLOAD_S, 2 * settings.SLIPWAY_UPLOAD_IDLE_TIMEOUT_S)
+    removed = []
+    try:
+        with os.scandir(settings.FILE_UPLOAD_TEMP_DIR) as entries:
+            for entry in entries:
+                if not (entry.name.startswith("tmp") and entry.name.endswith(".upload")):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed.append(entry.name)
+                except FileNotFoundError:
+                    continue  # another process's sweep, or its upload kept it
+    except OSError as exc:  # never a reason to refuse the upload that asked
+        log.warning("could not look for stale temporary upload files: %s", exc)
+    if removed:
+        log.warning("deleted %d temporary upload file(s) left by dead workers: %s", len(removed), ", ".join(removed))
+    return removed
+
+
 class HashedTemporaryUploadedFile(UploadedFile):
     """A file streamed to FILE_UPLOAD_TEMP_DIR, with its SHA-256 computed on the way."""
 
     def __init__(self, name, content_type, charset, content_type_extra=None):
         os.makedirs(settings.FILE_UPLOAD_TEMP_DIR, exist_ok=True)
+        sweep_stale_uploads()
         # Closed (and so deleted) by close(), by Django at the end of the request, or when dropped.
         file = tempfile.NamedTemporaryFile(suffix=".upload", dir=settings.FILE_UPLOAD_TEMP_DIR)  # noqa: SIM115
         super().__init__(file, name, content_type, 0, charset, content_type_extra)
@@ -500,6 +545,11 @@ def _receive(sock, body) -> Iterator[bytes | bytearray]:
     if held:
         reader.length -= len(held)
         yield held
+    idle = settings.SLIPWAY_UPLOAD_IDLE_TIMEOUT_S
+    blocking = sock.gettimeout()
+    # gthread's sockets block, and gunicorn's worker timeout does not reach a thread waiting in recv():
+    # without this a client that stops sending would hold a thread and a temporary file for ever.
+    sock.settimeout(idle)
     try:
         while reader.length:
             chunk = bytearray(min(CHUNK, reader.length))
@@ -513,9 +563,17 @@ def _receive(sock, body) -> Iterator[bytes | bytearray]:
                     filled += received
                     reader.length -= received
             yield chunk
+    except TimeoutError:
+        body.failed = True
+        raise RequestTimeout(
+            f"Nothing arrived for {idle:g} s in the middle of the upload (SLIPWAY_UPLOAD_IDLE_TIMEOUT_S). "
+            "Nothing was kept: send it again."
+        ) from None
     except OSError as exc:  # as Django's request.read() reports a connection that failed
         body.failed = True
         raise UnreadablePostError(*exc.args) from exc
+    finally:
+        sock.settimeout(blocking)
 
 
 class StreamingMultiPartParser(BaseParser):

@@ -5,20 +5,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from pathlib import Path
 
 import pytest
 from django.core.exceptions import TooManyFieldsSent
 
 from controlplane.errors import InvalidInput, PayloadTooLarge
+from registry import uploads
 from registry.uploads import (
     CHUNK,
+    STALE_UPLOAD_S,
     BufferedWriter,
     ChunkSink,
     DirectWriter,
     HashedTemporaryUploadedFile,
     file_writer,
     read_multipart,
+    sweep_stale_uploads,
 )
 
 BOUNDARY = "slipway-test-boundary-7e1f"
@@ -221,3 +225,21 @@ def test_a_content_length_that_is_no_number_is_left_to_the_stream(temp_dir):
     content = body(part("a", b"1"))
     fields, _ = read_multipart(io.BytesIO(content), {**meta(content), "CONTENT_LENGTH": "\xb2"}, "utf-8")
     assert fields["a"] == "1"
+
+
+def test_temporary_files_a_dead_worker_left_are_deleted_when_an_upload_starts(temp_dir, monkeypatch):
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    day_ago = time.time() - STALE_UPLOAD_S - 60
+    stale, recent, other = temp_dir / "tmpdead1234.upload", temp_dir / "tmplive5678.upload", temp_dir / "notes.txt"
+    for path in (stale, recent, other):
+        path.write_bytes(b"partial")
+    os.utime(stale, (day_ago, day_ago))
+    os.utime(other, (day_ago, day_ago))
+    monkeypatch.setattr(uploads, "_next_sweep", 0.0)  # this process has not looked yet
+
+    _, files = read(body(part("artifact", b"model bytes", filename="m.pt")))
+
+    assert not stale.exists()
+    assert recent.exists() and other.exists()  # an upload still writing; not an upload's file
+    assert files["artifact"].read() == b"model bytes"
+    assert sweep_stale_uploads() == []  # once an hour per process, not at every upload

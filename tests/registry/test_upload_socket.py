@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.wsgi import create
 
 from controlplane.audit import Actor
-from controlplane.errors import InvalidInput, PayloadTooLarge
+from controlplane.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 from registry import services
 from registry.uploads import CHUNK, _gunicorn_body, read_multipart
 from tests.conftest import ROOT, _celery_env, free_port, wait_for
@@ -96,19 +97,31 @@ def test_the_body_arrives_exact_and_the_request_sent_behind_it_stays_for_gunicor
     assert next(parser).path == "/next"
 
 
-@pytest.mark.parametrize("how", ["closed", "stalled"])
-def test_a_body_cut_short_is_refused_leaves_no_file_and_closes_the_connection(temp_dir, connection, how):
+@pytest.mark.parametrize(
+    ("how", "refusal", "says"),
+    [
+        ("closed", InvalidInput, "ended before the whole body arrived"),
+        ("stalled", RequestTimeout, "Nothing arrived for 0.5 s in the middle of the upload"),
+    ],
+)
+def test_a_body_cut_short_is_refused_leaves_no_file_and_closes_the_connection(
+    temp_dir, connection, settings, how, refusal, says
+):
+    settings.SLIPWAY_UPLOAD_IDLE_TIMEOUT_S = 0.5
     server, client = connection
     whole = request_bytes(body(part("artifact", os.urandom(3 * CHUNK), "m.pt")))
-    sender = send(client, whole[: 2 * CHUNK], then_close=how == "closed")
+    sender = send(client, whole[: 2 * CHUNK], then_close=how == "closed")  # "stalled": nothing more, still open
     parser, request = receive(server)
-    server.settimeout(0.5)  # "stalled": the socket's timeout passes (an OSError, as a reset connection raises)
+    server.settimeout(30)  # (only a safety net here: gthread's sockets block)
+    started = time.monotonic()
 
-    with pytest.raises(InvalidInput, match="ended before the whole body arrived"):
+    with pytest.raises(refusal, match=says):
         read_multipart(request, request.META, "utf-8")
 
+    assert time.monotonic() - started < 10  # the idle timeout's doing, not the safety net's
     sender.join()
     assert left_in(temp_dir) == []
+    assert server.gettimeout() == 30  # the socket's own timeout again, for gunicorn
     assert parser.finish_body() is False  # gunicorn closes the connection instead of reading on
 
 
@@ -152,7 +165,7 @@ def gunicorn_url(live_db, tmp_path):
                 *("--bind", f"127.0.0.1:{port}", "--workers", "1"),
             ],
             cwd=ROOT,
-            env=_celery_env(),
+            env=_celery_env() | {"SLIPWAY_UPLOAD_IDLE_TIMEOUT_S": "1"},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -192,3 +205,22 @@ def test_uploads_through_gunicorn_on_one_connection_keep_every_byte(gunicorn_url
         ports.add(download.extensions["network_stream"].get_extra_info("client_addr")[1])
     assert download.content == content
     assert len(ports) == 1  # one connection: each request found the next one where it should
+
+
+def test_an_upload_that_stops_sending_is_answered_408_and_lets_go_of_its_thread(gunicorn_url, alice, alice_token):
+    """gunicorn's worker timeout does not reach a thread blocked in recv(): the idle timeout (1 s here) does."""
+    services.create_model("m", "", actor=Actor(user=alice))
+    head = request_bytes(body(part("artifact", os.urandom(CHUNK), "m.pt"))).split(b"\r\n\r\n", 1)[0]
+    head = head.replace(b"Host: slipway", f"Host: 127.0.0.1\r\nAuthorization: Bearer {alice_token}".encode())
+    port = int(gunicorn_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
+        stalled.sendall(head + b"\r\n\r\n" + b"--" + BOUNDARY.encode() + b"\r\n")  # and then nothing
+
+        answer = b"".join(iter(lambda: stalled.recv(65536), b""))  # until the server closes the connection
+
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout", answer[:500]
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["code"] == "timeout"
+    auth = {"Authorization": f"Bearer {alice_token}"}
+    versions = httpx.get(f"{gunicorn_url}/api/v1/models/m/versions/", headers=auth)
+    assert versions.json()["count"] == 0  # nothing kept
