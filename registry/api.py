@@ -11,7 +11,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from controlplane.audit import Actor
-from controlplane.errors import InvalidInput, LengthRequired, NotFound
+from controlplane.errors import InvalidInput, NotFound
 from controlplane.pagination import Counted
 from controlplane.permissions import RegistryAccess
 from controlplane.renderers import JSONRenderer
@@ -26,7 +26,7 @@ from registry.serializers import (
     VersionUploadSerializer,
     version_list_rows,
 )
-from registry.uploads import StreamingMultiPartParser
+from registry.uploads import StreamingMultiPartParser, refuse_chunked
 
 
 def unknown_model(name: str) -> NotFound:
@@ -35,12 +35,7 @@ def unknown_model(name: str) -> NotFound:
 
 def uploaded_artifact(request):
     """The file streamed in the 'artifact' field, or a refusal that says what to send."""
-    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
-        # WSGI servers hand Django no body for chunked requests: say so, not "no file".
-        raise LengthRequired(
-            "Send the upload with a Content-Length header, not chunked: for example "
-            "curl -H 'Authorization: Bearer <token>' -F artifact=@model.pt <url>."
-        )
+    refuse_chunked(request.META)  # (DRF does not call the parser for what WSGI makes an empty body)
     try:
         upload = request.FILES.get("artifact")
     except exceptions.UnsupportedMediaType as exc:

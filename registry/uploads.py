@@ -42,6 +42,7 @@ from rest_framework.parsers import BaseParser, DataAndFiles
 from controlplane.errors import (
     InsufficientStorage,
     InvalidInput,
+    LengthRequired,
     PayloadTooLarge,
     RequestTimeout,
     ServiceError,
@@ -447,6 +448,7 @@ def read_multipart(stream, meta, encoding: str) -> tuple[QueryDict, MultiValueDi
     and as soon as a file outgrows it; with 400 for a malformed or cut-off body; with 507
     when the disk fills up. Whatever goes wrong, the files written so far are deleted.
     """
+    refuse_chunked(meta)
     limit = settings.SLIPWAY_MAX_ARTIFACT_BYTES
     length = meta.get("CONTENT_LENGTH") or "0"
     if length.isascii() and length.isdigit() and int(length) > limit + _MULTIPART_SLACK:
@@ -486,6 +488,15 @@ def read_multipart(stream, meta, encoding: str) -> tuple[QueryDict, MultiValueDi
         form.abort()
         raise
     return form.data, form.files
+
+
+def refuse_chunked(meta) -> None:
+    """WSGI servers hand Django no body for a chunked request: say so, not "no file" or "cut short"."""
+    if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise LengthRequired(
+            "Send the upload with a Content-Length header, not chunked: for example "
+            "curl -H 'Authorization: Bearer <token>' -F artifact=@model.pt <url>."
+        )
 
 
 def body_chunks(stream) -> Iterator[bytes | bytearray]:

@@ -101,6 +101,21 @@ def test_a_malformed_body_is_refused_on_the_page_and_keeps_nothing(browser, iris
     assert _leftovers() == before
 
 
+def test_a_chunked_body_is_refused_with_what_to_send_instead(browser, iris):
+    # The WSGI server hands Django no body for it: that is no short body, as the API says too (411).
+    response = browser.generic(
+        "POST",
+        "/models/iris/versions/upload/",
+        b"5\r\n--x--\r\n0\r\n\r\n",  # (the test client passes it as it is)
+        content_type="multipart/form-data; boundary=x",
+        HTTP_TRANSFER_ENCODING="chunked",
+        **_csrf(browser),
+    )
+    assert response.status_code == 411
+    assert "Content-Length header, not chunked" in response.content.decode()
+    assert ModelVersion.objects.count() == 0
+
+
 def test_two_files_chosen_for_one_upload_are_refused_on_the_page(browser, iris, model_files):
     before = _leftovers()
     data = model_files["torchscript"].read_bytes()
