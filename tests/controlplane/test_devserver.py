@@ -7,6 +7,7 @@ SIGINT to the whole foreground process group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -90,9 +91,14 @@ def test_ctrl_c_stops_the_web_server_and_the_worker_and_frees_the_port(tmp_path)
         os.killpg(server.pid, signal.SIGINT)
         assert server.wait(timeout=30) == 0, log.read_text(errors="replace")[-3000:]
     finally:
-        if server.poll() is None:
+        if server.poll() is None:  # the test failed before its Ctrl-C
+            # gunicorn and Celery run in sessions of their own: killing the devserver's group would leave them.
+            leftover = descendants(server.pid)
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+            for pid in leftover:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     deadline = time.monotonic() + 5
     while any(alive(pid) for pid in started) and time.monotonic() < deadline:
