@@ -299,6 +299,7 @@ def test_history_lists_releases_newest_first_with_how_each_ended(page: Page, ali
     shoot(page, "ui-history")
 
     page.get_by_role("link", name="iris in dev").click()
+    page.wait_for_load_state()  # htmx has set up the buttons (a click before that does nothing)
     expect(page.locator(".pinned")).to_contain_text("rolled back to release 1: v2 drifts on the night traffic")
     shoot(page, "ui-deployment-pinned")
     page.get_by_role("button", name="Unpin").click()
