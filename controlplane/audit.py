@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -147,6 +148,53 @@ def record_refusal(
 ) -> AuditEvent:
     """Record an attempt that changed nothing (denied or invalid), on its own."""
     return record(action, actor=actor, target=target, outcome=outcome, message=message, environment=environment)
+
+
+# What a request is about, from the first part of its path (after /api/v1/): the model, and the URL
+# argument that names its object. Models and versions are named by the model's name (and number).
+_URL_OBJECTS = {
+    "builds": ("deployments.ImageBuild", "pk"),
+    "environments": ("deployments.Environment", "name"),
+    "deployments": ("deployments.Deployment", "pk"),
+    "rollouts": ("deployments.Rollout", "pk"),
+    "approvals": ("deployments.ApprovalRequest", "pk"),
+    "tokens": ("controlplane.APIToken", "pk"),
+    "role-bindings": ("controlplane.RoleBinding", "pk"),
+}
+
+
+def target_of_request(request) -> Any:
+    """The object a refused request named in its URL, for its audit event: the object when it exists
+    (so the event is found under it), else what the URL called it; None for a URL that names none."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        return None
+    kwargs = match.kwargs
+    parts = request.path_info.strip("/").split("/")
+    first = parts[2] if parts[:2] == ["api", "v1"] and len(parts) > 2 else parts[0]
+    if first == "models":
+        name, version = kwargs.get("model_name") or kwargs.get("name"), kwargs.get("version")
+        if not name:
+            return None
+        if version is None:
+            found = apps.get_model("registry", "Model").objects.filter(name=name).first()
+            return found or ("model", "", name)
+        found = (
+            apps.get_model("registry", "ModelVersion")
+            .objects.select_related("model")
+            .filter(model__name=name, version=version)
+            .first()
+        )
+        return found or ("model_version", "", f"{name} v{version}")
+    model_label, field = _URL_OBJECTS.get(first, (None, None))
+    value = kwargs.get(field) if field else None
+    if value is None:
+        return None
+    model = apps.get_model(model_label)
+    kind = getattr(model, "AUDIT_TYPE", model._meta.model_name)
+    if field == "pk" and not str(value).isdigit():
+        return (kind, "", value)
+    return model._default_manager.filter(**{field: value}).first() or (kind, value if field == "pk" else "", value)
 
 
 def _lock_chain() -> None:

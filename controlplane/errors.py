@@ -15,10 +15,13 @@ class ServiceError(Exception):
     code = "invalid"
     outcome = Outcome.INVALID
 
-    def __init__(self, message: str, *, fields: dict | None = None):
+    def __init__(self, message: str, *, fields: dict | None = None, target=None):
         super().__init__(message)
         self.message = message
         self.fields = fields or {}
+        # What the refused attempt was about, for its audit event, when its URL does not say
+        # (an object, or a (type, id, text) tuple); see controlplane.audit.target_of_request.
+        self.target = target
 
 
 class InvalidInput(ServiceError):

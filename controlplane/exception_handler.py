@@ -45,7 +45,7 @@ def exception_handler(exc, context):
         if exc.fields:
             body["fields"] = exc.fields
         response = Response(body, status=exc.status_code)
-        _audit_refusal(context, exc.outcome, exc.message, response.status_code)
+        _audit_refusal(context, exc.outcome, exc.message, response.status_code, target=exc.target)
         return response
 
     if isinstance(exc, exceptions.NotAuthenticated):
@@ -102,8 +102,8 @@ def _throttled(exc: exceptions.Throttled, context) -> Response:
     return Response(body, status=exc.status_code, headers={"Retry-After": str(wait)})
 
 
-def _audit_refusal(context, outcome: str, message: str, status_code: int, user=None) -> None:
-    from controlplane.audit import Actor, record_refusal
+def _audit_refusal(context, outcome: str, message: str, status_code: int, user=None, target=None) -> None:
+    from controlplane.audit import Actor, record_refusal, target_of_request
 
     request = context.get("request")
     view = context.get("view")
@@ -114,6 +114,7 @@ def _audit_refusal(context, outcome: str, message: str, status_code: int, user=N
         record_refusal(
             action,
             actor=Actor.from_request(request, user=user),
+            target=target or target_of_request(request),
             outcome=outcome,
             message=f"{status_code} {request.method} {request.get_full_path()[:200]}: {message}"[:2000],
         )

@@ -1,7 +1,8 @@
-"""What a locked-out log-in sees, and its audit event (django-axes calls `lockout_response`).
+"""Log-ins in the audit log (each success and failure), and what a locked-out log-in sees.
 
 django-axes counts failed log-ins in the database and refuses a username or an address that
-reached the limit; this module answers those refusals for /login/ and the admin alike.
+reached the limit; `lockout_response` (django-axes calls it) answers those refusals for /login/
+and the admin alike.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from django.http import HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
-from controlplane.audit import Actor, record_refusal
+from controlplane.audit import Actor, record, record_refusal
 from controlplane.models import Outcome
 
 
@@ -63,3 +64,26 @@ def as_duration(seconds: int) -> str:
     if seconds < 120:
         return f"{seconds} second{'s' if seconds != 1 else ''}"
     return f"{math.ceil(seconds / 60)} minutes"
+
+
+def record_login(sender, request, user, **kwargs) -> None:
+    """`user_logged_in`: who signed in, and from where."""
+    if request is not None:
+        record("login", actor=Actor.from_request(request, user=user), target=("user", user.pk, user.get_username()))
+
+
+def record_failed_login(sender, credentials: dict, request=None, **kwargs) -> None:
+    """`user_login_failed`: a wrong username or password, in the audit log as a refused log-in.
+
+    Tries refused by a lockout are left to `lockout_response` (one event each, not two). Django has
+    already replaced the password in `credentials`; only the username is kept.
+    """
+    if request is None or getattr(request, "axes_locked_out", False):
+        return
+    username = str(get_client_username(request, credentials) or "")[:150]
+    record_refusal(
+        "login",
+        actor=Actor.from_request(request),
+        outcome=Outcome.DENIED,
+        message=f"{request.method} {request.path[:200]}: wrong username or password for {username!r}",
+    )

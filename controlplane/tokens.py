@@ -85,7 +85,10 @@ def create_token(
                 },
             )
     except IntegrityError as exc:
-        raise Conflict(f"{user.get_username()} already has an active token named {name!r}; pick another name.") from exc
+        raise Conflict(
+            f"{user.get_username()} already has an active token named {name!r}; pick another name.",
+            target=("token", "", name),
+        ) from exc
     return IssuedToken(token=token, raw=raw)
 
 

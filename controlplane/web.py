@@ -9,7 +9,7 @@ from django.core.paginator import Paginator
 from django.shortcuts import render
 
 from controlplane import access
-from controlplane.audit import Actor, record_refusal
+from controlplane.audit import Actor, record_refusal, target_of_request
 from controlplane.errors import ServiceError
 from controlplane.models import Role
 
@@ -24,6 +24,7 @@ def refuse(
     record_refusal(
         action,
         actor=Actor.from_request(request),
+        target=exc.target or target_of_request(request),
         outcome=exc.outcome,
         message=f"{exc.status_code} {request.method} {request.path}: {exc.message}",
         environment=environment,

@@ -259,7 +259,11 @@ def create_environment(
                 environment=env.name,
             )
     except IntegrityError:
-        raise Conflict(f"An environment named {name!r} already exists.", fields={"name": ["taken"]}) from None
+        raise Conflict(
+            f"An environment named {name!r} already exists.",
+            fields={"name": ["taken"]},
+            target=("environment", "", name),
+        ) from None
     return env
 
 
@@ -443,7 +447,9 @@ def _start(
     build: ImageBuild | None = None,
 ) -> tuple[Deployment, Rollout, bool]:
     if model_version.status != VersionStatus.READY:
-        raise Conflict(f"{model_version} is {model_version.status}: only a ready version can be deployed.")
+        raise Conflict(
+            f"{model_version} is {model_version.status}: only a ready version can be deployed.", target=model_version
+        )
     with transaction.atomic():
         # Created in the same transaction as its first rollout: a refused deploy leaves no deployment,
         # and of two first deploys racing, the one that creates the deployment is the one that wins.

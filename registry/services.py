@@ -54,7 +54,9 @@ def create_model(name: str, description: str = "", *, actor: Actor) -> Model:
             model = Model.objects.create(name=name, description=description or "", created_by=actor.user)
             record("model.create", actor=actor, target=model, after={"name": name, "description": model.description})
     except IntegrityError as exc:
-        raise Conflict(f"A model named {name!r} already exists; upload a new version to it instead.") from exc
+        raise Conflict(
+            f"A model named {name!r} already exists; upload a new version to it instead.", target=("model", "", name)
+        ) from exc
     return model
 
 

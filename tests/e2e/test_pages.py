@@ -339,12 +339,14 @@ def test_the_audit_log_lists_changes_and_refusals_and_filters_them(page: Page, a
     page.goto("/audit/")
     assert_styled(page)
     rows = page.locator("table.audit tbody tr")
-    expect(rows).to_have_count(5)
+    expect(rows).to_have_count(6)
     expect(rows.first).to_contain_text("model.create")
     expect(rows.first.locator(".badge")).to_have_text("invalid")
-    expect(rows.nth(2).locator("ul.diff")).to_contain_text('+ name: "customer-churn-propensity')  # key by key
+    expect(rows.nth(1)).to_contain_text("token.create")
+    expect(rows.nth(2)).to_contain_text("login")
+    expect(rows.nth(3).locator("ul.diff")).to_contain_text('+ name: "customer-churn-propensity')  # key by key
     page.get_by_role("button", name="Verify the hash chain").click()
-    expect(page.get_by_role("status")).to_contain_text("Chain intact. 5 events checked")
+    expect(page.get_by_role("status")).to_contain_text("Chain intact. 6 events checked")
     shoot(page, "17-audit")
 
     page.get_by_label("Search").fill("laptop")
