@@ -56,6 +56,10 @@ def exception_handler(exc, context):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, exceptions.Throttled):
         return _throttled(exc, context)
+    elif isinstance(exc, exceptions.MethodNotAllowed) or (
+        isinstance(exc, exceptions.UnsupportedMediaType) and str(exc.detail).startswith("Unsupported media type ")
+    ):  # DRF's own wording (a view's own refusal already says what to send)
+        exc.detail = exceptions.ErrorDetail(_what_to_send(exc, context), code=exc.default_code)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # an unexpected error: Django logs it and answers 500
@@ -75,6 +79,18 @@ def exception_handler(exc, context):
     elif isinstance(exc, exceptions.ValidationError | exceptions.ParseError | exceptions.UnsupportedMediaType):
         _audit_refusal(context, Outcome.INVALID, body["error"], response.status_code)
     return response
+
+
+def _what_to_send(exc, context) -> str:
+    """DRF's refusal of a method or of a body's type, with what this URL takes instead."""
+    request, view = context.get("request"), context.get("view")
+    if isinstance(exc, exceptions.MethodNotAllowed):
+        allowed = ", ".join(m for m in getattr(view, "allowed_methods", ()) if m not in ("HEAD", "OPTIONS"))
+        method = request.method if request is not None else "This method"
+        return f"{method} is not allowed on this URL; it takes {allowed or 'nothing'} (see /api/docs/)."
+    sent = request.content_type.split(";")[0].strip() if request is not None else ""
+    accepted = ", ".join(parser.media_type for parser in view.get_parsers()) if view else "application/json"
+    return f"A {sent!r} body is not accepted here: send {accepted} and say which in Content-Type."
 
 
 def _unknown_format(context) -> str | None:

@@ -1,4 +1,4 @@
-"""The API's JSON body parser: DRF's, with an answer for bodies nested too deeply to read."""
+"""The API's JSON body parser: DRF's, with an answer for bodies nested too deeply to read, and what to send."""
 
 from __future__ import annotations
 
@@ -12,3 +12,8 @@ class JSONParser(parsers.JSONParser):
             return super().parse(stream, media_type, parser_context)
         except RecursionError:  # json.loads past Python's recursion limit: DRF catches only ValueError (a 500)
             raise ParseError("JSON parse error - nested too deeply; flatten the body.") from None
+        except ParseError as exc:  # where json.loads stopped: say what the body must be
+            raise ParseError(
+                f"{exc.detail}. The body must be one valid JSON object (double quotes, no trailing commas), "
+                "sent with Content-Type: application/json."
+            ) from None

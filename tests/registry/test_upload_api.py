@@ -628,3 +628,31 @@ def test_the_api_root_links_to_the_api_lists(api):
     for url in links.values():
         assert url.startswith("http://testserver/api/v1/")
         assert "results" in api.get(url).json()
+
+
+@pytest.mark.parametrize(
+    "method, body, content_type, status, says",
+    [
+        (
+            "post",
+            '{"name": ',
+            "application/json",
+            400,
+            "JSON parse error - Expecting value: line 1 column 10 (char 9). The body must be one valid JSON object",
+        ),
+        (
+            "post",
+            "name=iris",
+            "text/plain",
+            415,
+            "A 'text/plain' body is not accepted here: send application/json, multipart/form-data",
+        ),
+        ("put", "{}", "application/json", 405, "PUT is not allowed on this URL; it takes GET, POST (see /api/docs/)."),
+    ],
+)
+def test_a_body_or_method_the_api_does_not_take_is_answered_with_what_it_takes(
+    api, method, body, content_type, status, says
+):
+    response = getattr(api, method)("/api/v1/models/", body, content_type=content_type)
+    assert response.status_code == status
+    assert says in response.json()["error"]
