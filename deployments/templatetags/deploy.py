@@ -37,6 +37,7 @@ SETTING_HINTS = {
 def deploy_form(context, version, oob: bool = False) -> dict:
     form = context.get("deploy_form") or {}
     ready = version.status == "ready"
+    environments = _deployable(context) if ready else []
     return {
         "version": version,
         "oob": oob,
@@ -44,7 +45,9 @@ def deploy_form(context, version, oob: bool = False) -> dict:
         "csrf_token": context.get("csrf_token"),
         "error": context.get("error") if form else "",
         "form": form,
-        "environments": _deployable(context) if ready else [],
+        "environments": environments,
+        # None to deploy to: is it that none exists, or that this user may deploy to none?
+        "environments_exist": ready and not environments and Environment.objects.exists(),
         "strategies": [(name, STRATEGY_LABELS[name], json.dumps(PLAN_EXAMPLES[name], indent=2)) for name in STRATEGIES],
         "settings": [
             (name, name.replace("_", " ").capitalize(), SETTING_HINTS[name], form.get(name, ""))

@@ -16,11 +16,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from controlplane.audit import Actor
-from controlplane.models import AuditEvent
+from controlplane.models import AuditEvent, Role, RoleBinding
 from deployments import forms, services
 from deployments.models import Deployment, Environment, Release, Rollout, RolloutEvent, RolloutState
 from registry.models import Model
-from tests.factories import bulk_versions
+from tests.factories import UserFactory, bulk_versions
 
 pytestmark = pytest.mark.django_db
 
@@ -171,6 +171,23 @@ def test_a_version_that_is_not_ready_offers_no_deploy_form(browser, alice, dev):
 def test_without_environments_the_version_page_says_where_to_create_one(browser, iris):
     page = browser.get("/models/iris/versions/1/").content.decode()
     assert "No environment to deploy to yet" in page and 'href="/environments/"' in page
+
+
+def test_a_viewer_is_told_deploying_needs_a_role_and_is_offered_no_unpin(browser, iris, dev, actor):
+    pk = settle(start(actor, version=1)).deployment_id
+    Deployment.objects.filter(pk=pk).update(pinned=True, pinned_reason="rolled back to release 1: drift")
+    vera = UserFactory(username="vera")
+    RoleBinding.objects.create(user=vera, role=Role.VIEWER, environment=dev)
+    viewer = Client()
+    viewer.force_login(vera)
+
+    page = viewer.get("/models/iris/versions/1/").content.decode()
+    assert "Deploy v1" not in page and "No environment to deploy to yet" not in page
+    assert "Deploying needs the deployer role in an environment" in page
+    page = viewer.get(f"/deployments/{pk}/").content.decode()
+    assert "Pinned" in page and "someone with the deployer role in dev unpins it" in page
+    assert "/unpin/" not in page
+    assert "/unpin/" in browser.get(f"/deployments/{pk}/").content.decode()  # alice may unpin
 
 
 # --- Environments ---------------------------------------------------------------------
