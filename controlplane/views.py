@@ -10,6 +10,7 @@ from django.db import connection
 from django.http import HttpResponseServerError, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template import loader
+from django.utils.cache import add_never_cache_headers
 from django.views import csrf
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -47,8 +48,10 @@ def token_list(request):
             )
         except ServiceError as exc:
             return refuse(request, exc, "token.create", "controlplane/tokens.html", context)
-        # The raw token is rendered once, in this response only.
-        return render(request, "controlplane/tokens.html", {**context, "issued": issued}, status=201)
+        # The raw token is rendered once, in this response only, which no cache may keep.
+        response = render(request, "controlplane/tokens.html", {**context, "issued": issued}, status=201)
+        add_never_cache_headers(response)
+        return response
     return render(request, "controlplane/tokens.html", context)
 
 
