@@ -3,7 +3,9 @@
 A multi-GiB artifact fetched over a flaky link is resumed with `curl -C -` or `wget -c`,
 which ask for `Range: bytes=N-`. One range is served (206); several, or a malformed header,
 get the whole file (RFC 9110 lets a server ignore Range), and a range past the end gets 416.
-The ETag is the artifact's SHA-256, so `If-Range` resumes only the same bytes.
+The ETag is the artifact's SHA-256, so `If-Range` resumes only the same bytes, a cache that
+holds the file revalidates it with `If-None-Match` (304, nothing sent), and `If-Match` makes
+sure of the bytes before any is sent (412 when they changed).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 
 from django.http import FileResponse, HttpResponse, StreamingHttpResponse
+from django.utils.cache import get_conditional_response
 from django.utils.http import content_disposition_header
 
 from registry.models import ModelVersion
@@ -22,6 +25,10 @@ _CHUNK = 1024 * 1024
 
 def artifact_response(request, version: ModelVersion) -> HttpResponse:
     etag = f'"{version.sha256}"'
+    conditional = get_conditional_response(request, etag=etag)  # 304 or 412, before the file is opened
+    if conditional is not None:
+        conditional["ETag"] = etag
+        return conditional
     wanted = request.headers.get("Range")
     if wanted and request.headers.get("If-Range", etag) != etag:
         wanted = None  # the client holds other bytes: start again

@@ -491,6 +491,20 @@ def test_a_range_for_other_bytes_than_the_clients_gets_the_whole_file(api, uploa
     assert response["ETag"] == f'"{digest}"' and response["Accept-Ranges"] == "bytes"
 
 
+def test_a_client_holding_the_file_is_told_304_and_one_expecting_other_bytes_412(api, uploaded, alice):
+    etag = f'"{hashlib.sha256(uploaded).hexdigest()}"'
+    browser = Client()
+    browser.force_login(alice)
+    for client, url in ((api, ARTIFACT), (browser, "/models/iris/versions/1/download/")):
+        held = client.get(url, HTTP_IF_NONE_MATCH=f'"0000", {etag}')
+        assert held.status_code == 304 and held.content == b"" and held["ETag"] == etag
+        assert client.head(url, HTTP_IF_NONE_MATCH=etag).status_code == 304
+        changed = client.get(url, HTTP_IF_MATCH='"0000"')
+        assert changed.status_code == 412 and changed.content == b""
+    response, content = download(api, ARTIFACT, HTTP_IF_NONE_MATCH='"0000"', HTTP_IF_MATCH=etag)
+    assert response.status_code == 200 and content == uploaded
+
+
 def test_two_files_in_artifact_are_refused_and_neither_is_kept(api, iris, model_files, new_files):
     data = model_files["torchscript"].read_bytes()
     boundary = "b0undary"
