@@ -29,7 +29,9 @@ def refuse(
         message=f"{exc.status_code} {request.method} {request.path}: {exc.message}",
         environment=environment,
     )
-    return render(request, template, {**(context or {}), "error": exc.message}, status=exc.status_code)
+    # error_fields: the form fields the refusal is about, for the template to mark (none known: none marked).
+    context = {**(context or {}), "error": exc.message, "error_fields": set(exc.fields)}
+    return render(request, template, context, status=exc.status_code)
 
 
 def paginate(request, queryset, per_page: int = 50):

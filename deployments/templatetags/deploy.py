@@ -44,6 +44,7 @@ def deploy_form(context, version, oob: bool = False) -> dict:
         "ready": ready,
         "csrf_token": context.get("csrf_token"),
         "error": context.get("error") if form else "",
+        "error_fields": _marked(context.get("error_fields", ())) if form else (),
         "form": form,
         "environments": environments,
         # None to deploy to: is it that none exists, or that this user may deploy to none?
@@ -55,6 +56,11 @@ def deploy_form(context, version, oob: bool = False) -> dict:
             if name != "replicas"
         ],
     }
+
+
+def _marked(fields) -> set[str]:
+    """The form's fields to mark as invalid: a refusal about a key of the plan (`plan.steps`) marks the plan."""
+    return {*fields, *("plan" for name in fields if name.startswith("plan."))}
 
 
 def _deployable(context) -> list[str]:

@@ -235,6 +235,18 @@ def test_a_refused_environment_is_explained_next_to_the_form_and_audited(browser
     assert Environment.objects.count() == 1
 
 
+def test_a_refusal_marks_the_field_it_is_about_and_no_other(browser, iris, dev):
+    page = post(browser, "/environments/", {"name": "staging", "default_plan": "{oops"}).content.decode()
+    assert "The default plan is not valid JSON" in page
+    assert re.search(r'<textarea name="default_plan"[^>]*aria-invalid="true"', page)
+    assert not re.search(r'<input name="name"[^>]*aria-invalid', page)
+
+    page = post(browser, "/models/iris/versions/1/deploy/", {"environment": "dev", "plan": '{"steps": 5}'}).content
+    page = page.decode()
+    assert re.search(r'<textarea name="plan"[^>]*aria-invalid="true"', page, re.S)
+    assert not re.search(r'<select name="environment"[^>]*aria-invalid', page)
+
+
 def test_a_kubernetes_environment_is_created_from_the_form_fields(browser):
     fields = {"name": "prod", "target": "kubernetes", "kubeconfig": "/etc/slipway/kubeconfig", "context": "eu-west"}
     response = post(browser, "/environments/", fields)
