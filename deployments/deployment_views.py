@@ -281,8 +281,13 @@ def _rollout_context(rollout: Rollout, may_deploy: bool) -> dict:
     newest = list(rollout.events.order_by("-at", "-pk")[: EVENTS_SHOWN + 1])
     state = rollout.state
     steps = []
+    last = len(rollout.steps) - 1
     for index, step in enumerate(rollout.steps):
-        if state == RolloutState.SUCCEEDED or index < rollout.step_index:
+        # "Promote now" went from the step it was on straight to all the traffic: the plan's last step, done.
+        finished = index == last and state == RolloutState.SUCCEEDED
+        if rollout.skip_steps and rollout.step_index <= index and not finished:
+            where = "skipped"
+        elif state == RolloutState.SUCCEEDED or index < rollout.step_index:
             where = "done"
         elif index == rollout.step_index and state in (RolloutState.PROGRESSING, RolloutState.PAUSED):
             where = "current"

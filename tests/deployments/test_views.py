@@ -404,6 +404,19 @@ def test_the_watch_answers_204_until_something_changes_then_the_panel(browser, i
     assert browser.get(watch, **HTMX).status_code == 200
 
 
+def test_steps_a_promote_now_skipped_are_shown_skipped_not_done(browser, iris, dev, actor):
+    settle(start(actor))
+    plan = {"strategy": "canary", "steps": [{"set_weight": 25}, {"pause": {}}, {"set_weight": 50}]}
+    rollout = start(actor, version=2, plan=plan)
+    Rollout.objects.filter(pk=rollout.pk).update(state="paused", step_index=1, weight=25)
+    services.promote_rollout_now(rollout, actor=actor)
+    Rollout.objects.filter(pk=rollout.pk).update(state="succeeded", weight=100, finished_at=timezone.now())
+    page = browser.get(f"/deployments/{rollout.deployment_id}/").content.decode()
+    steps = re.findall(r'<li class="step-(\w+)"[^>]*>([^<]+)</li>', page)
+    assert [where for where, _ in steps] == ["done", "skipped", "skipped", "done"], steps
+    assert steps[-1][1] == "send 100% of traffic to the new release"
+
+
 def test_the_panel_shows_steps_weight_replicas_warnings_analysis_and_events(browser, iris, dev, actor):
     settle(start(actor))
     rollout = start(
