@@ -67,3 +67,5 @@ def _audit_every_registered_admin(site: admin.AdminSite) -> None:
 
 
 _audit_every_registered_admin(admin.site)
+admin.site.site_header = "Slipway administration"
+admin.site.site_title = "Slipway admin"

@@ -221,6 +221,11 @@ def test_the_admin_runs_under_the_policy(page: Page, refusals: Refusals, catalog
     refusals.visit("/admin/auth/user/")
     refusals.visit(f"/admin/auth/user/{admin.pk}/change/")
     expect(page.locator("#id_username")).to_have_value("admin")
+    # Slipway's, with its icon (without one the browser asks for /favicon.ico, a 404) and a way back.
+    expect(page.locator("#site-name")).to_have_text("Slipway administration")
+    assert page.request.get(page.locator("link[rel=icon]").get_attribute("href")).ok
+    page.get_by_role("link", name="Back to Slipway").click()
+    expect(page.get_by_role("heading", name="Models", level=1)).to_be_visible()
 
 
 def test_the_watch_catches_an_inline_script(page: Page, catalogue, alice):
