@@ -287,6 +287,19 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Slipway API",
     "DESCRIPTION": "Control plane for PyTorch model deployments.",
     "VERSION": "1",
+    # Operations are grouped by what follows /api/v1/ (models, environments, deployments...), not all under "v1".
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "TAGS": [
+        {"name": "models", "description": "Models, their versions (uploads, validation, downloads) and their builds."},
+        {"name": "builds", "description": "Runtime images: one per model version, built and pushed by the worker."},
+        {"name": "environments", "description": "Where releases run, their default plans and protection."},
+        {"name": "deployments", "description": "A model in an environment: promote, roll back, unpin, releases."},
+        {"name": "rollouts", "description": "A release getting in front of traffic: pause, resume, promote, abort."},
+        {"name": "approvals", "description": "Rollouts into protected environments waiting for approvers."},
+        {"name": "role-bindings", "description": "Who may do what, in which environment."},
+        {"name": "tokens", "description": "API tokens: create (shown once), list, revoke."},
+        {"name": "audit", "description": "The append-only, hash-chained audit log and its exports."},
+    ],
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     # Interactive docs must work offline: Swagger UI comes from our own static files.
