@@ -270,7 +270,10 @@ def delete_version(version: ModelVersion, *, actor: Actor) -> None:
         objects = getattr(exc, "protected_objects", None) or getattr(exc, "restricted_objects", ())
         users = sorted({str(obj) for obj in objects})
         raise Conflict(
-            f"{version} cannot be deleted: it is used by {', '.join(users) or 'a deployment'}. Remove those first."
+            f"{version} cannot be deleted: {', '.join(users) or 'a deployment'} "
+            f"{'refers' if len(users) <= 1 else 'refer'} to it, and builds and releases "
+            "are kept for the history (what ran where, and when). Only a version never built or deployed can be "
+            "deleted; a version nobody should deploy again can simply be left alone."
         ) from exc
 
 

@@ -67,7 +67,9 @@ def test_a_version_with_an_image_build_cannot_be_deleted(api, iris, model_files,
     assert response.status_code == 409
     assert (
         response.json()["error"]
-        == f"iris v1 cannot be deleted: it is used by build #{build.pk} of iris v1. Remove those first."
+        == f"iris v1 cannot be deleted: build #{build.pk} of iris v1 refers to it, and builds and releases are kept "
+        "for the history (what ran where, and when). Only a version never built or deployed can be deleted; a "
+        "version nobody should deploy again can simply be left alone."
     )
     assert ModelVersion.objects.filter(pk=version.pk).exists()
     assert (Path(settings.ARTIFACT_ROOT) / version.artifact.name).exists()
