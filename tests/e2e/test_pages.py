@@ -429,3 +429,15 @@ def test_on_a_phone_no_page_scrolls_sideways(page: Page, alice_with_models, path
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 390, f"{path} scrolls sideways on a phone ({width}px wide)"
     shoot(page, "phone" + path.replace("/", "-").rstrip("-"))
+
+
+def test_the_first_tab_stop_skips_the_navigation_to_the_page(page: Page, alice_with_models):
+    log_in(page, alice_with_models)
+    page.goto("/models/")
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    expect(skip).to_be_focused()
+    expect(skip).to_be_visible()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")  # the next stop is in the page, not the navigation
+    assert page.evaluate("() => document.activeElement.closest('main') !== null")
