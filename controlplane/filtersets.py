@@ -64,8 +64,8 @@ class AuditEventFilterSet(django_filters.FilterSet):
         choices=Outcome.choices,
         error_messages={"invalid_choice": f"%(value)s is not an outcome; use one of {', '.join(Outcome.values)}."},
     )
-    since = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    until = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    since = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="gte", label="From (UTC)")
+    until = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="lt", label="Until (UTC)")
     event = IntegerFilter(
         field_name="id",
         label="One event, by its id",

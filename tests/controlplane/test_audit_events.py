@@ -301,7 +301,7 @@ def test_the_audit_pages_time_fields_show_the_filter_a_link_gave_in_their_own_fo
 def test_a_time_filter_that_is_not_a_time_is_shown_as_typed_beside_its_error(client, alice):
     client.force_login(alice)
     page = client.get("/audit/?since=yesterday&until=2026-11-23T14:30%2B01:00").content.decode()
-    assert 'name="since" value="yesterday" aria-invalid="true"' in page and "ISO 8601" in page
+    assert 'name="since" value="yesterday" aria-invalid="true"' in page and "From (UTC): Enter a date" in page
     assert 'name="until" value="2026-11-23T13:30"' in page  # the valid one is still shown in the field's form
 
 
