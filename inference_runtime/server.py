@@ -308,7 +308,10 @@ class Runtime:
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if encoding and encoding != "identity":
-            body = _decompress(body, encoding, limit)
+            inflate = Inflate(body, encoding, limit)
+            body = inflate.run(_INFLATE_ON_LOOP)
+            if body is None:
+                body = await asyncio.to_thread(inflate.run)
         return header_length, body
 
     # --- the rest of the protocol, for FastAPI ---------------------------------------------
@@ -323,29 +326,77 @@ class Runtime:
         }
 
 
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """gzip (every member, CRC and length checked) or deflate (zlib format), to at most `limit` bytes."""
-    wbits = {"gzip": 31, "deflate": 15}.get(encoding)
-    if wbits is None:
-        raise Unsupported(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
-    parts, size, rest = [], 0, body
-    while True:
-        inflater = zlib.decompressobj(wbits)
-        try:
-            data = inflater.decompress(rest, limit - size + 1)
-        except zlib.error as exc:
-            raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
-        size += len(data)
-        if size > limit or inflater.unconsumed_tail:
-            raise PayloadTooLarge(f"the body decompresses to more than {limit} bytes, the most this server takes")
-        if not inflater.eof:
-            raise InvalidInput(f"the body is truncated {encoding} data: its end is missing")
-        parts.append(data)
-        rest = inflater.unused_data
-        if not rest:
-            return b"".join(parts)
-        if encoding != "gzip":  # a gzip body may hold several members, one after another
-            raise InvalidInput(f"the body has {len(rest)} bytes after the end of its {encoding} data")
+# Content codings (RFC 9110 §8.4.1: x-gzip is gzip) and their zlib window bits.
+_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+# A gzip body may hold several members one after another (what `cat a.gz b.gz` makes); clients send one.
+MAX_GZIP_MEMBERS = 64
+# Compressed bytes handed to zlib per call: what zlib copies back (unused_data, unconsumed_tail) stays this small.
+_INFLATE_CHUNK = 64 * 1024
+# Bytes in and out decompressed on the event loop (~1 ms); a body that needs more finishes on a thread,
+# so that a large body or a gzip bomb does not hold up health checks and other requests.
+_INFLATE_ON_LOOP = 256 * 1024
+
+
+class Inflate:
+    """A gzip (every member, CRC and length checked) or deflate (zlib format) body, decompressed to at most
+    `limit` bytes in steps: `run` stops after a budget of work and carries on where it stopped when called again."""
+
+    __slots__ = ("body", "encoding", "inflater", "limit", "members", "offset", "parts", "paused", "size", "wbits")
+
+    def __init__(self, body: bytes, encoding: str, limit: int):
+        wbits = _WBITS.get(encoding)
+        if wbits is None:
+            raise Unsupported(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+        self.body, self.encoding, self.limit, self.wbits = memoryview(body), encoding, limit, wbits
+        self.inflater = zlib.decompressobj(wbits)
+        self.members = 1
+        self.offset = 0  # the first byte of the body not yet handed to zlib
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.paused = False  # the last call filled its output budget: zlib may hold more output
+
+    def run(self, budget: int | None = None) -> bytes | None:
+        """The decompressed body; None when `budget` bytes (in and out) were handled first."""
+        encoding, limit, end = self.encoding, self.limit, len(self.body)
+        work = 0
+        while True:
+            inflater = self.inflater
+            if inflater.eof:
+                self.offset -= len(inflater.unused_data)  # handed over, but past the end of this member
+                if self.offset == end:
+                    return b"".join(self.parts)
+                if self.wbits != 31:
+                    raise InvalidInput(f"the body has {end - self.offset} bytes after the end of its {encoding} data")
+                self.members += 1
+                if self.members > MAX_GZIP_MEMBERS:
+                    raise InvalidInput(
+                        f"the body has more than {MAX_GZIP_MEMBERS} gzip members; compress the body as one "
+                        "(a client sends one member)"
+                    )
+                self.inflater = inflater = zlib.decompressobj(self.wbits)
+                self.paused = False
+            if budget is not None and work >= budget:
+                return None
+            if self.paused or inflater.unconsumed_tail:
+                data_in = inflater.unconsumed_tail
+            elif self.offset < end:
+                data_in = self.body[self.offset : self.offset + _INFLATE_CHUNK]
+                self.offset += len(data_in)
+            else:
+                raise InvalidInput(f"the body is truncated {encoding} data: its end is missing")
+            room = limit - self.size + 1
+            if budget is not None:
+                room = min(room, budget - work)
+            try:
+                data = inflater.decompress(data_in, room)
+            except zlib.error as exc:
+                raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
+            self.size += len(data)
+            if self.size > limit:
+                raise PayloadTooLarge(f"the body decompresses to more than {limit} bytes, the most this server takes")
+            self.parts.append(data)
+            self.paused = len(data) == room
+            work += len(data_in) + len(data)
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -12,6 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
+from inference_runtime.errors import PayloadTooLarge
+from inference_runtime.server import Inflate
 from tests.runtime.oip import binary_request, expected_outputs, json_request, parse_response
 
 pytestmark = pytest.mark.runtime
@@ -66,6 +68,12 @@ CASES = {
     ),
     "gzip that is not gzip": (b"definitely not gzip", {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
     "gzip cut short": (gzip.compress(infer_json())[:-8], {"Content-Encoding": "gzip"}, 400, "truncated gzip"),
+    "more gzip members than a client sends": (
+        gzip.compress(infer_json()) + gzip.compress(b"") * 40_000,  # each member was a copy of the rest: seconds
+        {"Content-Encoding": "gzip"},
+        400,
+        "more than 64 gzip members",
+    ),
     "deflate with bytes after it": (
         zlib.compress(infer_json()) + b"junk",
         {"Content-Encoding": "deflate"},
@@ -158,16 +166,44 @@ def test_oversized_body_is_413(servers):
 
 
 def test_gzip_bodies_are_accepted_but_not_gzip_bombs(servers):
-    import gzip
-
-    server = servers["mlp"]
-    response = server.client.post(
-        "/v2/models/mlp/infer", content=gzip.compress(infer_json()), headers={"Content-Encoding": "gzip"}
-    )
-    assert response.status_code == 200, response.text
+    server = servers["mlp"]  # started with --max-body-bytes 1048576
+    body = infer_json()
+    padded = body[:-1] + b" " * 900_000 + b"}"  # 900 kB decompressed: finished on a thread, off the event loop
+    halves = gzip.compress(body[:100]) + gzip.compress(body[100:])  # what `cat a.gz b.gz` makes
+    for content, encoding in (
+        (gzip.compress(body), "gzip"),
+        (gzip.compress(body), "x-gzip"),  # RFC 9110: the same as gzip
+        (zlib.compress(body), "deflate"),
+        (halves, "gzip"),
+        (gzip.compress(padded), "gzip"),
+    ):
+        response = server.client.post("/v2/models/mlp/infer", content=content, headers={"Content-Encoding": encoding})
+        assert response.status_code == 200, (encoding, response.text)
     bomb = gzip.compress(b" " * (8 * 1024 * 1024))
     response = server.client.post("/v2/models/mlp/infer", content=bomb, headers={"Content-Encoding": "gzip"})
     assert response.status_code == 413
+    assert "decompresses to more than 1048576 bytes" in response.json()["error"]
+    assert_still_serving(server)
+
+
+def test_a_body_is_decompressed_the_same_in_steps_and_the_event_loop_takes_only_the_first():
+    """The server decompresses a body on the event loop up to a budget, and the rest on a thread."""
+    rng = np.random.default_rng(3)
+    members = [rng.bytes(150_000), b"\0" * 1_000_000, b"", b'{"inputs": []}']
+    body = b"".join(gzip.compress(member) for member in members)
+    for budget in (100, 65_537, 300_000):
+        inflate = Inflate(body, "gzip", 64 * 1024 * 1024)
+        steps = 0
+        while (result := inflate.run(budget)) is None:
+            assert inflate.size <= budget * (steps + 1)
+            steps += 1
+        assert result == b"".join(members)
+        assert steps >= 1_150_000 // (2 * budget)
+    bomb = gzip.compress(b" " * (8 * 1024 * 1024))  # 8 kB
+    inflate = Inflate(bomb, "gzip", 1024 * 1024)
+    assert inflate.run(256 * 1024) is None and inflate.size <= 256 * 1024
+    with pytest.raises(PayloadTooLarge):
+        inflate.run()
 
 
 def test_unknown_endpoints_and_methods_answer_json(servers):
