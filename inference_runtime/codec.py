@@ -6,6 +6,7 @@ binary data, a zero-copy view of the body), one orjson dump with numpy arrays.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -59,8 +60,10 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
     try:
         request = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        where = " (check Inference-Header-Content-Length)" if binary is not None else ""
-        raise InvalidInput(f"the request is not valid JSON{where}: {exc}") from None
+        request = _loads_nonfinite(header)
+        if request is None:
+            where = " (check Inference-Header-Content-Length)" if binary is not None else ""
+            raise InvalidInput(f"the request is not valid JSON{where}: {exc}") from None
     if not isinstance(request, dict):
         raise InvalidInput("the request must be a JSON object with an 'inputs' list")
     items = request.get("inputs")
@@ -170,6 +173,18 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
     )
 
 
+def _loads_nonfinite(header: bytes | memoryview) -> Any:
+    """JSON with NaN, Infinity or -Infinity, as Python's json.dumps and Triton's clients write them (orjson
+    refuses them), read by the standard library; None when it is not that either."""
+    text = bytes(header)
+    if b"NaN" not in text and b"Infinity" not in text:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _flag(parameters: dict, name: str, default: bool) -> bool:
     value = parameters.get(name, default)
     if type(value) is not bool:
@@ -227,7 +242,7 @@ def _from_json(data: Any, name: str, datatype: str, dtype: np.dtype, shape: list
     source = array
     array = datatypes.bf16_bits_from_float(array) if datatype == "BF16" else array.astype(dtype, copy=False)
     largest = _FLOAT_MAX.get(datatype)
-    if largest is not None and _may_overflow(source, kind, datatype, largest) and _overflowed(array, datatype):
+    if largest is not None and _may_overflow(source, kind, datatype, largest) and _overflowed(source, array, datatype):
         raise InvalidInput(f"input {name!r}: a value is out of range for {datatype} (at most ±{largest:.6g})")
     return array.reshape(shape)
 
@@ -238,13 +253,13 @@ def _may_overflow(source: np.ndarray, kind: str, datatype: str, largest: float) 
     if kind != "f":
         return datatype == "FP16"  # no int64 overflows FP32 or BF16; FP16 stops at 65504
     flat = source.reshape(-1)
-    return bool(flat.dot(flat) > largest * largest)
+    return not flat.dot(flat) <= largest * largest  # a NaN makes the sum NaN: look closer
 
 
-def _overflowed(array: np.ndarray, datatype: str) -> bool:
-    if datatype == "BF16":  # raw bits: an all-ones exponent is inf (JSON has no NaN)
-        return bool(((array & 0x7F80) == 0x7F80).any())
-    return bool(np.isinf(array).any())
+def _overflowed(source: np.ndarray, array: np.ndarray, datatype: str) -> bool:
+    """A finite value that became infinite in the cast (Infinity sent as such stays infinite)."""
+    infinite = (array & 0x7FFF) == 0x7F80 if datatype == "BF16" else np.isinf(array)  # BF16: raw bits
+    return bool((infinite & np.isfinite(source)).any())
 
 
 def _all_ints(array: np.ndarray) -> bool:
@@ -279,6 +294,16 @@ def _requested_outputs(raw: Any, model: Any, binary_default: bool) -> list[tuple
     return requested
 
 
+def _with_nonfinite(flat: np.ndarray) -> orjson.Fragment:
+    """orjson writes NaN and ±inf as null (a client reads nan, or fails); Python's json module and Triton's
+    clients write and read the tokens NaN, Infinity and -Infinity."""
+    tokens = orjson.dumps(flat, option=_NUMPY_OPTION)[1:-1].split(b",")
+    for i in np.flatnonzero(~np.isfinite(flat)).tolist():
+        value = flat[i]
+        tokens[i] = b"NaN" if np.isnan(value) else b"Infinity" if value > 0 else b"-Infinity"
+    return orjson.Fragment(b"[" + b",".join(tokens) + b"]")
+
+
 def encode_response(
     request: Request, result: Outputs, model_name: str, model_version: str
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -306,7 +331,11 @@ def encode_response(
             chunks.append(chunk)
         else:
             flat = array.reshape(-1)
-            entry["data"] = datatypes.float_from_bf16_bits(flat) if datatype == "BF16" else flat
+            if datatype == "BF16":
+                flat = datatypes.float_from_bf16_bits(flat)
+            if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+                flat = _with_nonfinite(flat)
+            entry["data"] = flat
         outputs.append(entry)
 
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}

@@ -15,6 +15,7 @@ from inference_runtime.model import Outputs, TensorSpec
 
 pytestmark = pytest.mark.runtime
 
+NAN, INF = float("nan"), float("inf")
 ALL = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
 
 
@@ -174,3 +175,31 @@ def test_binary_data_must_be_used_exactly():
         decode_request(header + b"\0" * 12, len(header), model)
     with pytest.raises(InvalidInput, match="only 4 follow"):
         decode_request(header + b"\0" * 4, len(header), model)
+
+
+def test_nan_and_infinity_travel_as_json_tokens_both_ways():
+    """As Python's json module and Triton's clients write and read them; orjson alone writes null for all three."""
+    model = FakeModel("FP32")
+    sent = json.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [0.5, NAN, INF, -INF]}]})
+    request = decode_request(sent.encode(), None, model)
+    np.testing.assert_array_equal(request.arrays[0], np.array([[0.5, NAN], [INF, -INF]], dtype=np.float32))
+    for datatype, dtype in (("FP16", np.float16), ("FP32", np.float32), ("FP64", np.float64)):
+        values = request.arrays[0].astype(dtype)
+        _, body = encode_response(request, Outputs([values], [TensorSpec("y", datatype, (-1, 2))]), "m", "1")
+        assert b'"data":[0.5,NaN,Infinity,-Infinity]' in body
+        np.testing.assert_array_equal(json.loads(body)["outputs"][0]["data"], [0.5, NAN, INF, -INF])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the runtime's own filter, in the server
+def test_infinity_sent_as_such_is_kept_but_a_number_too_large_is_still_refused():
+    model = FakeModel("FP32")
+    for datatype in ("FP32", "BF16"):
+        model.inputs[0] = TensorSpec("x", datatype, (-1, 2))
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": [INF, NAN]}]})
+        assert decode_request(body.encode(), None, model).arrays[0].shape == (1, 2)
+        for data in ([INF, 1e39], [NAN, 1e39]):
+            body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": data}]})
+            with pytest.raises(InvalidInput, match=f"out of range for {datatype}"):
+                decode_request(body.encode(), None, model)
+    with pytest.raises(InvalidInput, match="not valid JSON"):
+        decode_request(b'{"inputs": [NaN', None, model)

@@ -229,6 +229,46 @@ def test_a_model_without_a_signature_answers_each_request_in_its_own_datatypes(s
     assert refused.status_code == 400 and "unknown datatype" in refused.json()["error"]
 
 
+def nonfinite_inputs() -> dict:
+    """The datatypes model's inputs, its float ones NaN, Infinity and -Infinity (it doubles them: the same)."""
+    inputs = sample_inputs("datatypes", 2)
+    values = np.array([[np.nan, np.inf, -np.inf], [1.5, -np.inf, np.nan]])
+    inputs["f16"], inputs["bf16"] = values.astype(np.float16), BF16(values)
+    return inputs
+
+
+def test_nan_and_infinity_come_back_as_nan_and_infinity_in_json(servers, zoo):
+    """Not as null (orjson's way), which clients read as nan, or not at all; and JSON requests may send them
+    (Python's json.dumps, and Triton's clients with binary_data=False, write NaN and Infinity)."""
+    server, inputs = servers["datatypes"], nonfinite_inputs()
+    want = expected_outputs(zoo["datatypes"].module, inputs)
+    for body, headers in (binary_request(inputs, binary_output=False), (json_request(inputs), {})):
+        assert headers or (b"NaN" in body and b"-Infinity" in body)  # the JSON request carries them
+        response = server.client.post("/v2/models/datatypes/infer", content=body, headers=headers)
+        assert b"null" not in response.content and b"-Infinity" in response.content, response.text
+        got = parse_response(response)
+        assert_outputs_equal(got, want)
+        assert np.isinf(got["output__4"]).sum() == 3 and np.isinf(got["output__5"]).sum() == 3
+
+
+def test_tritonclient_sends_and_reads_nan_and_infinity_in_json(servers, zoo):
+    inputs = nonfinite_inputs()
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{servers['datatypes'].port}")
+    try:
+        tensors = []
+        for name, value in inputs.items():
+            array = value.values.astype(ml_dtypes.bfloat16) if isinstance(value, BF16) else value
+            tensor = triton.InferInput(name, list(array.shape), triton_datatype(array))
+            tensor.set_data_from_numpy(array, binary_data=name == "bf16")  # it sends BF16 in binary only
+            tensors.append(tensor)
+        want = expected_outputs(zoo["datatypes"].module, inputs)
+        outputs = [triton.InferRequestedOutput(name, binary_data=name == "output__5") for name in want]
+        result = client.infer("datatypes", tensors, outputs=outputs)
+        assert_outputs_equal({name: as_numpy(result, name) for name in want}, want)
+    finally:
+        client.close()
+
+
 def test_binary_bools_are_bools_whatever_the_byte(servers, zoo):
     """A byte other than 0 or 1 in a BOOL tensor is true, as numpy and torch read it, not a 2 or a 255."""
     features = np.ones((1, 3))
