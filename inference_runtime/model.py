@@ -155,6 +155,35 @@ def _check_declared(declared: list[TensorSpec], recorded: list[TensorSpec]) -> N
             raise ModelLoadError(f"input {d.name!r} has shape {list(r.shape)} in the archive, not {list(d.shape)}")
 
 
+def _check_declared_output(
+    declared: TensorSpec, actual: str, first: torch.Tensor, batched: torch.Tensor | None, seen: TensorSpec
+) -> None:
+    """A declared output against what the warm-up returned: every answer is cast to the declared datatype and
+    metadata shows the declared shape, so neither may contradict the model.
+
+    Any float datatype may be declared for a float output (--dtype computes in another precision, and the
+    answer is cast back); other datatypes must match. Each fixed dimension must be what the first pass
+    (one row, each variable dimension at its smallest, as Slipway's validator runs it) returned; when the
+    model batches, the first dimension must also be the batch's (-1, then)."""
+    floats = datatypes.FLOATING
+    datatype_fits = declared.datatype == actual or (declared.datatype in floats and actual in floats)
+    shape = list(first.shape)
+    shape_fits = len(declared.shape) == len(shape) and all(
+        want in (-1, got) for want, got in zip(declared.shape, shape, strict=True)
+    )
+    if shape_fits and declared.shape and batched is not None:
+        shape_fits = declared.shape[0] in (-1, batched.shape[0])
+    if datatype_fits and shape_fits:
+        return
+    returned = f"{actual} {shape}" + (f" for one row, {list(batched.shape)} for a batch" if batched is not None else "")
+    rule = "" if datatype_fits else " (a float output may be declared as any float datatype; others must match)"
+    raise ModelLoadError(
+        f"the signature declares output {declared.name!r} as {declared.datatype} {list(declared.shape)}, but the "
+        f"model returns {returned} in its warm-up{rule}. Declare it as {seen.datatype} {list(seen.shape)}, "
+        "or leave the outputs out of the signature and the runtime learns them."
+    )
+
+
 def _outputs_as_list(out: Any) -> tuple[list[str] | None, list[torch.Tensor]]:
     """A model's return value as (names if it had any, tensors)."""
     if isinstance(out, torch.Tensor):
@@ -297,17 +326,18 @@ class LoadedModel:
                 actual = datatypes.datatype_of(tensor.dtype)
             except ValueError as exc:
                 raise ModelLoadError(str(exc)) from None
+            name = names[i] if names else f"output__{i}"
+            datatype = "FP32" if (self.compute_dtype is not None and tensor.is_floating_point()) else actual
+            shape = list(tensor.shape)
+            batched = second[1][i] if second is not None and i < len(second[1]) else None
+            batched = batched if isinstance(batched, torch.Tensor) else None
+            if batched is not None:
+                other = batched.shape
+                shape = [d if len(other) == len(shape) and other[j] == d else -1 for j, d in enumerate(shape)]
+            seen = TensorSpec(name, datatype, tuple(shape))
             if declared_outputs is not None:
-                spec = declared_outputs[i]
-            else:
-                name = names[i] if names else f"output__{i}"
-                datatype = "FP32" if (self.compute_dtype is not None and tensor.is_floating_point()) else actual
-                shape = list(tensor.shape)
-                if second is not None:
-                    other = second[1][i].shape
-                    shape = [d if len(other) == len(shape) and other[j] == d else -1 for j, d in enumerate(shape)]
-                spec = TensorSpec(name, datatype, tuple(shape))
-            outputs.append(spec)
+                _check_declared_output(declared_outputs[i], actual, tensor, batched if self.batchable else None, seen)
+            outputs.append(seen if declared_outputs is None else declared_outputs[i])
         self._fix_outputs(outputs)
 
     def _forward_raw(self, arrays: list[np.ndarray]) -> tuple[list[str] | None, list[torch.Tensor]]:

@@ -15,7 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.runtime.oip import json_request, parse_response
+from inference_runtime.config import Config
+from inference_runtime.errors import ModelLoadError
+from inference_runtime.model import load_model
+from tests.runtime.oip import expected_outputs, json_request, parse_response
 
 pytestmark = pytest.mark.runtime
 
@@ -58,10 +61,16 @@ def refusals(zoo, tmp_path_factory):
     not_a_model = tmp / "notes.pt"
     not_a_model.write_text("not a model\n")
     wrong_signature = '{"inputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 16]}]}'
+
+    def with_output(datatype: str, shape: list[int]) -> str:  # the MLP returns FP32 [rows, 4]
+        output = {"name": "logits", "datatype": datatype, "shape": shape}
+        return json.dumps({**zoo["mlp"].signature, "outputs": [output]})
+
     started = {
         "sha256": start_runtime(tmp, "mlp", zoo["mlp"].path, "--sha256", "0" * 64, entry=zoo["mlp"]),
         "not a model": start_runtime(tmp, "notes", not_a_model),
         "signature": start_runtime(tmp, "mlp", zoo["mlp"].path, "--signature", wrong_signature),
+        "output": start_runtime(tmp, "mlp", zoo["mlp"].path, "--signature", with_output("INT8", [-1, 7])),
     }
     for server in started.values():
         server.wait_exit(timeout=90)
@@ -76,6 +85,12 @@ def refusals(zoo, tmp_path_factory):
         ("sha256", "SHA-256 mismatch"),
         ("not a model", "is not a TorchScript or torch.export archive"),
         ("signature", "the signature names the inputs ['y'], the archive takes ['x']"),
+        (
+            "output",
+            "the signature declares output 'logits' as INT8 [-1, 7], but the model returns FP32 [1, 4] for one row, "
+            "[16, 4] for a batch in its warm-up (a float output may be declared as any float datatype; others must "
+            "match). Declare it as FP32 [-1, 4]",
+        ),
     ],
 )
 def test_refuses_to_start_with_a_clear_message(refusals, case, message):
@@ -83,6 +98,49 @@ def test_refuses_to_start_with_a_clear_message(refusals, case, message):
     assert server.proc.returncode == 2
     assert "refusing to start" in server.log()
     assert message in server.log()
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "message"),
+    [
+        ("BOOL", [-1, 4], "as BOOL [-1, 4], but the model returns FP32 [1, 4] for one row, [16, 4] for a batch"),
+        ("INT64", [-1, 4], "(a float output may be declared as any float datatype; others must match)"),
+        ("FP32", [-1, 5], "as FP32 [-1, 5], but the model returns FP32 [1, 4]"),
+        ("FP32", [-1, 4, 1], "as FP32 [-1, 4, 1], but the model returns FP32 [1, 4]"),
+        ("FP32", [1, 4], "as FP32 [1, 4], but the model returns FP32 [1, 4] for one row, [16, 4] for a batch"),
+    ],
+)
+def test_a_declared_output_that_the_model_does_not_return_refuses_to_load(zoo, datatype, shape, message):
+    """Every answer would be cast to the declared datatype, and metadata would show the declared shape."""
+    signature = {**zoo["mlp"].signature, "outputs": [{"name": "logits", "datatype": datatype, "shape": shape}]}
+    config = Config(model_path=str(zoo["mlp"].path), model_name="mlp", signature=signature)
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(config)
+    assert message in str(refused.value)
+    assert "Declare it as FP32 [-1, 4]" in str(refused.value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_declared_output_may_take_another_float_precision_and_a_size_the_validator_saw(zoo, dtype):
+    """Not stricter than need be: a float output declared in another float precision is answered in it
+    (--dtype computes in yet another), and a variable dimension declared at the size Slipway's validator
+    saw (the smallest: one token) does not stop the model."""
+    entry = zoo["sequence"]
+    signature = {
+        "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}],
+        "outputs": [
+            {"name": "hidden", "datatype": "FP16", "shape": [-1, 1, 8]},
+            {"name": "pooled", "datatype": "FP64", "shape": [-1, 5]},
+        ],
+    }
+    model = load_model(Config(model_path=str(entry.path), model_name="s", signature=signature, dtype=dtype))
+    tokens = np.array([[1, 2, 3]], dtype=np.int64)
+    (hidden, pooled), _ = model.forward([tokens], ("INT64",))
+    want = expected_outputs(entry.module, {"tokens": tokens})
+    assert hidden.dtype == np.float16 and pooled.dtype == np.float64
+    tolerance = 1e-3 if dtype == "float32" else 5e-2
+    np.testing.assert_allclose(hidden, want["hidden"], rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(pooled, want["pooled"], rtol=tolerance, atol=tolerance)
 
 
 def test_bad_options_exit_2_before_loading(tmp_path):
