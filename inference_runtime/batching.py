@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -35,7 +36,8 @@ class Item:
     rows: int
     key: Any
     future: asyncio.Future
-    enqueued: float
+    enqueued: float  # loop.time(), for the batching deadline (call_at)
+    queued_at: float  # time.perf_counter(), for the queue wait histogram: the loop's clock moves in whole ms
 
 
 class Batcher:
@@ -77,7 +79,7 @@ class Batcher:
         if len(queue) >= self._max_queue:
             raise ServerBusy(f"the queue is full ({self._max_queue} requests waiting); retry shortly")
         loop = self._loop
-        item = Item(arrays, datatypes, rows, key, loop.create_future(), loop.time())
+        item = Item(arrays, datatypes, rows, key, loop.create_future(), loop.time(), time.perf_counter())
         queue.append(item)
         watch.item = item
         self._queued_rows += rows
@@ -175,10 +177,10 @@ class Batcher:
         return batch
 
     async def _execute(self, batch: list[Item]) -> None:
-        now = self._loop.time()
+        now, started = self._loop.time(), time.perf_counter()
         metrics = self._metrics
         for item in batch:
-            metrics.queue_wait.observe(now - item.enqueued)
+            metrics.queue_wait.observe(started - item.queued_at)
         inputs = [item.arrays for item in batch]
         self._batch, self._running_since = batch, now
         try:

@@ -47,6 +47,22 @@ def test_metrics_cover_requests_latency_batches_queue_in_flight_and_load_time(se
     assert server.metric("slipway_model_ready") == 1
 
 
+def test_latency_and_queue_wait_are_measured_finer_than_the_event_loop_s_millisecond_clock(servers):
+    """uvloop's loop.time() moves in whole milliseconds: durations taken from it are whole milliseconds, so a
+    sum of them is too (and requests under a millisecond measured 0 or 1 ms). A clock of finer resolution makes
+    a sum that lands on a whole millisecond a one-in-a-million chance."""
+    server = servers["two_inputs"]
+    body = json_request({"features": np.ones((1, 3)), "mask": np.ones((1, 3), dtype=bool)})
+    names = ("slipway_inference_request_duration_seconds_sum", "slipway_inference_queue_wait_seconds_sum")
+    before = [server.metric(name) for name in names]
+    for _ in range(20):
+        assert server.client.post("/v2/models/two_inputs/infer", content=body).status_code == 200
+    for name, start in zip(names, before, strict=True):
+        milliseconds = (server.metric(name) - start) * 1000
+        assert milliseconds > 0, name
+        assert abs(milliseconds - round(milliseconds)) > 1e-6, f"{name}: {milliseconds} ms, whole milliseconds"
+
+
 def test_a_matching_sha256_starts(servers, zoo):
     # The mlp_pt2 server of the session was started with its --sha256.
     assert "--sha256" in servers["mlp_pt2"].proc.args
