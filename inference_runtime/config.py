@@ -15,6 +15,7 @@ from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
+MAX_THREADS = 1024  # torch intra-op threads: more than any machine has cores
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def _num_threads(text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
+    if not 0 <= value <= MAX_THREADS:  # torch dies of SIGSEGV, without a word, when asked for 99999
+        raise ValueError(f"must be between 0 (torch's default) and {MAX_THREADS}")
     return value
 
 
@@ -130,7 +131,7 @@ OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any], str], ...] = (
     ("--request-timeout-s", "request_timeout_s", "RUNTIME_REQUEST_TIMEOUT_S", _positive_float, "then 504"),
     ("--max-body-bytes", "max_body_bytes", "RUNTIME_MAX_BODY_BYTES", _positive_int, "larger bodies get 413"),
     ("--drain-timeout-s", "drain_timeout_s", "RUNTIME_DRAIN_TIMEOUT_S", _non_negative_float, "SIGTERM grace"),
-    ("--num-threads", "num_threads", "RUNTIME_NUM_THREADS", _non_negative_int, "torch intra-op threads (0: torch's)"),
+    ("--num-threads", "num_threads", "RUNTIME_NUM_THREADS", _num_threads, "torch intra-op threads (0: torch's)"),
     ("--log-level", "log_level", "RUNTIME_LOG_LEVEL", _choice(("debug", "info", "warning", "error")), "logging"),
 )
 

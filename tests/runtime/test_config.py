@@ -46,6 +46,11 @@ def test_defaults():
     assert (config.model_version, config.device, config.dtype, config.max_batch_size) == ("1", "auto", "float32", 16)
 
 
+def test_num_threads_up_to_1024():
+    assert parse_config(["--num-threads", "1024"], NAMED).num_threads == 1024
+    assert parse_config([], {**NAMED, "RUNTIME_NUM_THREADS": "0"}).num_threads == 0
+
+
 def test_signature_from_a_file(tmp_path):
     path = tmp_path / "signature.json"
     path.write_text('{"inputs": [{"name": "x", "datatype": "INT64", "shape": [-1, -1]}]}')
@@ -68,6 +73,9 @@ NAMED = {"RUNTIME_MODEL_PATH": "m.pt", "RUNTIME_MODEL_NAME": "m"}
         (["--signature", "{"], NAMED, "is not valid JSON"),
         (["--signature", '{"inputs": []}'], NAMED, 'non-empty list "inputs"'),
         (["--name", "a/b"], NAMED, "letters, digits"),
+        (["--num-threads", "99999"], NAMED, "--num-threads '99999': must be between 0 (torch's default) and 1024"),
+        (["--num-threads", "-1"], NAMED, "--num-threads '-1': must be between 0"),
+        ([], {**NAMED, "RUNTIME_NUM_THREADS": "1025"}, "RUNTIME_NUM_THREADS '1025': must be between 0"),
     ],
 )
 def test_bad_values_exit_2_with_a_message(args, env, message, capsys):
