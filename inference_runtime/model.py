@@ -59,15 +59,18 @@ def sha256_of(path: str) -> str:
 
 
 def detect_format(path: str) -> str:
-    """'torchscript' or 'torch_export', from the archive's members (never the file name)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelLoadError(
-            f"{path} is not a TorchScript or torch.export archive ({exc}). "
-            "Save the model with torch.jit.save(torch.jit.script(model), ...) or torch.export.save(...)."
-        ) from None
+    """'torchscript' or 'torch_export', from the archive's members (never the file name).
+
+    Raises OSError when the file cannot be opened (missing, a directory, no permission): not a format question."""
+    with open(path, "rb") as fh:
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                names = set(archive.namelist())
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ModelLoadError(
+                f"{path} is not a TorchScript or torch.export archive ({exc}). "
+                "Save the model with torch.jit.save(torch.jit.script(model), ...) or torch.export.save(...)."
+            ) from None
     roots = {name.split("/", 1)[0] for name in names if "/" in name}
     for root in sorted(roots):
         if f"{root}/archive_format" in names and any(n.startswith(f"{root}/models/") for n in names):

@@ -159,6 +159,14 @@ def test_a_declared_output_may_take_another_float_precision_and_a_size_the_valid
     np.testing.assert_allclose(pooled, want["pooled"], rtol=tolerance, atol=tolerance)
 
 
+def test_a_model_file_that_cannot_be_read_is_said_so(tmp_path):
+    """Not that it "is not a TorchScript or torch.export archive ([Errno 2] ...)": the file is not there at all."""
+    for path, reason in ((tmp_path / "missing.pt", "No such file or directory"), (tmp_path, "Is a directory")):
+        with pytest.raises(ModelLoadError) as refused:
+            load_model(Config(model_path=str(path), model_name="m"))
+        assert str(refused.value) == f"cannot read the model file {path}: {reason}"
+
+
 def test_bad_options_exit_2_before_loading(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "inference_runtime", "--model", "m.pt", "--name", "m", "--max-batch-size", "0"],
