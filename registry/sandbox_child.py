@@ -34,13 +34,38 @@ def datatype_of(torch, dtype):
     raise ValueError(f"the model uses the dtype {dtype}, which has no Open Inference Protocol datatype")
 
 
-def zeros_for(torch, spec, lower_bounds=None):
+def zeros_for(torch, spec, lower_bounds=None, grow: int = 0):
+    """Zeros in the signature's shape: each variable dimension at its smallest, plus `grow`."""
     shape = []
     for i, dim in enumerate(spec["shape"]):
         if dim == -1:
-            dim = max(1, (lower_bounds or {}).get(i, 1))
+            dim = max(1, (lower_bounds or {}).get(i, 1)) + grow
         shape.append(dim)
     return torch.zeros(shape, dtype=getattr(torch, DTYPES[spec["datatype"]]))
+
+
+def mark_varying_dims(torch, module, inputs, lower_bounds, outputs):
+    """An input with a variable dimension past the first (a sequence length, an image size): run once more
+    with every variable dimension one larger, and mark -1 the output dimensions that moved with it.
+
+    One pass alone would record such an output at the size of the zeros it was given (`[-1, 1, 8]` for
+    hidden states of any length), a signature the runtime would then hold every answer to. A model that
+    refuses the larger input keeps what the first pass recorded.
+    """
+    if not any(-1 in spec["shape"][1:] for spec in inputs):
+        return outputs
+    try:
+        tensors = [
+            zeros_for(torch, spec, (lower_bounds or [None] * len(inputs))[i], grow=1) for i, spec in enumerate(inputs)
+        ]
+        with torch.inference_mode():
+            again = describe_outputs(torch, module(*tensors))
+    except Exception:
+        return outputs
+    for out, other in zip(outputs, again, strict=False):
+        if len(out["shape"]) == len(other["shape"]):
+            out["shape"] = [-1 if a != b else a for a, b in zip(out["shape"], other["shape"], strict=True)]
+    return outputs
 
 
 def describe_outputs(torch, out):
@@ -192,6 +217,7 @@ def validate(request):
             "reason": f"The model does not accept its signature ({shapes}): {type(exc).__name__}: "
             f"{error_summary(exc)}. Check the input names, order, shapes and datatypes.",
         }
+    outputs = mark_varying_dims(torch, module, inputs, lower_bounds, outputs)
     return {
         "ok": True,
         "signature": {"inputs": inputs, "outputs": outputs},

@@ -110,3 +110,25 @@ def test_a_torchscript_signature_must_use_the_names_forward_takes(model_files):
     result = run_sandboxed(str(model_files["torchscript"]), "torchscript", signature)
     assert result["ok"] is False
     assert "forward() takes ['x']" in result["reason"]
+
+
+def test_an_output_that_follows_a_variable_sequence_length_is_recorded_variable(tmp_path):
+    """hidden: one row per token, so its second dimension is -1 like the input's, not the 1 of the zeros tried."""
+    import torch
+
+    from tests.runtime.zoo import Sequence, write_zoo
+
+    exported = write_zoo(tmp_path)["sequence"].path
+    result = run_sandboxed(str(exported), "torch_export", None)
+    assert result["ok"], result
+    assert result["signature"]["outputs"] == [
+        {"name": "hidden", "datatype": "FP32", "shape": [-1, -1, 8]},
+        {"name": "pooled", "datatype": "FP32", "shape": [-1, 5]},
+    ]
+
+    scripted = tmp_path / "sequence.pt"
+    torch.jit.save(torch.jit.script(Sequence().eval()), str(scripted))
+    signature = {"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}]}
+    result = run_sandboxed(str(scripted), "torchscript", signature)
+    assert result["ok"], result
+    assert [out["shape"] for out in result["signature"]["outputs"]] == [[-1, -1, 8], [-1, 5]]
