@@ -17,7 +17,7 @@ import orjson
 import torch
 
 from inference_runtime import datatypes
-from inference_runtime.errors import InvalidInput
+from inference_runtime.errors import InvalidInput, Unsupported
 from inference_runtime.model import Outputs
 
 _NUMPY_OPTION = orjson.OPT_SERIALIZE_NUMPY
@@ -96,8 +96,11 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
             raise InvalidInput(f"input {name!r} must be {spec.datatype}, not {datatype!r}")
         dtype = datatypes.NUMPY.get(datatype) if type(datatype) is str else None
         if dtype is None:
-            if datatype == "BYTES":
-                raise InvalidInput(f"input {name!r} is BYTES; a PyTorch model takes numeric tensors only")
+            if datatype == "BYTES":  # a datatype of the protocol this server does not implement: 501
+                raise Unsupported(
+                    f"input {name!r} is BYTES, which this server does not support: a PyTorch model takes numeric "
+                    "tensors; encode text as token ids (INT64) before sending it"
+                )
             raise InvalidInput(f"input {name!r} has an unknown datatype {datatype!r}")
         shape = item.get("shape")
         if type(shape) is not list or not _positive_ints(shape):

@@ -227,6 +227,13 @@ def test_a_model_without_a_signature_answers_each_request_in_its_own_datatypes(s
         content=b'{"inputs": [{"name": "x", "datatype": ["FP32"], "shape": [1], "data": [1]}]}',
     )
     assert refused.status_code == 400 and "unknown datatype" in refused.json()["error"]
+    # BYTES is the protocol's, not this server's: 501 (unsupported), where a model that declares FP32 says 400
+    refused = server.client.post(
+        "/v2/models/echo/infer",
+        content=b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["hello"]}]}',
+    )
+    assert refused.status_code == 501 and "BYTES, which this server does not support" in refused.json()["error"]
+    assert server.client.get("/v2/health/ready").status_code == 200
 
 
 def nonfinite_inputs() -> dict:
