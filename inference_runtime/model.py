@@ -321,6 +321,13 @@ class LoadedModel:
             raise ModelLoadError(
                 f"the signature declares {len(declared_outputs)} outputs, the model returns {len(tensors)}"
             )
+        if declared_outputs is not None and names is not None and [d.name for d in declared_outputs] != names:
+            # Answers are matched to the declared outputs by position: other names, or the same in another
+            # order, would put one output's values under another's name.
+            raise ModelLoadError(
+                f"the signature declares the outputs {[d.name for d in declared_outputs]}, but the model returns "
+                f"{names} (a dict, by name, in this order): declare them with the model's names, in its order"
+            )
         outputs = []
         for i, tensor in enumerate(tensors):
             if not isinstance(tensor, torch.Tensor):

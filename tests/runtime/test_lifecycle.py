@@ -136,6 +136,19 @@ def test_a_declared_output_that_the_model_does_not_return_refuses_to_load(zoo, d
     assert "Declare it as FP32 [-1, 4]" in str(refused.value)
 
 
+@pytest.mark.parametrize("names", [["pooled", "hidden"], ["hidden", "pooled_vector"]])
+def test_outputs_declared_under_other_names_than_the_models_dict_refuse_to_load(zoo, names):
+    """Answers follow the declared outputs by position: swapped names would label each with the other's values."""
+    shapes = {"hidden": [-1, -1, 8], "pooled": [-1, 5], "pooled_vector": [-1, 5]}
+    signature = {
+        "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}],
+        "outputs": [{"name": name, "datatype": "FP32", "shape": shapes[name]} for name in names],
+    }
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(Config(model_path=str(zoo["sequence"].path), model_name="s", signature=signature))
+    assert f"declares the outputs {names}, but the model returns ['hidden', 'pooled']" in str(refused.value)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_declared_output_may_take_another_float_precision_and_a_size_the_validator_saw(zoo, dtype):
     """Not stricter than need be: a float output declared in another float precision is answered in it
