@@ -124,6 +124,8 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
                     f"input {name!r}: binary_data_size is {size!r}, but shape {shape} of {datatype} "
                     f"takes {count * dtype.itemsize} bytes"
                 )
+            if "data" in item:  # which would be the input: the bytes, or the numbers?
+                raise InvalidInput(f"input {name!r} has both 'data' and binary_data_size: send one of them")
             if offset + size > len(binary):
                 raise InvalidInput(
                     f"input {name!r} needs bytes {offset}..{offset + size} of the binary data, "

@@ -57,6 +57,25 @@ CASES = {
         400,
         "not a number",
     ),
+    "both data and binary data": (
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [2, 16],
+                        "datatype": "FP32",
+                        "data": X.reshape(-1).tolist(),
+                        "parameters": {"binary_data_size": X.nbytes},
+                    }
+                ]
+            }
+        ).encode()
+        + X.tobytes(),
+        None,  # header filled in by the test
+        400,
+        "has both 'data' and binary_data_size",
+    ),
     "binary size not matching the shape": (
         json.dumps(
             {"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32", "parameters": {"binary_data_size": 100}}]}
