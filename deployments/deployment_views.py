@@ -218,6 +218,16 @@ def deployment_list(request):
 def live_context(request, pk: int) -> dict:
     """Everything the live panel shows, in a handful of queries, whatever the number of events or releases."""
     actor = Actor.from_request(request)
+    # The rollout before the deployment: a rollout that ends commits both rows at once, so a rollout read
+    # as ended comes with a deployment that already serves its release. (Read the other way round, a
+    # rollout ending in between showed "release 3 serves all traffic" under "Serving release 2", and the
+    # panel, no longer active, stopped refreshing.)
+    rollout = (
+        Rollout.objects.filter(deployment_id=pk)
+        .select_related("release__model_version", "release__source", "previous_release__model_version", "requested_by")
+        .order_by("-created_at", "-pk")
+        .first()
+    )  # the newest: the active one when there is one, since only one may be active and none can start meanwhile
     deployment = get_object_or_404(
         access.scope(Deployment.objects, actor).select_related(
             "model", "environment", "current_release__model_version", "warm_release__model_version"
@@ -226,12 +236,6 @@ def live_context(request, pk: int) -> dict:
     )
     role = access.role_in(actor, deployment.environment)
     may_deploy = access.can(actor, Role.DEPLOYER, deployment.environment)
-    rollout = (
-        Rollout.objects.filter(deployment=deployment)
-        .select_related("release__model_version", "release__source", "previous_release__model_version", "requested_by")
-        .order_by("-created_at", "-pk")
-        .first()
-    )  # the newest: the active one when there is one, since only one may be active and none can start meanwhile
     active = rollout is not None and not rollout.is_terminal
     next_environments = []
     if deployment.current_release_id and not active:

@@ -476,6 +476,33 @@ def test_the_panel_shows_steps_weight_replicas_warnings_analysis_and_events(brow
     assert ">Pause</button>" not in page
 
 
+def test_a_rollout_ending_while_the_panel_is_read_never_shows_it_ended_beside_the_old_release(
+    browser, iris, dev, actor
+):
+    """The engine ends a rollout and moves the deployment to its release in one transaction; if that
+    lands between the panel's reads, the page must not say "serving release 1" under an ended rollout
+    (it would stop refreshing like that). Here it lands right after the panel's first query."""
+    settle(start(actor, version=1))
+    rollout = start(actor, version=2)
+    Rollout.objects.filter(pk=rollout.pk).update(state="progressing", weight=100)
+    ended = []
+
+    def end_the_rollout_after_the_first_query(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not ended and ("deployments_rollout" in sql or "deployments_deployment" in sql):
+            ended.append(sql)
+            Rollout.objects.filter(pk=rollout.pk).update(state="succeeded", finished_at=timezone.now())
+            Deployment.objects.filter(pk=rollout.deployment_id).update(current_release=rollout.release)
+        return result
+
+    with connection.execute_wrapper(end_the_rollout_after_the_first_query):
+        page = browser.get(f"/deployments/{rollout.deployment_id}/live/", **HTMX).content.decode()
+    assert ended
+    serving = re.search(r"Serving</th><td><strong>release (\d+)</strong>", page)[1]
+    polling = FAST_POLL in page
+    assert polling or serving == "2", "the rollout shows as ended while the page says release 1 serves"
+
+
 def test_a_rollback_onto_a_warm_release_is_shown_by_release_not_by_slot(browser, iris, dev, actor):
     first = settle(start(actor, version=1))
     settle(start(actor, version=2))
