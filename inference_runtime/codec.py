@@ -294,6 +294,13 @@ def _requested_outputs(raw: Any, model: Any, binary_default: bool) -> list[tuple
             raise InvalidInput(f"output {name!r} is requested twice")
         seen.add(name)
         parameters = item.get("parameters")
+        if isinstance(parameters, dict) and parameters.get("classification"):
+            # Triton's top-k extension (tritonclient's class_count): answering raw values instead would pass
+            # for labels.
+            raise Unsupported(
+                f"output {name!r} asks for classification (the top {parameters['classification']!r} classes), an "
+                "extension this server does not support: request the output itself and take the top classes"
+            )
         binary = _flag(parameters, "binary_data", binary_default) if isinstance(parameters, dict) else binary_default
         requested.append((name, binary))
     return requested

@@ -293,3 +293,20 @@ def test_binary_bools_are_bools_whatever_the_byte(servers, zoo):
     )
     want = expected_outputs(zoo["two_inputs"].module, {"features": features, "mask": np.array([[True, True, False]])})
     assert_outputs_equal(parse_response(response), want)
+
+
+def test_tritonclients_classification_request_is_refused_not_answered_with_raw_values(servers, zoo):
+    """class_count asks Triton's top-k extension for labels; raw logits under the same name would pass for them."""
+    x = sample_inputs("mlp", 1)["x"]
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{servers['mlp'].port}")
+    try:
+        tensor = triton.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=False)
+        output = triton.InferRequestedOutput("output__0", binary_data=False, class_count=3)
+        with pytest.raises(triton.InferenceServerException) as refused:
+            client.infer("mlp", [tensor], outputs=[output])
+        assert refused.value.status() == "501"
+        assert "output 'output__0' asks for classification (the top 3 classes)" in refused.value.message()
+        assert client.is_server_ready()
+    finally:
+        client.close()
