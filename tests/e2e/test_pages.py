@@ -428,7 +428,11 @@ def test_on_a_phone_no_page_scrolls_sideways(page: Page, alice_with_models, path
     page.goto(path)
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 390, f"{path} scrolls sideways on a phone ({width}px wide)"
+    header = page.locator("header.site").bounding_box()["height"]
+    assert header <= 130, f"the navigation takes {header:.0f} px of an 844 px screen"  # two rows: brand, links
     shoot(page, "phone" + path.replace("/", "-").rstrip("-"))
+    page.locator("header.site").get_by_role("link", name="API tokens").click()  # the links row scrolls to it
+    expect(page.get_by_role("heading", name="API tokens", level=1)).to_be_visible()
 
 
 def test_the_first_tab_stop_skips_the_navigation_to_the_page(page: Page, alice_with_models):
