@@ -27,7 +27,7 @@ from django.db.models import Q, QuerySet
 
 from controlplane.audit import Actor
 from controlplane.errors import Forbidden, NotFound
-from controlplane.models import ROLE_RANK, SCOPE_CAP, APIToken, Role, RoleBinding
+from controlplane.models import ROLE_RANK, SCOPE_CAP, APIToken, Outcome, Role, RoleBinding
 
 ADMIN_RANK = ROLE_RANK[Role.ADMIN]
 _ROLE_BY_RANK = {rank: role for role, rank in ROLE_RANK.items()}
@@ -238,6 +238,7 @@ def audit_scope(queryset: QuerySet, actor: Actor) -> QuerySet:
     visible = Q(environment__in=names)
     if actor.user is not None:
         visible |= Q(actor_user_id=actor.user.pk)
-    if grants(actor).best_rank() > 0:
-        visible |= Q(environment="", target_type__in=REGISTRY_TARGETS)
+    if grants(actor).best_rank() > 0:  # the registry's events; refused attempts are their actors' (and auditors')
+        refused = Q(outcome__in=(Outcome.DENIED, Outcome.INVALID))
+        visible |= Q(environment="", target_type__in=REGISTRY_TARGETS) & ~refused
     return queryset.filter(visible)

@@ -150,51 +150,63 @@ def record_refusal(
     return record(action, actor=actor, target=target, outcome=outcome, message=message, environment=environment)
 
 
-# What a request is about, from the first part of its path (after /api/v1/): the model, and the URL
-# argument that names its object. Models and versions are named by the model's name (and number).
+# What a request is about, from the first part of its path (after /api/v1/): the model, the URL argument
+# that names its object, and how to narrow the lookup to what the actor may see (an environment field;
+# "registry": any reader of the registry; "own": the actor's own; "all": only those who see everything).
 _URL_OBJECTS = {
-    "builds": ("deployments.ImageBuild", "pk"),
-    "environments": ("deployments.Environment", "name"),
-    "deployments": ("deployments.Deployment", "pk"),
-    "rollouts": ("deployments.Rollout", "pk"),
-    "approvals": ("deployments.ApprovalRequest", "pk"),
-    "tokens": ("controlplane.APIToken", "pk"),
-    "role-bindings": ("controlplane.RoleBinding", "pk"),
+    "builds": ("deployments.ImageBuild", "pk", "registry"),
+    "environments": ("deployments.Environment", "name", "pk"),
+    "deployments": ("deployments.Deployment", "pk", "environment"),
+    "rollouts": ("deployments.Rollout", "pk", "deployment__environment"),
+    "approvals": ("deployments.ApprovalRequest", "pk", "environment"),
+    "tokens": ("controlplane.APIToken", "pk", "own"),
+    "role-bindings": ("controlplane.RoleBinding", "pk", "all"),
 }
 
 
-def target_of_request(request) -> Any:
-    """The object a refused request named in its URL, for its audit event: the object when it exists
-    (so the event is found under it), else what the URL called it; None for a URL that names none."""
+def target_of_request(request, actor: Actor) -> Any:
+    """The object a refused request named in its URL, for its audit event: the object when the actor may
+    see it (so the event is found under it), else only what the URL said (the actor reads their own
+    events: naming an object of another team there would tell them what it is); None when the URL names none.
+    """
+    from controlplane import access
+
     match = getattr(request, "resolver_match", None)
     if match is None:
         return None
     kwargs = match.kwargs
     parts = request.path_info.strip("/").split("/")
     first = parts[2] if parts[:2] == ["api", "v1"] and len(parts) > 2 else parts[0]
+    reads_registry = access.grants(actor).best_rank() > 0
     if first == "models":
         name, version = kwargs.get("model_name") or kwargs.get("name"), kwargs.get("version")
         if not name:
             return None
         if version is None:
-            found = apps.get_model("registry", "Model").objects.filter(name=name).first()
+            found = reads_registry and apps.get_model("registry", "Model").objects.filter(name=name).first()
             return found or ("model", "", name)
-        found = (
-            apps.get_model("registry", "ModelVersion")
-            .objects.select_related("model")
-            .filter(model__name=name, version=version)
-            .first()
-        )
+        versions = apps.get_model("registry", "ModelVersion").objects.select_related("model")
+        found = reads_registry and versions.filter(model__name=name, version=version).first()
         return found or ("model_version", "", f"{name} v{version}")
-    model_label, field = _URL_OBJECTS.get(first, (None, None))
+    model_label, field, narrow = _URL_OBJECTS.get(first, (None, None, None))
     value = kwargs.get(field) if field else None
     if value is None:
         return None
     model = apps.get_model(model_label)
     kind = getattr(model, "AUDIT_TYPE", model._meta.model_name)
-    if field == "pk" and not str(value).isdigit():
-        return (kind, "", value)
-    return model._default_manager.filter(**{field: value}).first() or (kind, value if field == "pk" else "", value)
+    said = (kind, value if field == "pk" else "", "" if field == "pk" else value)
+    if field == "pk" and not str(value).isdecimal():
+        return said
+    objects = model._default_manager.all()
+    if narrow == "registry":
+        visible = objects if reads_registry else objects.none()
+    elif narrow == "own":
+        visible = objects.filter(user=actor.user) if actor.user is not None else objects.none()
+    elif narrow == "all":
+        visible = objects if access.sees_everything(actor) else objects.none()
+    else:
+        visible = access.scope(objects, actor, field=narrow)
+    return visible.filter(**{field: value}).first() or said
 
 
 def _lock_chain() -> None:

@@ -127,10 +127,11 @@ def _audit_refusal(context, outcome: str, message: str, status_code: int, user=N
         return  # a failed read changes nothing worth recording; a denied one is
     action = audit_action_for(view, request)
     try:
+        actor = Actor.from_request(request, user=user)
         record_refusal(
             action,
-            actor=Actor.from_request(request, user=user),
-            target=target or target_of_request(request),
+            actor=actor,
+            target=target or target_of_request(request, actor),
             outcome=outcome,
             message=f"{status_code} {request.method} {request.get_full_path()[:200]}: {message}"[:2000],
         )

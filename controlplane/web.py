@@ -21,10 +21,11 @@ def refuse(
     request, exc: ServiceError, action: str, template: str, context: dict | None = None, *, environment: str = ""
 ):
     """Render a refusal for the browser and record it in the audit log (in `environment`, when it is about one)."""
+    actor = Actor.from_request(request)
     record_refusal(
         action,
-        actor=Actor.from_request(request),
-        target=exc.target or target_of_request(request),
+        actor=actor,
+        target=exc.target or target_of_request(request, actor),
         outcome=exc.outcome,
         message=f"{exc.status_code} {request.method} {request.path}: {exc.message}",
         environment=environment,

@@ -9,14 +9,16 @@ from urllib.parse import urlencode
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.test import Client
+from django.test import Client, RequestFactory
+from django.urls import resolve
 
-from controlplane.audit import Actor
+from controlplane.audit import Actor, target_of_request
 from controlplane.models import AuditEvent, Role, RoleBinding
 from controlplane.tokens import create_token
+from deployments.services import create_environment, deploy
 from registry.models import Model
 from tests.conftest import bearer_client
-from tests.factories import UserFactory
+from tests.factories import UserFactory, bulk_versions
 
 pytestmark = pytest.mark.django_db
 
@@ -134,9 +136,6 @@ def test_a_refused_attempt_names_the_object_it_was_about_so_the_target_filter_fi
     denied = AuditEvent.objects.get(outcome="denied", actor="vera (token: ci)")
     assert (denied.target_type, denied.target_id, denied.target_repr) == ("model", str(model.pk), "iris")
 
-    # A version that does not exist: named as the URL named it.
-    missing = api.delete("/api/v1/models/iris/versions/7/")
-    assert missing.status_code == 404
     browser = Client()
     browser.force_login(vera)
     assert browser.post("/models/iris/versions/upload/").status_code == 403
@@ -145,3 +144,59 @@ def test_a_refused_attempt_names_the_object_it_was_about_so_the_target_filter_fi
 
     found = api.get("/api/v1/audit/", {"target": "iris", "outcome": "denied"}).json()["results"]
     assert {event["actor"] for event in found} == {"vera", "vera (token: ci)"}
+
+
+def refused_at(path: str):
+    request = RequestFactory().post(path)
+    request.resolver_match = resolve(path)
+    return request
+
+
+def test_a_refusal_names_only_what_the_actor_may_see_of_the_object_in_its_url(alice):
+    """The actor reads their own refused attempts: another team's deployment must not be named there."""
+    actor = Actor(user=alice)
+    model = Model.objects.create(name="fraud", created_by=alice)
+    bulk_versions(model, 1, uploaded_by=alice)
+    create_environment("team-b-prod", actor=actor)
+    deployment = deploy("fraud", "team-b-prod", 1, actor=actor)[0]
+    other_team = create_environment("team-c-dev", actor=actor)
+    vera = UserFactory(username="vera")
+    RoleBinding.objects.create(user=vera, role=Role.VIEWER, environment=other_team)
+    outsider = Actor(user=vera)
+
+    promote = refused_at(f"/api/v1/deployments/{deployment.pk}/promote/")
+    assert target_of_request(promote, actor) == deployment
+    assert target_of_request(promote, outsider) == ("deployment", str(deployment.pk), "")
+    binding = RoleBinding.objects.get(user=vera)
+    assert target_of_request(refused_at(f"/api/v1/role-bindings/{binding.pk}/"), outsider) == (
+        "role_binding",
+        str(binding.pk),
+        "",
+    )
+    token = create_token(alice, "laptop", actor=actor).token
+    assert target_of_request(refused_at(f"/api/v1/tokens/{token.pk}/revoke/"), outsider)[2] == ""
+    assert target_of_request(refused_at(f"/api/v1/tokens/{token.pk}/revoke/"), actor) == token
+    # A version that does not exist: named as the URL named it.
+    assert target_of_request(refused_at("/api/v1/models/fraud/versions/7/"), actor) == (
+        "model_version",
+        "",
+        "fraud v7",
+    )
+
+
+def test_other_peoples_refused_registry_attempts_are_not_shown_to_every_registry_reader(api, alice):
+    assert api.post("/api/v1/models/", {"name": "iris"}, format="json").status_code == 201
+    vera = UserFactory(username="vera")
+    RoleBinding.objects.create(user=vera, role=Role.VIEWER)
+    viewer = bearer_client(create_token(vera, "ci", actor=Actor(user=vera)).raw)
+    assert viewer.post("/api/v1/models/iris/versions/", {"artifact": b"x"}, format="multipart").status_code == 403
+    walt = UserFactory(username="walt")
+    RoleBinding.objects.create(
+        user=walt, role=Role.VIEWER, environment=create_environment("dev", actor=Actor(user=alice))
+    )
+    reader = bearer_client(create_token(walt, "ci", actor=Actor(user=walt)).raw)
+    seen = {(e["action"], e["outcome"]) for e in reader.get("/api/v1/audit/").json()["results"]}
+    assert ("model.create", "success") in seen  # the registry's changes: every reader's
+    assert not any(outcome == "denied" for _, outcome in seen)  # vera's refusal: hers and the auditors'
+    own = {e["outcome"] for e in viewer.get("/api/v1/audit/").json()["results"]}
+    assert "denied" in own
