@@ -185,9 +185,19 @@ def _loads_nonfinite(header: bytes | memoryview) -> Any:
     if b"NaN" not in text and b"Infinity" not in text:
         return None
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
+        # A number too large for a float (1e400) stays refused, as orjson refuses it: it is not Infinity.
+        value = json.loads(text, parse_float=_finite_float)
+        orjson.dumps(value)  # what orjson refuses besides (a lone surrogate), so the answer can be written
+        return value
+    except (ValueError, RecursionError, TypeError, orjson.JSONEncodeError):
         return None
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
 
 
 def _flag(parameters: dict, name: str, default: bool) -> bool:

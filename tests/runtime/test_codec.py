@@ -203,3 +203,13 @@ def test_infinity_sent_as_such_is_kept_but_a_number_too_large_is_still_refused()
                 decode_request(body.encode(), None, model)
     with pytest.raises(InvalidInput, match="not valid JSON"):
         decode_request(b'{"inputs": [NaN', None, model)
+    # What orjson refuses stays refused when a NaN elsewhere sends the body to the other parser: a number
+    # past any float (it would have become Infinity, as if sent so), and a lone surrogate (the answer
+    # echoes the id, and writing it would fail: a 500).
+    model.inputs[0] = TensorSpec("x", "FP64", (-1, 2))
+    for body in (
+        b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [NaN, 1e400]}]}',
+        b'{"id": "\\ud800", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [NaN, 1]}]}',
+    ):
+        with pytest.raises(InvalidInput, match="not valid JSON"):
+            decode_request(body, None, model)
