@@ -1,7 +1,8 @@
 """The admin site's changes in the audit log: users, groups, log-in lockouts.
 
 Django's admin writes its own history (LogEntry) from `log_addition`, `log_change` and
-`log_deletions`, inside the transaction of the change; each registered admin here also
+`log_deletions`, inside the transaction of the change (where Django opens none, for "delete
+selected" and a user's password, one is opened here); each registered admin here also
 writes an audit event from the same calls, so a user made a superuser, a password reset or
 a lockout lifted is in the one log people review, and commits or vanishes with the change.
 Only the admin's change message is kept (the names of the fields that changed), never a value.
@@ -39,6 +40,11 @@ class AuditedAdmin:
         # "Delete selected" logs, then deletes, outside the admin's own transactions: one here for both.
         with transaction.atomic():
             return super().response_action(request, queryset)
+
+    def user_change_password(self, request, id, form_url=""):
+        # UserAdmin saves the new password, then logs it, outside any transaction: one here for both.
+        with transaction.atomic():
+            return super().user_change_password(request, id, form_url)
 
     def _audit(self, request, obj, call: str, message) -> None:
         kind = getattr(obj, "AUDIT_TYPE", obj._meta.model_name)
