@@ -34,14 +34,13 @@ def datatype_of(torch, dtype):
     raise ValueError(f"the model uses the dtype {dtype}, which has no Open Inference Protocol datatype")
 
 
-def zeros_for(torch, spec, lower_bounds=None, grow: int = 0):
-    """Zeros in the signature's shape: each variable dimension at its smallest, plus `grow`."""
-    shape = []
-    for i, dim in enumerate(spec["shape"]):
-        if dim == -1:
-            dim = max(1, (lower_bounds or {}).get(i, 1)) + grow
-        shape.append(dim)
-    return torch.zeros(shape, dtype=getattr(torch, DTYPES[spec["datatype"]]))
+def zeros_for(torch, inputs, lower_bounds=None, grow: int = 0):
+    """Zeros for each input in its signature's shape: each variable dimension at its smallest, plus `grow`."""
+    tensors = []
+    for spec, bounds in zip(inputs, lower_bounds or [None] * len(inputs), strict=True):
+        shape = [max(1, (bounds or {}).get(i, 1)) + grow if dim == -1 else dim for i, dim in enumerate(spec["shape"])]
+        tensors.append(torch.zeros(shape, dtype=getattr(torch, DTYPES[spec["datatype"]])))
+    return tensors
 
 
 def mark_varying_dims(torch, module, inputs, lower_bounds, outputs):
@@ -55,11 +54,8 @@ def mark_varying_dims(torch, module, inputs, lower_bounds, outputs):
     if not any(-1 in spec["shape"][1:] for spec in inputs):
         return outputs
     try:
-        tensors = [
-            zeros_for(torch, spec, (lower_bounds or [None] * len(inputs))[i], grow=1) for i, spec in enumerate(inputs)
-        ]
         with torch.inference_mode():
-            again = describe_outputs(torch, module(*tensors))
+            again = describe_outputs(torch, module(*zeros_for(torch, inputs, lower_bounds, grow=1)))
     except Exception:
         return outputs
     for out, other in zip(outputs, again, strict=False):
@@ -206,9 +202,8 @@ def validate(request):
     load_ms = (time.perf_counter() - started) * 1000
 
     try:
-        tensors = [zeros_for(torch, spec, (lower_bounds or [None] * len(inputs))[i]) for i, spec in enumerate(inputs)]
         with torch.inference_mode():
-            out = module(*tensors)
+            out = module(*zeros_for(torch, inputs, lower_bounds))
         outputs = mark_batch_dims(inputs, describe_outputs(torch, out))
     except Exception as exc:
         shapes = ", ".join(f"{s['name']}: {s['datatype']} {s['shape']}" for s in inputs)
