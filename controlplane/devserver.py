@@ -25,8 +25,13 @@ BIN = Path(sys.executable).parent
 GUNICORN_CONF = Path(__file__).resolve().parent / "gunicorn.conf.py"  # worker class, threads, timeout, GC
 
 
+def bind_address() -> str:
+    """Where `make run` serves: SLIPWAY_BIND, or 127.0.0.1:8000."""
+    return os.environ.get("SLIPWAY_BIND", "127.0.0.1:8000")
+
+
 def main() -> int:
-    bind = os.environ.get("SLIPWAY_BIND", "127.0.0.1:8000")
+    bind = bind_address()
     var = Path(os.environ.get("SLIPWAY_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
     (var / "celery").mkdir(parents=True, exist_ok=True)
     commands = {

@@ -1,9 +1,10 @@
 import json
-import os
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+from controlplane.devserver import bind_address
 
 
 class Command(BaseCommand):
@@ -32,7 +33,6 @@ class Command(BaseCommand):
         self.stderr.write(f"Wrote {path} ({path.stat().st_size} bytes). Upload it with the signature:")
         self.stderr.write(
             f'  curl -H "Authorization: Bearer $TOKEN" -F artifact=@{path} '
-            f"-F 'signature={json.dumps(signature)}' http://{os.environ.get('SLIPWAY_BIND', '127.0.0.1:8000')}"
-            "/api/v1/models/iris/versions/"
+            f"-F 'signature={json.dumps(signature)}' http://{bind_address()}/api/v1/models/iris/versions/"
         )
         self.stdout.write(json.dumps(signature))
