@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
@@ -35,10 +36,13 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("account/password/", controlplane_views.password_change, name="password-change"),
     path("tokens/", include("controlplane.token_urls")),
     path("audit/", controlplane_views.audit_log, name="audit-log"),
     path("audit/verify/", controlplane_views.audit_verify, name="audit-verify"),
     path("healthz", controlplane_views.healthz, name="healthz"),
+    # The admin's own "Change password" link: to the same page, so the change is audited like any other.
+    path("admin/password_change/", RedirectView.as_view(pattern_name="password-change"), name="admin-password-change"),
     path("admin/", admin.site.urls),
     path("", include("deployments.urls")),
     path("", include("registry.urls")),

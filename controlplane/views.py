@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import PasswordChangeForm
 from django.db import connection
 from django.http import HttpResponseServerError, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -14,7 +16,7 @@ from django.utils.cache import add_never_cache_headers
 from django.views import csrf
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from controlplane import access, tokens
+from controlplane import access, services, tokens
 from controlplane.audit import Actor, check_chain, record_refusal
 from controlplane.errors import Forbidden, ServiceError
 from controlplane.filtersets import AuditEventFilterSet
@@ -61,6 +63,39 @@ def token_revoke(request, pk):
     token = get_object_or_404(APIToken, pk=pk, user=request.user)
     tokens.revoke_token(token, actor=Actor.from_request(request))
     return redirect("token-list")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def password_change(request):
+    """A user's own password: the current one, then the new one twice (Django's validators apply).
+
+    This session stays logged in; the account's other sessions end (Django checks each session against
+    the password hash). API tokens are separate credentials and keep working until revoked.
+    """
+    form = PasswordChangeForm(request.user, request.POST if request.method == "POST" else None)
+    if request.method == "POST":
+        actor = Actor.from_request(request)
+        if not form.is_valid():
+            # Which fields were refused, never what was typed in them.
+            refused = "; ".join(
+                f"{form.fields[name].label if name in form.fields else 'form'}: {' '.join(errors)}"
+                for name, errors in form.errors.items()
+            )
+            record_refusal(
+                "user.password_change",
+                actor=actor,
+                target=("user", request.user.pk, request.user.get_username()),
+                outcome=Outcome.INVALID,
+                message=f"400 POST {request.path}: {refused}",
+            )
+            return render(request, "registration/password_change.html", {"form": form}, status=400)
+        services.change_password(request.user, form.cleaned_data["new_password1"], actor=actor)
+        update_session_auth_hash(request, request.user)
+        response = render(request, "registration/password_change.html", {"form": None, "changed": True})
+        add_never_cache_headers(response)
+        return response
+    return render(request, "registration/password_change.html", {"form": form})
 
 
 @login_required

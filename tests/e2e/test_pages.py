@@ -337,6 +337,35 @@ def test_a_new_api_token_is_shown_once_and_can_be_revoked(page: Page, alice, liv
     shoot(page, "16-tokens-revoked")
 
 
+def test_a_user_changes_their_password_from_their_name_in_the_bar(page: Page, alice, live_db):
+    log_in(page, alice)
+    page.locator("header.site").get_by_role("link", name="alice").click()
+    expect(page.get_by_role("heading", name="Change your password", level=1)).to_be_visible()
+    assert_styled(page)
+    page.get_by_label("Old password").fill(PASSWORD)
+    page.get_by_label("New password", exact=True).fill("tiny")
+    page.get_by_label("New password confirmation").fill("tiny")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("alert")).to_contain_text("too short")
+    expect(page.get_by_label("New password confirmation")).to_have_attribute("aria-invalid", "true")
+    shoot(page, "17-password-refused")
+
+    page.get_by_label("Old password").fill(PASSWORD)
+    page.get_by_label("New password", exact=True).fill("a new and rather long passphrase")
+    page.get_by_label("New password confirmation").fill("a new and rather long passphrase")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("status")).to_contain_text("Your password is changed")
+    shoot(page, "17-password-changed")
+
+    page.goto("/models/")  # still logged in here
+    expect(page.get_by_role("heading", name="Models", level=1)).to_be_visible()
+    page.get_by_role("button", name="Log out").click()
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("a new and rather long passphrase")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Models", level=1)).to_be_visible()
+
+
 def test_the_audit_log_lists_changes_and_refusals_and_filters_them(page: Page, alice_with_models, admin):
     log_in(page, alice_with_models)
     page.goto("/tokens/")
@@ -416,7 +445,11 @@ def test_the_app_itself_serves_the_pages_assets_as_gunicorn_runs_it(client, asse
     assert "max-age" in response["Cache-Control"]
 
 
-@pytest.mark.parametrize("path", ["/models/", "/models/iris/", "/tokens/", "/approvals/", "/audit/", "/environments/"])
+PHONE_PAGES = ["/models/", "/models/iris/", "/tokens/", "/approvals/", "/audit/", "/environments/"]
+PHONE_PAGES += ["/account/password/"]
+
+
+@pytest.mark.parametrize("path", PHONE_PAGES)
 def test_on_a_phone_no_page_scrolls_sideways(page: Page, alice_with_models, path):
     """Wide tables scroll in their own box; tabs and forms wrap. (A visually hidden table header once
     escaped its box and made the tokens page 912 px wide; the approvals tabs ran off the screen.)"""

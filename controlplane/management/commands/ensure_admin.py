@@ -30,5 +30,5 @@ class Command(BaseCommand):
         create_superuser("admin", "", password, actor=Actor.system())
         self.stdout.write(
             self.style.SUCCESS(f"Created administrator 'admin' with password: {password}")
-            + "\n(shown once; change it at /admin/password_change/)"
+            + "\n(shown once; change it at /account/password/, or by clicking your name in the top bar)"
         )
