@@ -300,8 +300,9 @@ class LoadedModel:
                 arrays.append(np.zeros(shape, dtype=datatypes.NUMPY[spec.datatype]))
             return arrays
 
+        one = zeros(1, 0)
         try:
-            first = self._forward_raw(zeros(1, 0))
+            first = self._forward_raw(one)
         except Exception as exc:
             shapes = ", ".join(spec.describe() for spec in self.inputs)
             raise ModelLoadError(
@@ -310,12 +311,18 @@ class LoadedModel:
         names, tensors = first
         second = None
         rows = self.config.max_batch_size if self.batchable else 1
+        batch = zeros(rows, 1)
         try:
-            second = self._forward_raw(zeros(rows, 1))
+            second = self._forward_raw(batch)
         except Exception as exc:
             if self.batchable:
                 log.warning("the model failed on a batch of %d rows (%s): batching is off", rows, _first_line(exc))
                 self.batchable = False
+        if self.batchable and not (_follows_rows(tensors, len(one[0])) and _follows_rows(second[1], len(batch[0]))):
+            # An output without a row per input row (a sum over the batch, a scalar) cannot be split back:
+            # stacked, each caller would get a slice of everyone's result.
+            log.warning("the model's outputs do not follow its inputs' first dimension: batching is off")
+            self.batchable = False
 
         if declared_outputs is not None and len(declared_outputs) != len(tensors):
             raise ModelLoadError(
@@ -366,6 +373,11 @@ class LoadedModel:
         self.fixed_outputs = outputs is not None
         self.output_index = {spec.name: i for i, spec in enumerate(outputs)} if outputs else None
         self._out_dtypes = [datatypes.TORCH[spec.datatype] for spec in outputs or []]
+
+
+def _follows_rows(outputs: list[Any], rows: int) -> bool:
+    """Whether every output has `rows` rows: what splitting a batch back needs."""
+    return all(isinstance(out, torch.Tensor) and out.ndim > 0 and out.shape[0] == rows for out in outputs)
 
 
 def _first_line(exc: BaseException) -> str:

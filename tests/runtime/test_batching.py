@@ -68,6 +68,20 @@ def test_requests_whose_shapes_differ_are_batched_separately(servers, zoo):
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
 
 
+def test_a_model_whose_outputs_have_no_row_per_input_row_is_not_batched(spawn, zoo):
+    """x.sum(0): stacked with others, each caller would get a slice of everyone's sum (four rows, four
+    values: nothing in the shapes tells that apart)."""
+    entry = zoo["batch_sum"]
+    server = spawn("batch_sum", entry.path, "--max-delay-ms", "200", entry=entry).wait_ready()
+    inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(4)]
+    responses = fire(server, [(json_request({"x": x}), {}) for x in inputs], "/v2/models/batch_sum/infer")
+    for x, response in zip(inputs, responses, strict=True):
+        assert response.status_code == 200, response.text
+        np.testing.assert_array_equal(parse_response(response)["output__0"], x.sum(0))
+    assert server.metric("slipway_inference_batch_size_count") == len(inputs)  # one forward pass each
+    assert "batching is off" in server.log()
+
+
 async def metric_async(client: httpx.AsyncClient, name: str) -> float:
     text = (await client.get("/metrics")).text
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)

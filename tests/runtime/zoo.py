@@ -73,6 +73,13 @@ class Echo(torch.nn.Module):
         return x
 
 
+class BatchSum(torch.nn.Module):
+    """Sums over the first dimension: no row per input row, so its requests cannot share a forward pass."""
+
+    def forward(self, x):
+        return x.sum(0)
+
+
 class Slow(torch.nn.Module):
     """Spins `spin` matrix products per call: a forward pass that takes a while (drain tests)."""
 
@@ -139,6 +146,7 @@ def _write_zoo(directory: Path) -> dict[str, Entry]:
     )
 
     script("echo", Echo(), None)
+    script("batch_sum", BatchSum(), {"inputs": [_spec("x", "FP32", [-1, 4])]})
     script(
         "slow",
         Slow(),
