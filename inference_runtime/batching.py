@@ -88,11 +88,12 @@ class Batcher:
             self._wakeup.set()
         return await item.future
 
-    def expire(self, item: Item) -> None:
-        """Past its deadline: answer 504 and give its place in the queue to someone else."""
+    def expire(self, item: Item, error: Exception | None = None) -> None:
+        """Past its deadline (504), or its client gone (`error`): answer it and give its place in the queue
+        to someone else."""
         if item.future.done():
             return
-        item.future.set_exception(RequestTimeout("the request timed out before the model could answer it"))
+        item.future.set_exception(error or RequestTimeout("the request timed out before the model could answer it"))
         try:
             self._queue.remove(item)
         except ValueError:

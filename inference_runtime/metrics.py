@@ -39,7 +39,7 @@ class Metrics:
         }
         self.client_disconnects = Counter(
             "slipway_inference_client_disconnects",
-            "Inference requests whose client went away before its body arrived (not answered).",
+            "Inference requests whose client went away before they were answered (not answered).",
             names,
             registry=self.registry,
         ).labels(**labels)

@@ -52,16 +52,22 @@ class ClientGone(Exception):
     pass
 
 
+# How long a request waits for the model before the server listens for its client going away: a task per
+# request costs more than a small model's forward pass, and a request answered sooner has nothing to drop.
+LISTEN_AFTER_S = 0.05
+
+
 class Deadline:
     """A request's timeout: the task reading its body, then its place in the batching queue."""
 
-    __slots__ = ("cut_off", "item", "reading", "task")
+    __slots__ = ("cut_off", "item", "listener", "reading", "task")
 
     def __init__(self, task: asyncio.Task):
         self.task = task
         self.reading = False  # True while the body arrives
         self.cut_off = False
         self.item = None  # set by the batcher once the request is queued
+        self.listener: asyncio.Task | None = None  # waits for the client to go away while the request waits
 
 
 class Runtime:
@@ -255,7 +261,15 @@ class Runtime:
                 finally:
                     watch.reading = False
                 request = decode_request(body, header_length, model)
-                result = await self.batcher.infer(request.arrays, request.datatypes, request.rows, request.key, watch)
+                listen = loop.call_at(started + LISTEN_AFTER_S, self._listen, watch, receive)
+                try:
+                    result = await self.batcher.infer(
+                        request.arrays, request.datatypes, request.rows, request.key, watch
+                    )
+                finally:
+                    listen.cancel()
+                    if watch.listener is not None:
+                        watch.listener.cancel()
                 headers, payload = encode_response(request, result, self.config.model_name, self.config.model_version)
                 status, outcome = 200, "success"
             except ClientGone:
@@ -273,6 +287,17 @@ class Runtime:
         finally:
             timer.cancel()
             self.in_flight -= 1
+
+    def _listen(self, watch: Deadline, receive: Callable) -> None:
+        """The request still waits for the model: drop it if its client goes away meanwhile."""
+        item = watch.item
+        if item is not None and not item.future.done():
+            watch.listener = asyncio.get_running_loop().create_task(self._client_gone(receive, item))
+
+    async def _client_gone(self, receive: Callable, item) -> None:
+        # The body has been read: the next message is the disconnect (or this task is cancelled first).
+        if (await receive())["type"] == "http.disconnect":
+            self.batcher.expire(item, ClientGone())
 
     def _deadline_passed(self, watch: Deadline) -> None:
         if watch.reading:

@@ -293,6 +293,41 @@ def test_a_body_slower_than_the_request_timeout_is_answered_408_and_a_vanished_c
     assert server.client.get("/v2/health/ready").status_code == 200
 
 
+def test_a_request_whose_client_went_away_while_queued_is_dropped_not_run(spawn, zoo):
+    """Clients that gave up (a timeout, a retry elsewhere) must not keep the model busy: under overload their
+    work would pile up behind everyone else's."""
+    entry = zoo["slow"]
+    server = spawn("slow", entry.path, "--max-batch-size", "1", entry=entry).wait_ready()
+    x = np.ones((1, 4), dtype=np.float32)
+    running = _partial_request(server.port, "/v2/models/slow/infer", *_whole(x, 300_000))  # a second or more
+    deadline = time.monotonic() + 10
+    while server.metric("slipway_inference_batch_size_count") < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gone = [_partial_request(server.port, "/v2/models/slow/infer", *_whole(x, 300_000)) for _ in range(4)]
+    while server.metric("slipway_inference_queue_depth") < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    for sock in gone:
+        sock.close()
+    while server.metric("slipway_inference_client_disconnects_total") < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.metric("slipway_inference_queue_depth") == 0, "the requests of clients gone are still queued"
+
+    with running:
+        assert running.recv(65536).startswith(b"HTTP/1.1 200 ")  # kept alive: read its first bytes only
+    answer = server.client.post("/v2/models/slow/infer", content=_whole(x, 1)[0])
+    np.testing.assert_allclose(parse_response(answer)["output__0"], x * 2)
+    assert server.metric("slipway_inference_batch_size_count") == 2  # the first request and the last, no others
+    assert server.metric("slipway_inference_requests_total", outcome="success") == 2
+    assert server.metric("slipway_inference_client_disconnects_total") == 4
+    assert server.metric("slipway_inference_in_flight_requests") == 0
+
+
+def _whole(x: np.ndarray, spin: int) -> tuple[bytes, int]:
+    body = json_request({"x": x, "spin": np.full((len(x), 1), spin, dtype=np.int64)})
+    return body, len(body)
+
+
 def _endless_requests(spawn, zoo, drain_timeout_s: str, count: int):
     """A server whose model is in a forward pass of minutes, and `count` requests in flight (the first in it)."""
     entry = zoo["slow"]
