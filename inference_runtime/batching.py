@@ -24,7 +24,7 @@ import numpy as np
 
 from inference_runtime.errors import InferenceFailed, RequestTimeout, ServerBusy
 from inference_runtime.metrics import Metrics
-from inference_runtime.model import Outputs
+from inference_runtime.model import Outputs, describe_error
 
 log = logging.getLogger("inference_runtime")
 
@@ -230,7 +230,7 @@ def run_batch(
                 )
     except Exception as exc:
         # One bad request must not fail its neighbours: run each on its own.
-        log.warning("a batch of %d requests failed (%s); running them one by one", len(inputs), _first_line(exc))
+        log.warning("a batch of %d requests failed (%s); running them one by one", len(inputs), describe_error(exc))
         return [run_batch(model, [arrays], datatypes, observe)[0] for arrays in inputs]
     ends = list(accumulate(sizes))
     return [
@@ -241,17 +241,6 @@ def run_batch(
 def _failure(exc: Exception) -> Exception:
     if isinstance(exc, InferenceFailed):
         return exc
-    line = _first_line(exc)
-    log.warning("inference failed: %s: %s", type(exc).__name__, line)
-    return InferenceFailed(f"inference failed: {type(exc).__name__}: {line[:500]}")
-
-
-def _first_line(exc: Exception) -> str:
-    """What went wrong, in a line. TorchScript's own line ("The following operation failed in the
-    TorchScript interpreter.") says nothing: the error it wraps is the message's last line."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
-    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
-        return lines[-1]
-    return lines[0]
+    reason = describe_error(exc, 500)
+    log.warning("inference failed: %s", reason)
+    return InferenceFailed(f"inference failed: {reason}")

@@ -305,9 +305,7 @@ class LoadedModel:
             first = self._forward_raw(one)
         except Exception as exc:
             shapes = ", ".join(spec.describe() for spec in self.inputs)
-            raise ModelLoadError(
-                f"the model does not run on its signature ({shapes}): {type(exc).__name__}: {_first_line(exc)}"
-            ) from None
+            raise ModelLoadError(f"the model does not run on its signature ({shapes}): {describe_error(exc)}") from None
         names, tensors = first
         second = None
         rows = self.config.max_batch_size if self.batchable else 1
@@ -316,7 +314,7 @@ class LoadedModel:
             second = self._forward_raw(batch)
         except Exception as exc:
             if self.batchable:
-                log.warning("the model failed on a batch of %d rows (%s): batching is off", rows, _first_line(exc))
+                log.warning("the model failed on a batch of %d rows (%s): batching is off", rows, describe_error(exc))
                 self.batchable = False
         if self.batchable and not (_follows_rows(tensors, len(one[0])) and _follows_rows(second[1], len(batch[0]))):
             # An output without a row per input row (a sum over the batch, a scalar) cannot be split back:
@@ -380,9 +378,14 @@ def _follows_rows(outputs: list[Any], rows: int) -> bool:
     return all(isinstance(out, torch.Tensor) and out.ndim > 0 and out.shape[0] == rows for out in outputs)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:400] if text else ""
+def describe_error(exc: BaseException, limit: int = 400) -> str:
+    """What went wrong, in a line: "RuntimeError: ...". TorchScript's own line ("The following operation failed
+    in the TorchScript interpreter.") says nothing: the error it wraps is the message's last line, its type
+    included."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1][:limit]
+    return f"{type(exc).__name__}: {lines[0][:limit] if lines else ''}"
 
 
 def load_model(config: Config) -> LoadedModel:
@@ -424,7 +427,7 @@ def load_model(config: Config) -> LoadedModel:
         raise
     except Exception as exc:
         raise ModelLoadError(
-            f"torch could not load {path} as {fmt} ({type(exc).__name__}: {_first_line(exc)}). "
+            f"torch could not load {path} as {fmt} ({describe_error(exc)}). "
             f"Export it again with torch {torch.__version__.split('+')[0]}."
         ) from None
 

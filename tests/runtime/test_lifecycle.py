@@ -172,6 +172,17 @@ def test_a_declared_output_may_take_another_float_precision_and_a_size_the_valid
     np.testing.assert_allclose(pooled, want["pooled"], rtol=tolerance, atol=tolerance)
 
 
+def test_a_model_that_fails_its_warm_up_is_refused_with_the_model_s_own_error(zoo):
+    """TorchScript wraps the model's error in a line that says nothing; the reason is its last line."""
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 5]}]}  # the MLP takes 16 features
+    config = Config(model_path=str(zoo["mlp"].path), model_name="mlp", signature=signature)
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(config)
+    assert str(refused.value).startswith(
+        "the model does not run on its signature (x (FP32 [-1, 5])): RuntimeError: mat1 and mat2 shapes cannot be"
+    )
+
+
 def test_a_model_file_that_cannot_be_read_is_said_so(tmp_path):
     """Not that it "is not a TorchScript or torch.export archive ([Errno 2] ...)": the file is not there at all."""
     for path, reason in ((tmp_path / "missing.pt", "No such file or directory"), (tmp_path, "Is a directory")):
