@@ -114,7 +114,10 @@ def run_sandboxed(path: str, fmt: str, signature: dict | None, *, child: Path = 
 
 
 def _verdict(returncode: int, out: bytes, err: bytes, isolation: dict) -> dict:
-    lines = out.decode(errors="replace").strip().splitlines()
+    # The verdict is the last line of a child that exited by itself. The model's own prints share its
+    # stdout: in a child killed part-way (its CPU limit, a crash) the last line is the model's, and may
+    # well look like a passing verdict.
+    lines = out.decode(errors="replace").strip().splitlines() if returncode == 0 else []
     if lines:
         try:
             result = json.loads(lines[-1])

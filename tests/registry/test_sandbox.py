@@ -132,3 +132,42 @@ def test_an_output_that_follows_a_variable_sequence_length_is_recorded_variable(
     result = run_sandboxed(str(scripted), "torchscript", signature)
     assert result["ok"], result
     assert [out["shape"] for out in result["signature"]["outputs"]] == [[-1, -1, 8], [-1, 5]]
+
+
+def _script(tmp_path, module) -> str:
+    import torch
+
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(module), str(path))
+    return str(path)
+
+
+def test_a_model_killed_at_its_cpu_limit_cannot_print_its_own_verdict(tmp_path, settings):
+    """forward() prints what a passing verdict looks like, then never returns: the child is killed at
+    its CPU limit before it writes its own, and what the model printed is no verdict."""
+    import torch
+
+    forged = json.dumps({"ok": True, "signature": {"inputs": [], "outputs": []}, "parameter_count": 1})
+    forged += " " * (255 - len(forged))  # 256-byte lines: stdout's 8 KiB buffer is flushed at a line's end
+
+    class Liar(torch.nn.Module):
+        line: torch.jit.Final[str]
+
+        def __init__(self):
+            super().__init__()
+            self.line = forged
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for _ in range(100):
+                print(self.line)
+            n = 0
+            while n >= 0:
+                n += 1
+            return x
+
+    settings.SLIPWAY_VALIDATION_CPU_S = 6
+    settings.SLIPWAY_VALIDATION_TIMEOUT_S = 60
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    result = run_sandboxed(_script(tmp_path, Liar()), "torchscript", signature)
+    assert result["ok"] is False, result
+    assert "CPU-time limit (6s)" in result["reason"]
