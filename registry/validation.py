@@ -39,6 +39,7 @@ CHILD = Path(__file__).with_name("sandbox_child.py")
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _PR_SET_NO_NEW_PRIVS = 38
+_MAX_FILE_BYTES = 64 * 1024**2  # the most the child may write to one file, its stdout and stderr included
 
 
 def validate_stored_artifact(version: ModelVersion) -> dict:
@@ -83,34 +84,50 @@ def run_sandboxed(path: str, fmt: str, signature: dict | None, *, child: Path = 
         }
         read_fd, write_fd = os.pipe()  # the child reports which isolation it got
         python = settings.SLIPWAY_VALIDATION_PYTHON or sys.executable
-        proc = subprocess.Popen(
-            [python, "-I", str(child)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=home,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=(write_fd,),
-            preexec_fn=_confine(write_fd, artifact=str(path), child=str(child), home=home),
-        )
-        os.close(write_fd)
-        try:
-            out, err = proc.communicate(request.encode(), timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.communicate()
-            return {
-                "ok": False,
-                "reason": f"Loading and running the model took longer than {timeout:.0f}s. "
-                "Check that the forward pass terminates on small inputs, or ask an administrator "
-                "to raise SLIPWAY_VALIDATION_TIMEOUT_S.",
-            }
-        finally:
-            with os.fdopen(read_fd, "rb") as fh:
-                isolation = json.loads(fh.read() or b"{}")
+        # Its stdout and stderr are files, not pipes: the model's prints land there too, and
+        # communicate() would hold all of them in the worker's memory. RLIMIT_FSIZE caps each file.
+        with tempfile.TemporaryFile(dir=home) as stdout, tempfile.TemporaryFile(dir=home) as stderr:
+            proc = subprocess.Popen(
+                [python, "-I", str(child)],
+                stdin=subprocess.PIPE,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=home,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=(write_fd,),
+                preexec_fn=_confine(write_fd, artifact=str(path), child=str(child), home=home),
+            )
+            os.close(write_fd)
+            try:
+                proc.communicate(request.encode(), timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                proc.communicate()
+                return {
+                    "ok": False,
+                    "reason": f"Loading and running the model took longer than {timeout:.0f}s. "
+                    "Check that the forward pass terminates on small inputs, or ask an administrator "
+                    "to raise SLIPWAY_VALIDATION_TIMEOUT_S.",
+                }
+            finally:
+                with os.fdopen(read_fd, "rb") as fh:
+                    isolation = json.loads(fh.read() or b"{}")
+            if os.fstat(stdout.fileno()).st_size >= _MAX_FILE_BYTES:
+                return {
+                    "ok": False,
+                    "reason": f"The model printed more than {_MAX_FILE_BYTES // 1024**2} MiB while being validated. "
+                    "Take the print() calls out of forward() and export it again.",
+                }
+            out, err = _tail(stdout, 4 * 1024**2), _tail(stderr, 64 * 1024)
     return _verdict(proc.returncode, out, err, isolation)
+
+
+def _tail(file, size: int) -> bytes:
+    """The last `size` bytes of `file`."""
+    file.seek(max(0, os.fstat(file.fileno()).st_size - size))
+    return file.read()
 
 
 def _verdict(returncode: int, out: bytes, err: bytes, isolation: dict) -> dict:
@@ -189,7 +206,7 @@ def _confine(report_fd: int, *, artifact: str, child: str, home: str):
         os.close(report_fd)
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024**2, 64 * 1024**2))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (_MAX_FILE_BYTES, _MAX_FILE_BYTES))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     return preexec

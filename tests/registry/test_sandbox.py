@@ -171,3 +171,25 @@ def test_a_model_killed_at_its_cpu_limit_cannot_print_its_own_verdict(tmp_path, 
     result = run_sandboxed(_script(tmp_path, Liar()), "torchscript", signature)
     assert result["ok"] is False, result
     assert "CPU-time limit (6s)" in result["reason"]
+
+
+def test_a_model_that_prints_without_end_is_refused_and_its_output_is_not_kept(tmp_path):
+    """What the model prints is capped like any file it writes; the worker never holds it in memory."""
+    import torch
+
+    class Chatty(torch.nn.Module):
+        line: torch.jit.Final[str]
+
+        def __init__(self):
+            super().__init__()
+            self.line = "x" * 1024**2
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for _ in range(100):  # 100 MiB
+                print(self.line)
+            return x
+
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    result = run_sandboxed(_script(tmp_path, Chatty()), "torchscript", signature)
+    assert result["ok"] is False, str(result)[:300]
+    assert "printed more than 64 MiB" in result["reason"]
