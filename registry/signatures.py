@@ -69,6 +69,11 @@ def _check_strings(value: Any, where: str, field: str, depth: int = 1) -> None:
             _check_strings(item, here, field, depth + 1)
 
 
+def check_storable(value: Any, field: str) -> None:
+    """Refuse (InvalidInput) JSON that PostgreSQL or the API could not keep: NUL, lone surrogates, deep nesting."""
+    _check_strings(value, field, field)
+
+
 def _check_text(text: str, where: str) -> None:
     if "\x00" in text:
         # PostgreSQL's jsonb refuses it.

@@ -29,9 +29,11 @@ from pathlib import Path
 
 from django.conf import settings
 
+from controlplane.errors import InvalidInput
 from registry import landlock
 from registry.artifacts import ArtifactRejected, inspect_artifact
 from registry.models import ModelVersion
+from registry.signatures import check_storable
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,19 @@ def _tail(file, size: int) -> bytes:
     return file.read()
 
 
+def _storable(result: dict) -> dict:
+    """A passing verdict, unless its signature could not be stored: the outputs' names are the model's own."""
+    try:
+        check_storable(result.get("signature"), "signature")
+    except InvalidInput as exc:
+        return {
+            "ok": False,
+            "reason": f"The signature the model answers with cannot be stored: {exc.message} Rename its outputs "
+            "(the keys of the dict forward() returns) and export it again.",
+        }
+    return result
+
+
 def _verdict(returncode: int, out: bytes, err: bytes, isolation: dict) -> dict:
     # The verdict is the last line of a child that exited by itself. The model's own prints share its
     # stdout: in a child killed part-way (its CPU limit, a crash) the last line is the model's, and may
@@ -139,7 +154,7 @@ def _verdict(returncode: int, out: bytes, err: bytes, isolation: dict) -> dict:
         try:
             result = json.loads(lines[-1])
             result["isolation"] = isolation
-            return result
+            return _storable(result) if result.get("ok") else result
         except json.JSONDecodeError:
             pass
     tail = err.decode(errors="replace").strip()[-600:]

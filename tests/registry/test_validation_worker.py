@@ -59,3 +59,22 @@ def test_a_signature_the_model_does_not_accept_is_rejected_with_a_reason(api, wo
     assert version.status == "rejected"
     assert "does not accept its signature" in version.rejection_reason
     assert "[-1, 5]" in version.rejection_reason
+
+
+def test_an_output_name_that_cannot_be_stored_is_rejected_not_left_validating(api, worker, tmp_path):
+    """The outputs' names come from the model (the keys of the dict forward() returns); one with a NUL,
+    which PostgreSQL refuses, failed the task at every try and the version stayed 'validating'."""
+    import torch
+
+    class NulKey(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"lo\x00gits": x}
+
+    path = tmp_path / "nul.pt"
+    torch.jit.save(torch.jit.script(NulKey()), str(path))
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    assert _upload(api, "iris", path, signature=json.dumps(signature)).status_code == 201
+    version = _settled("iris", 1)
+    assert version.status == "rejected"
+    assert "NUL" in version.rejection_reason and "outputs[0].name" in version.rejection_reason
