@@ -10,7 +10,9 @@ from __future__ import annotations
 import pickletools
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
+from lzma import LZMAError
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
@@ -69,9 +71,19 @@ def inspect_artifact(fh: BinaryIO, *, max_members: int, max_uncompressed: int, t
         if fmt is None:
             raise ArtifactRejected(_why_not_a_model(archive, names))
         if test_crc:
+            # Reading a member meets what its compression's library raises for garbled data (zlib.error,
+            # LZMAError), and RuntimeError for a member flagged encrypted.
             try:
                 bad = archive.testzip()
-            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+            except (
+                zipfile.BadZipFile,
+                OSError,
+                EOFError,
+                NotImplementedError,
+                RuntimeError,
+                zlib.error,
+                LZMAError,
+            ) as exc:
                 raise ArtifactRejected(f"The archive is corrupt or truncated ({exc}). " + DAMAGED) from exc
             if bad is not None:
                 raise ArtifactRejected(f"The archive member {bad!r} is corrupt. " + DAMAGED)

@@ -159,3 +159,44 @@ def test_a_corrupt_archive_passes_upload_and_the_worker_rejects_it_with_a_reason
     assert event.actor == "system"
     assert (event.target_type, event.target_id) == ("model_version", str(version.pk))
     assert event.after == {"status": "rejected", "reason": version.rejection_reason}
+
+
+def _damaged(source: Path, target: Path, how: str) -> Path:
+    """The model's archive with data.pkl compressed (deflate, lzma) and its compressed bytes garbled,
+    or flagged encrypted: the central directory is intact, so only reading the member finds it."""
+    compression = {"deflate": zipfile.ZIP_DEFLATED, "lzma": zipfile.ZIP_LZMA, "encrypted": zipfile.ZIP_STORED}[how]
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", compression=compression) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    raw = bytearray(target.read_bytes())
+    with zipfile.ZipFile(target) as archive:
+        info = archive.getinfo("mlp/data.pkl")
+    if how == "encrypted":
+        raw[info.header_offset + 6] |= 1  # the local header's flag; the central directory's below
+        central = raw.find(b"PK\x01\x02")
+        while central != -1:
+            name_length = int.from_bytes(raw[central + 28 : central + 30], "little")
+            if raw[central + 46 : central + 46 + name_length] == b"mlp/data.pkl":
+                raw[central + 8] |= 1
+            central = raw.find(b"PK\x01\x02", central + 4)
+    else:
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 24
+        raw[start : start + 16] = b"\xff" * 16
+    target.write_bytes(bytes(raw))
+    return target
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["deflate", "lzma", "encrypted"])
+def test_an_archive_whose_member_cannot_be_read_is_rejected_not_left_validating(
+    api, worker, model_files, tmp_path, how
+):
+    """The worker's CRC check read the member and met an error it did not expect (zlib.error,
+    LZMAError, RuntimeError): the task failed at every try and the version stayed 'validating'."""
+    damaged = _damaged(model_files["torchscript"], tmp_path / f"{how}.pt", how)
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    assert upload(api, damaged).status_code == 201
+    version = settled("iris", 1)
+    assert version.status == "rejected"
+    assert "corrupt" in version.rejection_reason and HOW_TO_EXPORT[0] in version.rejection_reason
