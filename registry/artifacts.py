@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickletools
 import stat
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ def inspect_artifact(fh: BinaryIO, *, max_members: int, max_uncompressed: int, t
         raise ArtifactRejected(
             "This file is not a PyTorch model archive (neither TorchScript nor torch.export .pt2). " + HOW_TO_EXPORT
         )
+    members = _count_members(fh, max_members)
+    if members > max_members:
+        raise ArtifactRejected(f"The archive has more than {max_members} files; at most {max_members} are accepted.")
     fh.seek(0)
     try:
         archive = zipfile.ZipFile(fh)
@@ -88,6 +92,33 @@ def inspect_artifact(fh: BinaryIO, *, max_members: int, max_uncompressed: int, t
             if bad is not None:
                 raise ArtifactRejected(f"The archive member {bad!r} is corrupt. " + DAMAGED)
         return ArchiveInfo(format=fmt, members=len(infos), uncompressed_bytes=sum(i.file_size for i in infos))
+
+
+def _count_members(fh: BinaryIO, limit: int) -> int:
+    """How many entries the zip's central directory holds, counted up to limit + 1.
+
+    zipfile reads the whole directory and makes a ZipInfo (about 500 bytes) of each entry (47 bytes
+    at the least) before anything can be checked: a 4 GiB upload of empty entries would need 40 GiB.
+    The end record's own count is not what zipfile reads (it walks the directory's bytes), so the
+    entries are counted the same way. 0 when there is no end record: ZipFile then refuses the file.
+    """
+    endrec = zipfile._EndRecData(fh)
+    if not endrec:
+        return 0
+    size = endrec[zipfile._ECD_SIZE]
+    start = endrec[zipfile._ECD_LOCATION] - size  # where zipfile starts, concatenated data included
+    if endrec[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    count = position = 0
+    while position < size and count <= limit:
+        fh.seek(start + position)
+        header = fh.read(zipfile.sizeCentralDir)
+        if len(header) < zipfile.sizeCentralDir:
+            break  # ZipFile says what is wrong
+        name, extra, comment = struct.unpack_from("<3H", header, 28)
+        position += zipfile.sizeCentralDir + name + extra + comment
+        count += 1
+    return count
 
 
 def _check_members(infos: list[zipfile.ZipInfo], *, max_members: int, max_uncompressed: int) -> None:
