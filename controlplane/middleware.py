@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
+from django.core.handlers.exception import response_for_exception
+from django.http import Http404
 from django.shortcuts import resolve_url
 from django.utils.deprecation import MiddlewareMixin
 from django_htmx.http import HttpResponseClientRedirect
@@ -30,7 +32,12 @@ class RequestIdMiddleware:
     def __call__(self, request):
         incoming = request.headers.get("X-Request-ID", "")
         request.request_id = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
-        response = self.get_response(request)
+        if "\x00" in request.path_info:
+            # No name or id holds a NUL (PostgreSQL's text refuses one): the path names nothing. Looked
+            # up, it was a 500, and a refusal at it went unaudited (naming its target failed too).
+            response = response_for_exception(request, Http404("a NUL in the path"))
+        else:
+            response = self.get_response(request)
         response["X-Request-ID"] = request.request_id
         return response
 

@@ -61,3 +61,27 @@ def test_the_500_page_reads_nothing_from_the_database(django_assert_num_queries)
     with django_assert_num_queries(0):
         response = server_error(RequestFactory().get("/models/"))
     assert response.status_code == 500 and b"Server error" in response.content
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/models/%00/", "/api/v1/models/a%00b/versions/1/", "/api/v1/environments/%00/", "/models/%00/versions/1/"],
+)
+def test_a_path_with_a_nul_names_nothing_and_answers_404(api, client, alice, path):
+    """No name holds a NUL (PostgreSQL's text refuses one): looking it up was a 500."""
+    client.force_login(alice)
+    response = (api if path.startswith("/api/") else client).get(path)
+    assert response.status_code == 404
+    assert response["X-Request-ID"]
+
+
+def test_a_refused_upload_at_a_path_with_a_nul_is_not_a_500(alice):
+    """A read-only token's POST was refused (403), then its audit event failed to name the model."""
+    from controlplane.audit import Actor
+    from controlplane.tokens import create_token
+    from tests.conftest import bearer_client
+
+    reader = bearer_client(create_token(alice, "reader", actor=Actor(user=alice), scope="read").raw)
+    response = reader.post("/api/v1/models/%00/versions/", {}, format="multipart")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
