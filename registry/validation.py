@@ -133,7 +133,15 @@ def _tail(file, size: int) -> bytes:
 
 
 def _storable(result: dict) -> dict:
-    """A passing verdict, unless its signature could not be stored: the outputs' names are the model's own."""
+    """A passing verdict, unless it could not be stored: the outputs' names are the model's own, and so is
+    the parameter count (a parameter that is an expanded view counts every element it shows)."""
+    count = result.get("parameter_count")
+    if isinstance(count, int) and not 0 <= count < 2**63:
+        return {
+            "ok": False,
+            "reason": f"The model's parameters count {count} parameters, more than can be recorded: some are "
+            "views that repeat a few values (expand). Make them real tensors (.clone()) and export it again.",
+        }
     try:
         check_storable(result.get("signature"), "signature")
     except InvalidInput as exc:

@@ -78,3 +78,27 @@ def test_an_output_name_that_cannot_be_stored_is_rejected_not_left_validating(ap
     version = _settled("iris", 1)
     assert version.status == "rejected"
     assert "NUL" in version.rejection_reason and "outputs[0].name" in version.rejection_reason
+
+
+def test_a_parameter_count_past_what_can_be_stored_is_rejected_not_left_validating(api, worker, tmp_path):
+    """Parameters that are expanded views of one element count 3 * 2**62 (a 2.6 KB file): more than a
+    bigint holds, so storing the verdict failed the task at every try and the version stayed 'validating'."""
+    import torch
+
+    class Expanded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name in ("a", "b", "c"):
+                setattr(self, name, torch.nn.Parameter(torch.zeros(1).expand(2**31, 2**31)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    path = tmp_path / "expanded.pt"
+    torch.jit.save(torch.jit.script(Expanded()), str(path))
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    assert _upload(api, "iris", path, signature=json.dumps(signature)).status_code == 201
+    version = _settled("iris", 1)
+    assert version.status == "rejected"
+    assert "13835058055282163712 parameters" in version.rejection_reason
