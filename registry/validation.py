@@ -41,6 +41,7 @@ CHILD = Path(__file__).with_name("sandbox_child.py")
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_PDEATHSIG = 1
 _MAX_FILE_BYTES = 64 * 1024**2  # the most the child may write to one file, its stdout and stderr included
 
 
@@ -217,8 +218,15 @@ def _confine(report_fd: int, *, artifact: str, child: str, home: str):
         | set(_SYSTEM_READABLE)
     )
 
+    parent = os.getpid()
+
     def preexec() -> None:  # runs in the child between fork and exec
         libc = ctypes.CDLL(None, use_errno=True)
+        # The child has a session of its own (the timeout kills its group): a worker that dies (killed, OOM)
+        # takes it along this way instead, or nothing would enforce the wall-clock limit any more.
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the worker died before that took effect
+            os._exit(1)
         isolation = {"network": "namespace", "filesystem": "landlock"}
         if libc.unshare(_CLONE_NEWNET) != 0 and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
             isolation["network"] = "unavailable"

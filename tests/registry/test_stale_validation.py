@@ -1,9 +1,14 @@
 """A validation whose worker died is put back in the queue and finishes."""
 
+import contextlib
 import hashlib
+import os
+import signal
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import torch
 from django.core.files import File
 from django.utils import timezone
 
@@ -14,6 +19,22 @@ from tests.conftest import wait_for
 from tests.models_zoo import MLP_SIGNATURE
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
+
+
+def _waiter(futures: list[torch.jit.Future[torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+    while len(futures) == 0:
+        pass
+    return torch.jit.wait(futures[0])
+
+
+class WaitsOnItself(torch.nn.Module):
+    """forward() waits on a task that waits on itself: it never returns, and uses no CPU time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        futures: list[torch.jit.Future[torch.Tensor]] = []
+        task = torch.jit.fork(_waiter, futures, x)
+        futures.append(task)
+        return torch.jit.wait(task)
 
 
 def _version_left_validating(owner, path, started_minutes_ago: int) -> ModelVersion:
@@ -56,3 +77,49 @@ def test_a_validation_still_within_its_time_is_left_alone(alice, worker, model_f
     assert tasks.requeue_stale_validations() == []
     running.refresh_from_db()
     assert running.status == VersionStatus.VALIDATING
+
+
+def _sandbox_children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"sandbox_child.py" in cmdline and ppid == parent:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_worker_killed_mid_validation_takes_its_sandbox_child_with_it(api, worker, tmp_path):
+    """The child runs in a session of its own, so the worker's death did not reach it: no one was left to
+    enforce the wall-clock limit, and a model that waits on itself (no CPU time either) ran for ever."""
+    import torch
+
+    stuck = tmp_path / "stuck.pt"
+    torch.jit.save(torch.jit.script(WaitsOnItself()), str(stuck))
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    signature = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}'
+    with open(stuck, "rb") as fh:
+        response = api.post(
+            "/api/v1/models/iris/versions/", {"artifact": fh, "signature": signature}, format="multipart"
+        )
+    assert response.status_code == 201, response.json()
+    children = wait_for(lambda: _sandbox_children(worker.proc.pid), timeout=60, what="the validator child to start")
+    worker.kill()
+    worker.start()
+    try:
+        wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10, what="the orphaned child to end")
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
