@@ -6,9 +6,12 @@ structure), then starts `sandbox_child.py` with:
 - a new network namespace where the OS allows it (no network at all);
 - Landlock where the kernel has it: it reads only Python, system libraries and
   its artifact, and writes only its temporary home (registry/landlock.py);
-- rlimits on address space, CPU time, file size and open files;
-- a wall-clock timeout, after which its whole process group is killed.
-The child answers one JSON line on stdout.
+- rlimits on address space, CPU time, file size and core dumps;
+- a wall-clock timeout, after which its whole process group is killed, and
+  death with the worker (a killed worker leaves no child running).
+The child answers one JSON line on stdout, read only once it has exited by itself.
+Its stdout and stderr are files under the file-size limit: the model's own prints
+land there too, and are neither kept in the worker's memory nor taken for a verdict.
 """
 
 from __future__ import annotations
