@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.apps import apps
@@ -98,7 +99,17 @@ def _as_json(value: Any) -> Any:
     # Store exactly what reading the row back will give, so the hash recomputes.
     if value is None:
         return None
-    return json.loads(json.dumps(value, default=str))
+    return json.loads(json.dumps(value, default=str), parse_float=_as_stored_number)
+
+
+def _as_stored_number(text: str) -> float | int:
+    """A JSON number as PostgreSQL's jsonb gives it back: numeric, written out without an exponent, so
+    what Python writes as 1e+16 (any float from 1e16 up, all whole numbers) comes back an int, exactly
+    the decimal written; and numeric has no -0.0."""
+    number = float(text)
+    if abs(number) >= 1e16:
+        return int(Decimal(text))
+    return number + 0.0  # -0.0 + 0.0 is 0.0
 
 
 def record(

@@ -106,3 +106,15 @@ def test_the_embedded_sqlite_database_keeps_its_append_only_triggers_after_every
             db.execute("UPDATE controlplane_auditevent SET actor = 'mallory'")
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             db.execute("DELETE FROM controlplane_auditevent")
+
+
+def test_numbers_that_postgresql_writes_back_differently_keep_the_chain_intact(alice):
+    """jsonb keeps numbers as numeric: 1e16 comes back as 10000000000000000 (an int), -0.0 as 0.0. Hashed as
+    sent, such a row failed verification though nobody touched it (a deployer's analysis threshold of
+    1e16 ms did it)."""
+    sent = {"huge": 1e16, "huger": 1e23, "negative_zero": -0.0, "tiny": 1e-7, "plain": 2.5, "nested": [1.5e300]}
+    event = record("test.event", actor=Actor(user=alice), after=sent)
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert stored.compute_hash() == stored.hash
+    assert verify_chain() is None
+    assert stored.after["huger"] == 10**23 and stored.after["tiny"] == 1e-7
