@@ -49,6 +49,20 @@ def uploaded_artifact(request):
     return upload
 
 
+def form_text(request, name: str) -> str | None:
+    """A text field of the upload form. A file sent under its name (curl -F name=@file) is refused, not taken
+    for the text: request.data holds the files too."""
+    if name in request.FILES:
+        for file in request.FILES.getlist(name):
+            file.close()
+        raise InvalidInput(
+            f"{name} is a text field, not a file: send its text, -F '{name}=<file' (curl's < sends a file's "
+            f"content as text, @ sends the file).",
+            fields={name: ["a file, not text"]},
+        )
+    return request.POST.get(name)
+
+
 class OctetStreamRenderer(renderers.BaseRenderer):
     """Lets clients that accept only application/octet-stream download artifacts (no 406)."""
 
@@ -180,9 +194,9 @@ class ModelVersionViewSet(
             model,
             upload,
             actor=Actor.from_request(request),
-            sha256=request.data.get("sha256") or None,
-            signature=request.data.get("signature"),
-            metadata=request.data.get("metadata"),
+            sha256=form_text(request, "sha256") or None,
+            signature=form_text(request, "signature"),
+            metadata=form_text(request, "metadata"),
         )
         location = request.build_absolute_uri(f"/api/v1/models/{model.name}/versions/{version.version}/")
         return Response(

@@ -265,6 +265,23 @@ def test_a_file_sent_under_another_field_name_is_not_kept(api, iris, model_files
     assert not ModelVersion.objects.exists() and new_files() == set()
 
 
+@pytest.mark.parametrize("field", ["sha256", "signature", "metadata"])
+def test_a_file_sent_for_a_text_field_is_refused_with_how_to_send_its_text(
+    api, iris, model_files, new_files, tmp_path, field
+):
+    """curl -F sha256=@model.sha256 sends a file, not its text: the sha256 was a 500 (a file has no
+    .strip()), the others a refusal that did not say what was wrong."""
+    text = tmp_path / f"{field}.txt"
+    text.write_text(hashlib.sha256(model_files["torchscript"].read_bytes()).hexdigest() if field == "sha256" else "{}")
+    with open(text, "rb") as fh:
+        response = upload(api, model_files["torchscript"], **{"signature": SIGNATURE, field: fh})
+    assert response.status_code == 400, response.content
+    assert response.json()["error"].startswith(f"{field} is a text field, not a file")
+    assert f"-F '{field}=<" in response.json()["error"]
+    assert not ModelVersion.objects.exists() and new_files() == set()
+    assert AuditEvent.objects.get(action="model_version.upload").outcome == "invalid"
+
+
 # --- Over real HTTP (what the test client cannot show) -------------------------------------
 
 
