@@ -40,7 +40,8 @@ def model_list(request):
 
 
 def _model_list_context(request) -> dict:
-    query = request.GET.get("q", "").strip()
+    # A NUL cannot be in a name or a description (PostgreSQL's text refuses it; looking for one was a 500).
+    query = request.GET.get("q", "").replace("\x00", "\ufffd").strip()
     models = Model.objects.annotate(highest_version=highest_version()).order_by("name")
     if query:
         models = models.filter(Q(name__icontains=query) | Q(description__icontains=query))

@@ -606,6 +606,15 @@ def test_models_can_be_searched_by_name_or_description(api, alice):
     assert names("MONTH") == ["churn"]
 
 
+def test_the_models_page_search_with_a_nul_finds_nothing_instead_of_failing(client, alice, iris):
+    """The API's search refuses a NUL (its filter form does); the page's went to PostgreSQL, a 500."""
+    client.force_login(alice)
+    response = client.get("/models/?q=ir%00is")
+    assert response.status_code == 200
+    assert [model.name for model in response.context["page"].object_list] == []
+    assert response.context["q"] == "ir\ufffdis"
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "hint"),
     [
