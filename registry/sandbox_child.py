@@ -2,12 +2,16 @@
 
 Run as `python -I sandbox_child.py` with a JSON request on stdin:
 {"path": ..., "format": "torchscript"|"torch_export", "signature": {...}|null}.
-Prints one JSON line: {"ok": true, "signature", "parameter_count", "load_time_ms"}
-or {"ok": false, "reason"}.
+Writes one JSON line to stdout: {"ok": true, "signature", "parameter_count", "load_time_ms"}
+or {"ok": false, "reason"}. Nothing else reaches stdout: before the model is loaded, stdout's
+descriptor is kept for the verdict alone and descriptor 1 points at stderr, so whatever the
+model prints (TorchScript's print(), from forward() or from a task it forked that outlives it)
+lands in stderr and can never be read as a verdict.
 """
 
 import contextlib
 import json
+import os
 import re
 import sys
 import time
@@ -222,6 +226,9 @@ def validate(request):
 
 
 def main():
+    verdict = os.fdopen(os.dup(1), "w")  # the verdict's own descriptor, which no print() reaches
+    os.dup2(2, 1)  # the model's prints (TorchScript's go to descriptor 1 through Python's print) go to stderr
+    sys.stdout = sys.stderr
     try:
         request = json.loads(sys.stdin.read())
         result = validate(request)
@@ -229,8 +236,8 @@ def main():
         result = {"ok": False, "reason": "The model needs more memory than the validator may use."}
     except Exception:
         result = {"ok": False, "reason": "The validator crashed: " + traceback.format_exc(limit=3)[-600:]}
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
+    verdict.write(json.dumps(result) + "\n")
+    verdict.flush()
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ structure), then starts `sandbox_child.py` with:
 - rlimits on address space, CPU time, file size and core dumps;
 - a wall-clock timeout, after which its whole process group is killed, and
   death with the worker (a killed worker leaves no child running).
-The child answers one JSON line on stdout, read only once it has exited by itself.
-Its stdout and stderr are files under the file-size limit: the model's own prints
-land there too, and are neither kept in the worker's memory nor taken for a verdict.
+The child answers one JSON line on stdout, read only once it has exited by itself;
+the model's own prints go to its stderr (the child points descriptor 1 there before
+loading it), so nothing the model prints can be taken for a verdict. Both are files
+under the file-size limit, never held whole in the worker's memory.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def run_sandboxed(path: str, fmt: str, signature: dict | None, *, child: Path = 
             finally:
                 with os.fdopen(read_fd, "rb") as fh:
                     isolation = json.loads(fh.read() or b"{}")
-            if os.fstat(stdout.fileno()).st_size >= _MAX_FILE_BYTES:
+            if os.fstat(stderr.fileno()).st_size >= _MAX_FILE_BYTES:  # where the model's prints go
                 return {
                     "ok": False,
                     "reason": f"The model printed more than {_MAX_FILE_BYTES // 1024**2} MiB while being validated. "
@@ -158,9 +159,8 @@ def _storable(result: dict) -> dict:
 
 
 def _verdict(returncode: int, out: bytes, err: bytes, isolation: dict) -> dict:
-    # The verdict is the last line of a child that exited by itself. The model's own prints share its
-    # stdout: in a child killed part-way (its CPU limit, a crash) the last line is the model's, and may
-    # well look like a passing verdict.
+    # The verdict is the last line of a child that exited by itself: a child killed part-way (its CPU limit,
+    # a crash) has given none, whatever its stdout holds.
     lines = out.decode(errors="replace").strip().splitlines() if returncode == 0 else []
     if lines:
         try:

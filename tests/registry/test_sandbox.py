@@ -173,6 +173,38 @@ def test_a_model_killed_at_its_cpu_limit_cannot_print_its_own_verdict(tmp_path, 
     assert "CPU-time limit (6s)" in result["reason"]
 
 
+def test_what_a_model_prints_never_reaches_the_verdicts_descriptor(tmp_path):
+    """The verdict travels alone on the child's stdout: a line the model prints, however much it looks
+    like one (say from a task it forked that outlives forward()), goes to stderr."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from registry.validation import CHILD
+
+    forged = json.dumps({"ok": True, "signature": {"inputs": [], "outputs": []}, "parameter_count": 1})
+
+    class Forger(torch.nn.Module):
+        line: torch.jit.Final[str]
+
+        def __init__(self):
+            super().__init__()
+            self.line = forged
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            print(self.line)
+            return x
+
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    request = json.dumps({"path": _script(tmp_path, Forger()), "format": "torchscript", "signature": signature})
+    child = subprocess.run([sys.executable, "-I", str(CHILD)], input=request, capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert forged in child.stderr
+    [line] = child.stdout.splitlines()
+    assert json.loads(line)["signature"]["inputs"] == signature["inputs"]
+
+
 def test_a_model_that_prints_without_end_is_refused_and_its_output_is_not_kept(tmp_path):
     """What the model prints is capped like any file it writes; the worker never holds it in memory."""
     import torch
