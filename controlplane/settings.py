@@ -189,6 +189,8 @@ SLIPWAY_VALIDATION_TIMEOUT_S = env_float("SLIPWAY_VALIDATION_TIMEOUT_S", 120.0, 
 SLIPWAY_VALIDATION_CPU_S = env_int("SLIPWAY_VALIDATION_CPU_S", 120, minimum=1)
 SLIPWAY_VALIDATION_MEMORY_BYTES = env_int("SLIPWAY_VALIDATION_MEMORY_BYTES", 8 * 1024**3, minimum=256 * 1024**2)
 SLIPWAY_VALIDATION_PYTHON = env_str("SLIPWAY_VALIDATION_PYTHON")  # default: this interpreter
+# Validations that ended without a verdict (the worker crashed or was lost) are retried, up to this many starts.
+SLIPWAY_VALIDATION_MAX_ATTEMPTS = env_int("SLIPWAY_VALIDATION_MAX_ATTEMPTS", 3, minimum=1)
 
 # --- Image builds (Docker SDK; DOCKER_HOST as usual) -------------------------
 SLIPWAY_REGISTRY = env_str("SLIPWAY_REGISTRY") or ""  # e.g. registry.example.com or 127.0.0.1:5000

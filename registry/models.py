@@ -90,6 +90,9 @@ class ModelVersion(models.Model):
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     validation_started_at = models.DateTimeField(null=True, blank=True)
+    # How many times a worker has started validating it: the sweeper gives up after
+    # SLIPWAY_VALIDATION_MAX_ATTEMPTS starts that ended without a verdict.
+    validation_attempts = models.PositiveSmallIntegerField(default=0)
     validated_at = models.DateTimeField(null=True, blank=True)
 
     AUDIT_TYPE = "model_version"

@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.db.models.deletion import ProtectedError, RestrictedError
 from django.utils import timezone
 
@@ -194,7 +195,11 @@ def _transition(version_id: int, expected: str, new: str, **fields) -> bool:
 
 def start_validation(version_id: int) -> bool:
     return _transition(
-        version_id, VersionStatus.PENDING, VersionStatus.VALIDATING, validation_started_at=timezone.now()
+        version_id,
+        VersionStatus.PENDING,
+        VersionStatus.VALIDATING,
+        validation_started_at=timezone.now(),
+        validation_attempts=F("validation_attempts") + 1,
     )
 
 
@@ -229,30 +234,56 @@ def finish_validation(version_id: int, result: dict, *, actor: Actor) -> ModelVe
 
 
 def requeue_stale_validations(*, older_than_s: float, actor: Actor) -> list[int]:
-    """Put validations whose worker died back in the queue (a lost message only delays)."""
+    """Put validations whose worker died back in the queue (a lost message only delays).
+
+    A version whose validation has already started SLIPWAY_VALIDATION_MAX_ATTEMPTS times without a
+    verdict is rejected instead: whatever stops it (a worker crash it causes, a failure storing its
+    verdict) would otherwise run it again every few minutes for ever.
+    """
     cutoff = timezone.now() - timezone.timedelta(seconds=older_than_s)
     stale = list(
         ModelVersion.objects.filter(status=VersionStatus.VALIDATING, validation_started_at__lt=cutoff).values_list(
-            "pk", flat=True
+            "pk", "validation_attempts"
         )
     )
-    stale += list(
-        ModelVersion.objects.filter(status=VersionStatus.PENDING, created_at__lt=cutoff).values_list("pk", flat=True)
-    )
+    pending = ModelVersion.objects.filter(status=VersionStatus.PENDING, created_at__lt=cutoff)
+    stale += [(pk, 0) for pk in pending.values_list("pk", flat=True)]
+    limit = settings.SLIPWAY_VALIDATION_MAX_ATTEMPTS
     requeued = []
-    for pk in stale:
+    for pk, attempts in stale:
         with transaction.atomic():
+            if attempts >= limit:
+                _give_up_validation(pk, attempts, older_than_s, actor=actor)
+                continue
             moved = _transition(pk, VersionStatus.VALIDATING, VersionStatus.PENDING, validation_started_at=None)
             if moved:
                 record(
                     "model_version.validation_requeued",
                     actor=actor,
                     target=("model_version", pk, f"version #{pk}"),
-                    message=f"no verdict after {older_than_s:.0f}s; the worker was probably lost",
+                    message=f"no verdict after {older_than_s:.0f}s (attempt {attempts} of {limit}); "
+                    "the worker was probably lost",
                 )
             transaction.on_commit(lambda pk=pk: _enqueue_validation(pk))
         requeued.append(pk)
     return requeued
+
+
+def _give_up_validation(pk: int, attempts: int, older_than_s: float, *, actor: Actor) -> None:
+    reason = (
+        f"Validation started {attempts} times and never finished: each time the worker stopped without a "
+        f"verdict (it crashed or was lost, or gave no answer within {older_than_s:.0f}s). Upload the artifact "
+        "again to retry; if this happens again, an administrator will find the error in the worker's log."
+    )
+    fields = {"rejection_reason": reason, "validated_at": timezone.now()}
+    if _transition(pk, VersionStatus.VALIDATING, VersionStatus.REJECTED, **fields):
+        record(
+            "model_version.rejected",
+            actor=actor,
+            target=ModelVersion.objects.select_related("model").get(pk=pk),
+            before={"status": VersionStatus.VALIDATING},
+            after={"status": VersionStatus.REJECTED, "reason": reason},
+        )
 
 
 def delete_version(version: ModelVersion, *, actor: Actor) -> None:

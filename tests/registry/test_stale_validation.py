@@ -71,6 +71,34 @@ def test_a_validation_left_behind_by_a_dead_worker_is_requeued_and_finishes(alic
     assert AuditEvent.objects.filter(action="model_version.validated", target_id=str(stuck.pk), actor="system").exists()
 
 
+def test_a_validation_that_never_finishes_is_rejected_after_its_last_attempt(alice, worker, model_files, settings):
+    """Whatever keeps a validation from giving a verdict (it crashes the worker, its verdict cannot be
+    stored) must not run the model again every few minutes for ever."""
+    settings.SLIPWAY_VALIDATION_TIMEOUT_S = 60
+    settings.SLIPWAY_VALIDATION_MAX_ATTEMPTS = 2
+    stuck = _version_left_validating(alice, model_files["torchscript"], started_minutes_ago=10)
+    ModelVersion.objects.filter(pk=stuck.pk).update(validation_attempts=1)
+
+    assert tasks.requeue_stale_validations() == [stuck.pk]  # its second try
+    wait_for(
+        lambda: ModelVersion.objects.get(pk=stuck.pk).status == VersionStatus.READY,
+        timeout=90,
+        what="the second attempt to finish",
+    )
+    assert ModelVersion.objects.get(pk=stuck.pk).validation_attempts == 2  # counted when the worker started it
+
+    ModelVersion.objects.filter(pk=stuck.pk).update(
+        status=VersionStatus.VALIDATING, validation_started_at=timezone.now() - timedelta(minutes=10)
+    )  # and left behind again, its attempts spent
+    assert tasks.requeue_stale_validations() == []
+    stuck.refresh_from_db()
+    assert stuck.status == VersionStatus.REJECTED
+    assert "started 2 times and never finished" in stuck.rejection_reason
+    assert "Upload the artifact again" in stuck.rejection_reason
+    event = AuditEvent.objects.filter(action="model_version.rejected", target_id=str(stuck.pk)).get()
+    assert event.actor == "system" and event.after["status"] == "rejected"
+
+
 def test_a_validation_still_within_its_time_is_left_alone(alice, worker, model_files, settings):
     settings.SLIPWAY_VALIDATION_TIMEOUT_S = 600
     running = _version_left_validating(alice, model_files["torchscript"], started_minutes_ago=1)
