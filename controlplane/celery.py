@@ -18,6 +18,7 @@ HOUSEKEEPING = frozenset(
         "deployments.tasks.sweep_rollouts",
         "deployments.tasks.recover_stale_builds",
         "registry.tasks.requeue_stale_validations",
+        "registry.tasks.remove_orphan_artifacts",
     }
 )
 

@@ -246,6 +246,7 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("SLIPWAY_CELERY_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "requeue-stale-validations": {"task": "registry.tasks.requeue_stale_validations", "schedule": 60.0},
+    "remove-orphan-artifacts": {"task": "registry.tasks.remove_orphan_artifacts", "schedule": 3600.0},
     "recover-stale-builds": {"task": "deployments.tasks.recover_stale_builds", "schedule": 30.0},
     "sweep-rollouts": {"task": "deployments.tasks.sweep_rollouts", "schedule": SLIPWAY_ROLLOUT_SWEEP_S},
 }

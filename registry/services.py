@@ -286,6 +286,50 @@ def _give_up_validation(pk: int, attempts: int, older_than_s: float, *, actor: A
         )
 
 
+# What upload_version names an artifact: <model>/<32 hex digits>.pt or .pt2. Nothing else in the storage is swept.
+_ARTIFACT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?/[0-9a-f]{32}\.pt2?")
+ORPHAN_AGE_S = 3600
+
+
+def remove_orphan_artifacts(*, actor: Actor, older_than_s: float = ORPHAN_AGE_S) -> list[str]:
+    """Delete stored artifacts that no version refers to, and returns their names.
+
+    A web process killed between storing an upload and committing its row leaves one, and so does a
+    deletion whose file could not be removed. Only files older than `older_than_s`: an upload stores its
+    file a moment before it commits the row that refers to it.
+    """
+    storage = artifact_storage()
+    cutoff = timezone.now() - timezone.timedelta(seconds=older_than_s)
+    try:
+        directories, _ = storage.listdir("")
+    except (FileNotFoundError, NotImplementedError):
+        return []
+    removed = []
+    for directory in directories:
+        names = [f"{directory}/{file}" for file in storage.listdir(directory)[1]]
+        names = [name for name in names if _ARTIFACT_NAME.fullmatch(name)]
+        referred = set(ModelVersion.objects.filter(artifact__in=names).values_list("artifact", flat=True))
+        for name in names:
+            try:
+                if name in referred or storage.get_modified_time(name) >= cutoff:
+                    continue
+            except (FileNotFoundError, NotImplementedError):
+                continue
+            with transaction.atomic():
+                record(
+                    "model_version.orphan_artifact_delete",
+                    actor=actor,
+                    target=("artifact", "", name),
+                    message=f"no version refers to it and it is over {older_than_s / 3600:g} h old: an upload "
+                    "or deletion interrupted part-way left it",
+                )
+                transaction.on_commit(lambda name=name: storage.delete(name))
+            removed.append(name)
+    if removed:
+        log.warning("deleted %d artifact(s) no version refers to: %s", len(removed), ", ".join(removed))
+    return removed
+
+
 def delete_version(version: ModelVersion, *, actor: Actor) -> None:
     """Delete a version and its artifact, unless something depends on it."""
     access.require_registry(actor, Role.ADMIN, "delete versions")

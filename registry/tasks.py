@@ -32,3 +32,8 @@ def requeue_stale_validations() -> list[int]:
     return services.requeue_stale_validations(
         older_than_s=2 * settings.SLIPWAY_VALIDATION_TIMEOUT_S + 60, actor=Actor.system()
     )
+
+
+@shared_task
+def remove_orphan_artifacts() -> list[str]:
+    return services.remove_orphan_artifacts(actor=Actor.system())
