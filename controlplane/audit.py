@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from django.apps import apps
@@ -95,21 +94,18 @@ def describe(obj: Any) -> tuple[str, str, str]:
     return kind, str(obj.pk), str(obj)[:300]
 
 
-def _as_json(value: Any) -> Any:
-    # Store exactly what reading the row back will give, so the hash recomputes.
-    if value is None:
-        return None
-    return json.loads(json.dumps(value, default=str), parse_float=_as_stored_number)
+def _as_json(*values: Any) -> list[Any]:
+    """Each value as reading the row back will give it, so the hash recomputes.
 
-
-def _as_stored_number(text: str) -> float | int:
-    """A JSON number as PostgreSQL's jsonb gives it back: numeric, written out without an exponent, so
-    what Python writes as 1e+16 (any float from 1e16 up, all whole numbers) comes back an int, exactly
-    the decimal written; and numeric has no -0.0."""
-    number = float(text)
-    if abs(number) >= 1e16:
-        return int(Decimal(text))
-    return number + 0.0  # -0.0 + 0.0 is 0.0
+    On PostgreSQL that is as jsonb gives it back: it keeps numbers as numeric, so the float 1e16 comes
+    back as the integer 10000000000000000 and -0.0 as 0.0; the database itself says what it will give.
+    """
+    texts = [None if value is None else json.dumps(value, default=str) for value in values]
+    if connection.vendor == "postgresql" and any(text is not None for text in texts):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT " + ", ".join(["%s::jsonb::text"] * len(texts)), texts)
+            texts = cursor.fetchone()
+    return [None if text is None else json.loads(text) for text in texts]
 
 
 def record(
@@ -129,6 +125,7 @@ def record(
     log can be read per environment.
     """
     target_type, target_id, target_repr = describe(target)
+    before, after = _as_json(before, after)
     with transaction.atomic():
         _lock_chain()
         last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
@@ -141,8 +138,8 @@ def record(
             target_id=target_id,
             target_repr=target_repr,
             environment=environment,
-            before=_as_json(before),
-            after=_as_json(after),
+            before=before,
+            after=after,
             outcome=outcome,
             message=message,
             request_id=actor.request_id,

@@ -118,3 +118,17 @@ def test_numbers_that_postgresql_writes_back_differently_keep_the_chain_intact(a
     assert stored.compute_hash() == stored.hash
     assert verify_chain() is None
     assert stored.after["huger"] == 10**23 and stored.after["tiny"] == 1e-7
+
+
+@pytest.mark.parametrize(
+    "analysis", [{"max_latency_p99_ms": 1e16}, {"max_latency_p99_ms": 1.5e300}, {"max_error_rate": -0.0}]
+)
+def test_a_float_that_jsonb_gives_back_written_another_way_still_verifies(api, analysis):
+    """PostgreSQL keeps JSON numbers as numeric: the float 1e16 comes back as 10000000000000000, -0.0 as 0.0."""
+    assert api.post("/api/v1/environments/", {"name": "staging"}, format="json").status_code == 201
+    plan = {"strategy": "rolling", "analysis": analysis}
+    response = api.patch("/api/v1/environments/staging/", {"default_plan": plan}, format="json")
+    assert response.status_code == 200, response.content
+    assert AuditEvent.objects.filter(action="environment.update").count() == 1
+    assert verify_chain() is None
+    call_command("verify_audit")
