@@ -60,6 +60,7 @@ def create_token(
         )
     expires_at = _expiry(expires_in_days)
     limited_to = _environments(user, environments)
+    _check_within_issuer(actor, limited_to, expires_at)
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     try:
         with transaction.atomic():
@@ -101,6 +102,26 @@ def _check_issuer(actor: Actor, user) -> None:
         )
     if not actor.is_system and (actor.user is None or actor.user.pk != user.pk):
         raise Forbidden("You may create and revoke only your own tokens.")
+
+
+def _check_within_issuer(actor: Actor, limited_to: list, expires_at: datetime | None) -> None:
+    """A token makes no token that reaches further than itself: into other environments, or past its expiry."""
+    issuer = actor.token
+    if issuer is None:
+        return
+    allowed = sorted(issuer.environments.values_list("name", flat=True))
+    if allowed and not (limited_to and {env.name for env in limited_to} <= set(allowed)):
+        raise Forbidden(
+            f"This API token is limited to {', '.join(allowed)}: a token it creates must be limited to "
+            "some of those too. Create wider tokens in the web UI.",
+            fields={"environments": [f"some of: {', '.join(allowed)}"]},
+        )
+    if issuer.expires_at is not None and (expires_at is None or expires_at > issuer.expires_at):
+        raise Forbidden(
+            f"This API token expires at {issuer.expires_at:%Y-%m-%d %H:%M} UTC: a token it creates must expire "
+            "by then too (ask for fewer days). Create longer-lived tokens in the web UI.",
+            fields={"expires_in_days": ["after this token expires"]},
+        )
 
 
 def _expiry(days) -> datetime | None:

@@ -211,3 +211,21 @@ def test_an_unknown_scope_lists_the_scopes_there_are(tess):
     response = token(tess).post("/api/v1/tokens/", {"name": "odd", "scope": "root"}, format="json")
     assert response.status_code == 400
     assert '"root" is not a scope; use one of read, deploy, admin.' in response.json()["error"]
+
+
+def test_a_token_makes_no_token_that_reaches_further_than_itself(tess):
+    limited = token(tess, "admin", environments=["x"])
+    for body in ({"name": "wider"}, {"name": "elsewhere", "environments": ["y"]}):
+        response = limited.post("/api/v1/tokens/", body, format="json")
+        assert response.status_code == 403, response.json()
+        assert "limited to x" in response.json()["error"]
+    assert limited.post("/api/v1/tokens/", {"name": "same", "environments": ["x"]}, format="json").status_code == 201
+    expiring = token(tess, "admin", expires_in_days=7)
+    for body in ({"name": "forever"}, {"name": "longer", "expires_in_days": 30}):
+        response = expiring.post("/api/v1/tokens/", body, format="json")
+        assert response.status_code == 403, response.json()
+        assert "expires at" in response.json()["error"]
+    assert expiring.post("/api/v1/tokens/", {"name": "sooner", "expires_in_days": 6}, format="json").status_code == 201
+    assert not APIToken.objects.filter(name__in=("wider", "elsewhere", "forever", "longer")).exists()
+    refused = AuditEvent.objects.filter(action="token.create", outcome="denied")
+    assert refused.count() == 4
