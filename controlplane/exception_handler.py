@@ -1,7 +1,7 @@
 """The one place where errors become HTTP answers for the API.
 
 Every API error body is `{"error": "<what to do>", "code": "...", "fields": {...}?}`.
-Refused attempts (401, 403, 400, 409, 413) are recorded in the audit log; throttled ones (429) are not.
+Refused attempts (401, 403, 400, 404, 409, 413) are recorded in the audit log; throttled ones (429) are not.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def exception_handler(exc, context):
         note = getattr(exc, "audit_note", "")
         message = f"{body['error']} [{note}]" if note else body["error"]
         _audit_refusal(context, Outcome.DENIED, message, response.status_code, user=user)
-    elif isinstance(exc, exceptions.ValidationError | exceptions.ParseError | exceptions.UnsupportedMediaType):
+    elif isinstance(
+        exc, exceptions.ValidationError | exceptions.ParseError | exceptions.UnsupportedMediaType | exceptions.NotFound
+    ):  # a write to an object that is not there, or is another team's (told apart nowhere, the log included)
         _audit_refusal(context, Outcome.INVALID, body["error"], response.status_code)
     return response
 

@@ -200,3 +200,27 @@ def test_other_peoples_refused_registry_attempts_are_not_shown_to_every_registry
     assert not any(outcome == "denied" for _, outcome in seen)  # vera's refusal: hers and the auditors'
     own = {e["outcome"] for e in viewer.get("/api/v1/audit/").json()["results"]}
     assert "denied" in own
+
+
+@pytest.fixture
+def other_teams_rollout(alice):
+    """A rollout in team-b-prod, and vera, a deployer in team-c-dev only."""
+    actor = Actor(user=alice)
+    bulk_versions(Model.objects.create(name="fraud", created_by=alice), 1, uploaded_by=alice)
+    create_environment("team-b-prod", actor=actor)
+    deployment, rollout, _ = deploy("fraud", "team-b-prod", 1, actor=actor)
+    vera = UserFactory(username="vera")
+    RoleBinding.objects.create(user=vera, role=Role.DEPLOYER, environment=create_environment("team-c-dev", actor=actor))
+    return vera, deployment, rollout
+
+
+def test_a_write_to_another_teams_object_through_the_api_is_audited_without_naming_it(other_teams_rollout):
+    vera, _, rollout = other_teams_rollout
+    client = bearer_client(create_token(vera, "ci", actor=Actor(user=vera)).raw)
+    for url in (f"/api/v1/rollouts/{rollout.pk}/abort/", "/api/v1/rollouts/999999/abort/"):
+        assert client.post(url, {}, format="json").status_code == 404
+        event = AuditEvent.objects.filter(actor="vera (token: ci)").latest("id")
+        assert (event.action, event.outcome) == ("rollout.abort", "invalid")
+        assert event.message.startswith(f"404 POST {url}") and event.target_repr == ""
+    assert client.get(f"/api/v1/rollouts/{rollout.pk}/").status_code == 404  # a read changes nothing: not recorded
+    assert AuditEvent.objects.filter(actor="vera (token: ci)").count() == 2
