@@ -15,9 +15,9 @@ from django.utils.deprecation import MiddlewareMixin
 from django_htmx.http import HttpResponseClientRedirect
 
 from controlplane import access
-from controlplane.audit import Actor
+from controlplane.audit import Actor, record_refusal, target_of_request
 from controlplane.errors import ServiceError
-from controlplane.models import Role
+from controlplane.models import Outcome, Role
 from controlplane.web import HTMX_STOP_POLLING
 from registry.uploads import read_browser_form
 
@@ -107,6 +107,9 @@ class ServiceErrorPagesMiddleware(MiddlewareMixin):
     """
 
     def process_exception(self, request, exception):
+        if isinstance(exception, Http404) and request.method == "POST":
+            _record_not_found(request, exception)
+            return None  # Django's 404 page answers
         if not isinstance(exception, ServiceError):
             return None
         if getattr(request, "htmx", False):
@@ -117,6 +120,19 @@ class ServiceErrorPagesMiddleware(MiddlewareMixin):
                 response.status_code = HTMX_STOP_POLLING
             return response
         return refusal_page(request, exception)
+
+
+def _record_not_found(request, exception: Http404) -> None:
+    """A form sent to an object that is not there, or is another team's: a refused attempt like any other."""
+    actor = Actor.from_request(request)
+    match = getattr(request, "resolver_match", None)
+    record_refusal(
+        f"page.{match.url_name}" if match and match.url_name else "page",
+        actor=actor,
+        target=target_of_request(request, actor),
+        outcome=Outcome.INVALID,
+        message=f"404 {request.method} {request.path[:200]}: {exception or 'not found'}",
+    )
 
 
 def refusal_page(request, exc: ServiceError, template: str = "refused.html"):

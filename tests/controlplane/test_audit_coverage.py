@@ -224,3 +224,20 @@ def test_a_write_to_another_teams_object_through_the_api_is_audited_without_nami
         assert event.message.startswith(f"404 POST {url}") and event.target_repr == ""
     assert client.get(f"/api/v1/rollouts/{rollout.pk}/").status_code == 404  # a read changes nothing: not recorded
     assert AuditEvent.objects.filter(actor="vera (token: ci)").count() == 2
+
+
+def test_a_form_sent_to_another_teams_object_is_audited_without_naming_it(other_teams_rollout):
+    vera, deployment, rollout = other_teams_rollout
+    browser = Client()
+    browser.force_login(vera)
+    for url, action in (
+        (f"/deployments/{deployment.pk}/rollback/", "page.deployment-rollback"),
+        (f"/rollouts/{rollout.pk}/abort/", "page.rollout-action"),
+        ("/approvals/999999/approve/", "page.approval-decide"),
+    ):
+        assert browser.post(url, {"reason": "mine now"}).status_code == 404
+        event = AuditEvent.objects.filter(actor="vera").latest("id")
+        assert (event.action, event.outcome) == (action, "invalid")
+        assert event.message.startswith(f"404 POST {url}") and event.target_repr == ""
+    assert browser.get(f"/deployments/{deployment.pk}/").status_code == 404  # a read changes nothing: not recorded
+    assert AuditEvent.objects.filter(actor="vera", outcome="invalid").count() == 3
