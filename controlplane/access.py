@@ -237,7 +237,10 @@ def audit_scope(queryset: QuerySet, actor: Actor) -> QuerySet:
     names = list(Environment.objects.filter(pk__in=environment_ids(actor)).values_list("name", flat=True))
     visible = Q(environment__in=names)
     if actor.user is not None:
-        visible |= Q(actor_user_id=actor.user.pk)
+        own = Q(actor_user_id=actor.user.pk)
+        if grants(actor).token_environments is not None:  # a token limited to some environments reads no other's
+            own &= Q(environment="")
+        visible |= own
     if grants(actor).best_rank() > 0:  # the registry's events; refused attempts are their actors' (and auditors')
         refused = Q(outcome__in=(Outcome.DENIED, Outcome.INVALID))
         visible |= Q(environment="", target_type__in=REGISTRY_TARGETS) & ~refused

@@ -229,3 +229,11 @@ def test_a_token_makes_no_token_that_reaches_further_than_itself(tess):
     assert not APIToken.objects.filter(name__in=("wider", "elsewhere", "forever", "longer")).exists()
     refused = AuditEvent.objects.filter(action="token.create", outcome="denied")
     assert refused.count() == 4
+
+
+def test_a_token_limited_to_x_reads_none_of_its_users_own_events_elsewhere(tess):
+    services.update_environment(Environment.objects.get(name="y"), actor=Actor(user=tess), description="y's secrets")
+    client = token(tess, "admin", environments=["x"])
+    assert client.get("/api/v1/audit/?environment=y").json()["count"] == 0
+    assert client.get("/api/v1/audit/export/?environment=y").getvalue() == b""
+    assert token(tess, "read").get("/api/v1/audit/?environment=y").json()["count"] > 0  # not limited: reads y
