@@ -94,18 +94,21 @@ def describe(obj: Any) -> tuple[str, str, str]:
     return kind, str(obj.pk), str(obj)[:300]
 
 
-def _as_json(*values: Any) -> list[Any]:
-    """Each value as reading the row back will give it, so the hash recomputes.
+def _as_stored(before: Any, after: Any, source_ip: str | None) -> tuple[Any, Any, str | None]:
+    """`before`, `after` and `source_ip` as reading the row back will give them, so the hash recomputes.
 
-    On PostgreSQL that is as jsonb gives it back: it keeps numbers as numeric, so the float 1e16 comes
-    back as the integer 10000000000000000 and -0.0 as 0.0; the database itself says what it will give.
+    On PostgreSQL that is as the database gives them back: jsonb keeps numbers as numeric (the float 1e16
+    comes back as the integer 10000000000000000, -0.0 as 0.0) and inet writes addresses its own way
+    (2001:DB8:0::1 comes back as 2001:db8::1); the database itself says what it will give.
     """
-    texts = [None if value is None else json.dumps(value, default=str) for value in values]
-    if connection.vendor == "postgresql" and any(text is not None for text in texts):
+    texts = [None if value is None else json.dumps(value, default=str) for value in (before, after)]
+    source_ip = AuditEvent._meta.get_field("source_ip").get_prep_value(source_ip) or None  # as saving would
+    if connection.vendor == "postgresql" and (source_ip or any(text is not None for text in texts)):
         with connection.cursor() as cursor:
-            cursor.execute("SELECT " + ", ".join(["%s::jsonb::text"] * len(texts)), texts)
-            texts = cursor.fetchone()
-    return [None if text is None else json.loads(text) for text in texts]
+            cursor.execute("SELECT %s::jsonb::text, %s::jsonb::text, host(%s::inet)", [*texts, source_ip])
+            *texts, source_ip = cursor.fetchone()
+    before, after = (None if text is None else json.loads(text) for text in texts)
+    return before, after, source_ip
 
 
 def record(
@@ -125,7 +128,7 @@ def record(
     log can be read per environment.
     """
     target_type, target_id, target_repr = describe(target)
-    before, after = _as_json(before, after)
+    before, after, source_ip = _as_stored(before, after, actor.source_ip)
     with transaction.atomic():
         _lock_chain()
         last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
@@ -143,7 +146,7 @@ def record(
             outcome=outcome,
             message=message,
             request_id=actor.request_id,
-            source_ip=actor.source_ip,
+            source_ip=source_ip,
             prev_hash=last or GENESIS_HASH,
         )
         event.hash = event.compute_hash()

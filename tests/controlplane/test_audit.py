@@ -132,3 +132,15 @@ def test_a_float_that_jsonb_gives_back_written_another_way_still_verifies(api, a
     assert AuditEvent.objects.filter(action="environment.update").count() == 1
     assert verify_chain() is None
     call_command("verify_audit")
+
+
+@pytest.mark.parametrize(
+    ("address", "stored"),
+    [("2001:DB8:0:0::1", "2001:db8::1"), ("::FFFF:192.0.2.1", "::ffff:192.0.2.1"), ("fe80::1%eth0", "fe80::1")],
+)
+def test_an_address_the_database_writes_its_own_way_still_verifies(api, address, stored):
+    """PostgreSQL's inet gives an IPv6 address back in its own spelling; a link-local peer comes with its zone."""
+    assert api.post("/api/v1/models/", {"name": "iris"}, format="json", REMOTE_ADDR=address).status_code == 201
+    event = AuditEvent.objects.get(action="model.create")
+    assert event.source_ip == stored
+    assert verify_chain() is None
