@@ -111,6 +111,11 @@ def _as_stored(before: Any, after: Any, source_ip: str | None) -> tuple[Any, Any
     return before, after, source_ip
 
 
+def _text(value: str) -> str:
+    # PostgreSQL's text holds no NUL byte; a refused request's URL or echoed input may, and must still be recorded.
+    return value.replace("\x00", "\ufffd")
+
+
 def record(
     action: str,
     *,
@@ -127,7 +132,7 @@ def record(
     `environment` names the environment the event concerns (a deployment's, a rollout's), so the
     log can be read per environment.
     """
-    target_type, target_id, target_repr = describe(target)
+    target_type, target_id, target_repr = (_text(part) for part in describe(target))
     before, after, source_ip = _as_stored(before, after, actor.source_ip)
     with transaction.atomic():
         _lock_chain()
@@ -144,7 +149,7 @@ def record(
             before=before,
             after=after,
             outcome=outcome,
-            message=message,
+            message=_text(message),
             request_id=actor.request_id,
             source_ip=source_ip,
             prev_hash=last or GENESIS_HASH,

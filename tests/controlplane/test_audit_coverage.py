@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group
 from django.test import Client, RequestFactory
 from django.urls import resolve
 
-from controlplane.audit import Actor, target_of_request
+from controlplane.audit import Actor, target_of_request, verify_chain
 from controlplane.models import AuditEvent, Role, RoleBinding
 from controlplane.tokens import create_token
 from deployments.services import create_environment, deploy
@@ -241,3 +241,15 @@ def test_a_form_sent_to_another_teams_object_is_audited_without_naming_it(other_
         assert event.message.startswith(f"404 POST {url}") and event.target_repr == ""
     assert browser.get(f"/deployments/{deployment.pk}/").status_code == 404  # a read changes nothing: not recorded
     assert AuditEvent.objects.filter(actor="vera", outcome="invalid").count() == 3
+
+
+def test_a_refused_attempt_with_a_nul_byte_in_its_url_or_input_is_recorded(api, anonymous_api):
+    """PostgreSQL's text holds no NUL: the event was refused by the database and the refusal went unrecorded."""
+    assert anonymous_api.post("/api/v1/models/a%00b/versions/", {}, format="json").status_code == 401
+    unknown = AuditEvent.objects.get(outcome="denied")
+    assert unknown.message.startswith("401 POST /api/v1/models/a%00b/versions/")
+    assert unknown.target_repr == "a\ufffdb"  # the model its URL named
+    assert api.post("/api/v1/tokens/", {"name": "t", "scope": "\x00root"}, format="json").status_code == 400
+    invalid = AuditEvent.objects.get(action="token.create", outcome="invalid")
+    assert '"\ufffdroot" is not a scope' in invalid.message
+    assert verify_chain() is None
