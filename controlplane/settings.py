@@ -349,6 +349,8 @@ AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 # Not reset on success: a successful log-in clears its address's failures too, which would let anyone with
 # an account guess another account's password forever (fail, fail, log in as oneself, repeat).
 AXES_RESET_ON_SUCCESS = False
+# django-axes keeps a failed try's form: its defaults, and the password change page's fields, are masked there.
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "old_password", "new_password1", "new_password2"]
 AXES_DISABLE_ACCESS_LOG = True  # successful log-ins need no second log beside the audit log
 AXES_HTTP_RESPONSE_CODE = 429
 

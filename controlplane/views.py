@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+from axes.handlers.proxy import AxesProxyHandler
 from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordChangeForm
@@ -20,6 +21,7 @@ from controlplane import access, services, tokens
 from controlplane.audit import Actor, check_chain, record_refusal
 from controlplane.errors import Forbidden, ServiceError
 from controlplane.filtersets import AuditEventFilterSet
+from controlplane.logins import lockout_response
 from controlplane.models import APIToken, AuditEvent, Outcome, TokenScope
 from controlplane.web import paginate, refuse
 
@@ -76,6 +78,10 @@ def password_change(request):
     form = PasswordChangeForm(request.user, request.POST if request.method == "POST" else None)
     if request.method == "POST":
         actor = Actor.from_request(request)
+        # The current password is checked as a log-in checks it: wrong ones count towards the same lockout.
+        credentials = {"username": request.user.get_username()}
+        if not AxesProxyHandler.is_allowed(request, credentials):
+            return lockout_response(request, credentials=credentials)
         if not form.is_valid():
             # Which fields were refused, never what was typed in them.
             refused = "; ".join(
@@ -89,6 +95,8 @@ def password_change(request):
                 outcome=Outcome.INVALID,
                 message=f"400 POST {request.path}: {refused}",
             )
+            if form.has_error("old_password", "password_incorrect"):  # at the limit, django-axes answers 429
+                AxesProxyHandler.user_login_failed(__name__, credentials, request)
             return render(request, "registration/password_change.html", {"form": form}, status=400)
         services.change_password(request.user, form.cleaned_data["new_password1"], actor=actor)
         update_session_auth_hash(request, request.user)

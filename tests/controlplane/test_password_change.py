@@ -9,6 +9,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 import pytest
+from axes.models import AccessAttempt
 from django.test import Client
 
 from controlplane.models import AuditEvent
@@ -114,3 +115,21 @@ def test_the_admin_sites_change_password_link_leads_to_the_audited_page(db):
     assert 'href="/admin/password_change/"' in admin_page
     response = client.get("/admin/password_change/")
     assert response.status_code == 302 and response["Location"] == "/account/password/"
+
+
+def test_guessing_the_current_password_counts_towards_the_log_in_lockout(browser, alice, settings):
+    """A session left open must not be a way to guess the password without limit: the log-in form locks after 5."""
+    for guess in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert change(browser, f"guess {guess}", NEW).status_code == 400
+    locked = change(browser, "one guess too many", NEW)
+    assert locked.status_code == 429 and "Retry-After" in locked
+    assert change(browser, PASSWORD, NEW).status_code == 429  # the right one too, until the lockout ends
+    log_in = urlencode({"username": "alice", "password": PASSWORD})
+    assert Client().post("/login/", log_in, content_type="application/x-www-form-urlencoded").status_code == 429
+    alice.refresh_from_db()
+    assert alice.check_password(PASSWORD)
+    refused = AuditEvent.objects.filter(action="user.password_change").values_list("outcome", flat=True)
+    assert list(refused) == ["invalid"] * settings.AXES_FAILURE_LIMIT
+    assert AuditEvent.objects.filter(action="login.locked_out").count() == 3  # the last guess, and each try after
+    stored = str(list(AccessAttempt.objects.values_list("post_data", flat=True)))
+    assert "guess" not in stored and NEW not in stored  # nothing typed in the form is kept
