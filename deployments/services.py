@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from controlplane import access
 from controlplane.audit import Actor, record
-from controlplane.errors import Conflict, InvalidInput, NotFound
+from controlplane.errors import Conflict, Forbidden, InvalidInput, NotFound
 from controlplane.models import Outcome, Role
 from controlplane.states import compare_and_set
 from deployments import approvals
@@ -165,6 +165,16 @@ def cancel_build(build: ImageBuild, *, actor: Actor) -> ImageBuild:
         locked = ImageBuild.objects.select_for_update().get(pk=build.pk)
         if locked.status not in BUILD_ACTIVE:
             raise Conflict(f"{locked} is already {locked.status}; only a queued or running build can be cancelled.")
+        # A rollout waiting for the build fails when it is cancelled: only someone who may abort it may.
+        waiting = Rollout.objects.filter(release__build=locked, state__in=ROLLOUT_ACTIVE)
+        if any(
+            not access.can(actor, Role.DEPLOYER, rollout.deployment.environment)
+            for rollout in waiting.select_related("deployment__environment")
+        ):
+            raise Forbidden(
+                "Rollouts that you may not abort wait for this build, and would fail if it were cancelled: "
+                "ask a deployer of their environment to abort them, or to cancel the build."
+            )
         before = locked.status
         transition(locked.pk, before, BuildStatus.CANCELLED, finished_at=timezone.now())
         locked.refresh_from_db()

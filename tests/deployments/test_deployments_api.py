@@ -6,10 +6,13 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from controlplane.models import AuditEvent
-from deployments.models import Deployment, Environment, Release, Rollout
+from controlplane.audit import Actor
+from controlplane.models import AuditEvent, Role, RoleBinding
+from controlplane.tokens import create_token
+from deployments.models import BuildStatus, Deployment, Environment, ImageBuild, Release, Rollout, RolloutState
 from registry.models import Model
-from tests.factories import bulk_versions
+from tests.conftest import bearer_client
+from tests.factories import UserFactory, bulk_versions
 
 
 @pytest.fixture
@@ -184,3 +187,26 @@ def test_concurrent_deploys_give_one_winner_and_409s(worker, alice, alice_token)
     assert sorted(codes) == [201, 409, 409, 409]
     assert Deployment.objects.count() == 1
     assert Rollout.objects.count() == 1 and Release.objects.count() == 1
+
+
+def test_a_build_another_teams_rollout_waits_for_is_cancelled_only_by_who_may_abort_it(api, dev, versions):
+    """The registry's builds are shared; a rollout in BUILDING fails when its build is cancelled."""
+    assert api.post("/api/v1/environments/", {"name": "prod"}, format="json").status_code == 201
+    response = api.post("/api/v1/deployments/", {"model": "iris", "environment": "prod", "version": 1}, format="json")
+    rollout = Rollout.objects.get(pk=response.json()["rollout"]["id"])
+    build = ImageBuild.objects.create(
+        model_version=versions[0], variant="cpu", base_image="base", runtime_version="1", image_ref="r/slipway/iris:v1"
+    )
+    Release.objects.filter(pk=rollout.release_id).update(build=build)
+    Rollout.objects.filter(pk=rollout.pk).update(state=RolloutState.BUILDING)
+    dora = UserFactory(username="dora")
+    RoleBinding.objects.create(user=dora, environment=dev, role=Role.DEPLOYER)
+    client = bearer_client(create_token(dora, "ci", actor=Actor(user=dora)).raw)
+
+    assert client.post(f"/api/v1/rollouts/{rollout.pk}/abort/").status_code == 404  # prod is not hers
+    refused = client.post(f"/api/v1/builds/{build.pk}/cancel/")
+    assert refused.status_code == 403, refused.json()
+    assert "wait for this build" in refused.json()["error"] and "prod" not in refused.json()["error"]
+    assert ImageBuild.objects.get(pk=build.pk).status == BuildStatus.QUEUED
+    assert AuditEvent.objects.filter(action="image_build.cancel", outcome="denied", actor="dora (token: ci)").exists()
+    assert api.post(f"/api/v1/builds/{build.pk}/cancel/").status_code == 200  # alice deploys in prod
