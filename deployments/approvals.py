@@ -137,6 +137,7 @@ def decide(request: ApprovalRequest, *, actor: Actor, decision: str, comment: st
         expire(request.pk)
         request.refresh_from_db()
     with transaction.atomic():
+        _lock_rollout(request.rollout_id)
         locked = ApprovalRequest.objects.select_for_update().select_related("environment").get(pk=request.pk)
         if locked.state != ApprovalState.PENDING:
             when = f" at {locked.decided_at:%Y-%m-%d %H:%M} UTC" if locked.decided_at else ""
@@ -266,9 +267,17 @@ def _move(rollout: Rollout, fields: dict, message: str) -> None:
     )
 
 
+def _lock_rollout(rollout_id: int) -> None:
+    """Its rollout first, as aborting it takes it (then its requests, then the audit chain's lock): taken
+    the other way round, a decision and an abort of the same rollout at the same moment deadlocked."""
+    Rollout.objects.select_for_update(of=("self",)).filter(pk=rollout_id).first()
+
+
 def expire(request_id: int) -> bool:
     """End a pending request whose time is up (and its rollout). True when this call expired it."""
+    rollout_id = ApprovalRequest.objects.filter(pk=request_id).values_list("rollout_id", flat=True).first()
     with transaction.atomic():
+        _lock_rollout(rollout_id)
         request = (
             ApprovalRequest.objects.select_for_update()
             .select_related("environment")
