@@ -67,7 +67,9 @@ ensure_docker() {
   command -v dockerd >/dev/null || _apt_install docker.io
   command -v docker >/dev/null || _apt_install docker.io
   echo "Starting the Docker daemon..." >&2
-  _as_root sh -c 'nohup dockerd --data-root /var/lib/docker --host unix:///var/run/docker.sock >/var/log/slipway-dockerd.log 2>&1 &'
+  # A machine's daemon, not this run's: in a session of its own, so that nothing stopping this shell's
+  # process group (a Ctrl-C, a job runner ending) takes it down under a later run.
+  _as_root setsid sh -c 'nohup dockerd --data-root /var/lib/docker --host unix:///var/run/docker.sock >/var/log/slipway-dockerd.log 2>&1 &'
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && return; sleep 0.5; done
   echo "The Docker daemon did not start; see /var/log/slipway-dockerd.log" >&2
   return 1
