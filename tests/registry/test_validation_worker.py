@@ -61,6 +61,18 @@ def test_a_signature_the_model_does_not_accept_is_rejected_with_a_reason(api, wo
     assert "[-1, 5]" in version.rejection_reason
 
 
+def _validated_scripted(api, tmp_path, module):
+    """`module` scripted, uploaded as iris v1 with an x [-1, 4] signature, and validated by the worker."""
+    import torch
+
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(module), str(path))
+    api.post("/api/v1/models/", {"name": "iris"}, format="json")
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    assert _upload(api, "iris", path, signature=json.dumps(signature)).status_code == 201
+    return _settled("iris", 1)
+
+
 def test_an_output_name_that_cannot_be_stored_is_rejected_not_left_validating(api, worker, tmp_path):
     """The outputs' names come from the model (the keys of the dict forward() returns); one with a NUL,
     which PostgreSQL refuses, failed the task at every try and the version stayed 'validating'."""
@@ -70,12 +82,7 @@ def test_an_output_name_that_cannot_be_stored_is_rejected_not_left_validating(ap
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"lo\x00gits": x}
 
-    path = tmp_path / "nul.pt"
-    torch.jit.save(torch.jit.script(NulKey()), str(path))
-    api.post("/api/v1/models/", {"name": "iris"}, format="json")
-    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
-    assert _upload(api, "iris", path, signature=json.dumps(signature)).status_code == 201
-    version = _settled("iris", 1)
+    version = _validated_scripted(api, tmp_path, NulKey())
     assert version.status == "rejected"
     assert "NUL" in version.rejection_reason and "outputs[0].name" in version.rejection_reason
 
@@ -94,11 +101,6 @@ def test_a_parameter_count_past_what_can_be_stored_is_rejected_not_left_validati
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * 2
 
-    path = tmp_path / "expanded.pt"
-    torch.jit.save(torch.jit.script(Expanded()), str(path))
-    api.post("/api/v1/models/", {"name": "iris"}, format="json")
-    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
-    assert _upload(api, "iris", path, signature=json.dumps(signature)).status_code == 201
-    version = _settled("iris", 1)
+    version = _validated_scripted(api, tmp_path, Expanded())
     assert version.status == "rejected"
     assert "13835058055282163712 parameters" in version.rejection_reason
