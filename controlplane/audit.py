@@ -9,6 +9,7 @@ transaction of their own.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,26 +235,73 @@ def _lock_chain() -> None:
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """An event's id and hash, written down outside the database: the chain must still hold it."""
+
+    id: int
+    hash: str
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        event_id, _, digest = text.strip().partition(":")
+        if not event_id.isdecimal() or re.fullmatch(r"[0-9a-f]{64}", digest) is None:
+            raise ValueError(
+                f"{text!r} is not an anchor: give ID:HASH, the event id and its 64-hex-digit hash, "
+                "as verify_audit printed them (e.g. 1234:9f86d0...)."
+            )
+        return cls(int(event_id), digest)
+
+    def __str__(self) -> str:
+        return f"{self.id}:{self.hash}"
+
+
+@dataclass(frozen=True)
 class ChainReport:
     """What a walk along the chain found: how far it held, and where it broke if it did."""
 
     checked: int  # rows found intact (all of them when the chain holds)
     last_hash: str  # the hash of the last intact row; GENESIS_HASH for an empty log
     broken: AuditEvent | None  # the first row whose hash or link is wrong
+    last_id: int | None = None  # the last intact row's id; None for an empty log
+    anchor_problem: str = ""  # why the anchor asked for does not hold, when the chain itself does
 
     @property
     def ok(self) -> bool:
-        return self.broken is None
+        return self.broken is None and not self.anchor_problem
+
+    @property
+    def head(self) -> Anchor | None:
+        """The anchor to write down now, so that a later check sees the log cut back or rewritten."""
+        return None if self.last_id is None else Anchor(self.last_id, self.last_hash)
 
 
-def check_chain(batch_size: int = 5000) -> ChainReport:
-    """Recompute every row's hash, oldest first, and stop at the first row that does not match."""
-    expected_prev, checked = GENESIS_HASH, 0
+def check_chain(batch_size: int = 5000, anchor: Anchor | None = None) -> ChainReport:
+    """Recompute every row's hash, oldest first, and stop at the first row that does not match.
+
+    A chain cut back from its end, or rewritten whole with fresh hashes by someone who can switch
+    the trigger off, still links up; an anchor recorded earlier (`ChainReport.head`) catches both.
+    """
+    expected_prev, checked, last_id, anchored = GENESIS_HASH, 0, None, anchor is None
     for event in AuditEvent.objects.order_by("id").iterator(chunk_size=batch_size):
         if event.prev_hash != expected_prev or event.compute_hash() != event.hash:
-            return ChainReport(checked, expected_prev, event)
-        expected_prev, checked = event.hash, checked + 1
-    return ChainReport(checked, expected_prev, None)
+            return ChainReport(checked, expected_prev, event, last_id)
+        if anchor is not None and event.id == anchor.id:
+            if event.hash != anchor.hash:
+                problem = (
+                    f"event #{event.id} no longer has the hash recorded for it: the log was rewritten "
+                    "up to there (its hashes recomputed). Compare exports or backups from before."
+                )
+                return ChainReport(checked, expected_prev, None, last_id, problem)
+            anchored = True
+        expected_prev, checked, last_id = event.hash, checked + 1, event.id
+    problem = ""
+    if not anchored:
+        problem = (
+            f"event #{anchor.id}, recorded as an anchor, is gone: the log was cut back past it (its last "
+            f"{'event is #' + str(last_id) if last_id is not None else 'event is gone too'}). "
+            "Compare exports or backups from before."
+        )
+    return ChainReport(checked, expected_prev, None, last_id, problem)
 
 
 def verify_chain(batch_size: int = 5000) -> AuditEvent | None:

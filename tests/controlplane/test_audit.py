@@ -71,6 +71,64 @@ def test_verify_audit_notices_a_deleted_row(alice):
     assert broken is not None and broken.id == events[2].id
 
 
+def _as_table_owner(*statements: tuple[str, list]) -> None:
+    """Tampering needs the table owner to switch the append-only trigger off first."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE controlplane_auditevent DISABLE TRIGGER audit_no_update_delete")
+        for sql, params in statements:
+            cursor.execute(sql, params)
+        cursor.execute("ALTER TABLE controlplane_auditevent ENABLE TRIGGER audit_no_update_delete")
+
+
+def _head(capsys) -> str:
+    call_command("verify_audit")
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("head: ")]
+    return line.removeprefix("head: ")
+
+
+def test_an_anchor_written_down_earlier_shows_the_log_cut_back_past_it(alice, capsys):
+    events = _events(5, Actor(user=alice))
+    anchor = _head(capsys)
+    assert anchor == f"{events[-1].id}:{events[-1].hash}"
+    call_command("verify_audit", anchor=anchor)  # nothing changed: holds
+    _events(2, Actor(user=alice))
+    call_command("verify_audit", anchor=anchor)  # appended to: still holds
+
+    # The last rows removed: what is left still links up, so only the anchor can tell.
+    _as_table_owner(("DELETE FROM controlplane_auditevent WHERE id >= %s", [events[3].id]))
+    call_command("verify_audit")
+    with pytest.raises(CommandError, match=f"event #{events[-1].id}, recorded as an anchor, is gone"):
+        call_command("verify_audit", anchor=anchor)
+
+
+def test_an_anchor_shows_a_log_rewritten_with_fresh_hashes(alice, capsys):
+    events = _events(3, Actor(user=alice))
+    anchor = _head(capsys)
+    # Someone with the table owner's rights changes a row and recomputes every hash from there on.
+    first = AuditEvent.objects.get(pk=events[1].pk)
+    first.after = {"i": 99}
+    rewritten, prev = [], events[0].hash
+    for event in [first, *AuditEvent.objects.filter(id__gt=first.id).order_by("id")]:
+        event.prev_hash = prev
+        event.hash = prev = event.compute_hash()
+        rewritten.append(
+            (
+                "UPDATE controlplane_auditevent SET after = %s, prev_hash = %s, hash = %s WHERE id = %s",
+                [json.dumps(event.after), event.prev_hash, event.hash, event.id],
+            )
+        )
+    _as_table_owner(*rewritten)
+    call_command("verify_audit")  # the chain alone cannot tell
+    with pytest.raises(CommandError, match=f"event #{events[-1].id} no longer has the hash recorded for it"):
+        call_command("verify_audit", anchor=anchor)
+
+
+@pytest.mark.parametrize("anchor", ["12", "12:abc", "x:" + "0" * 64, "12:" + "G" * 64])
+def test_an_anchor_that_is_not_one_says_what_to_give(anchor):
+    with pytest.raises(CommandError, match="give ID:HASH"):
+        call_command("verify_audit", anchor=anchor)
+
+
 def test_the_hash_covers_the_environment_but_rows_without_one_hash_as_before(alice):
     plain, tagged = (
         record("test.event", actor=Actor(user=alice), after={"i": 1}),
