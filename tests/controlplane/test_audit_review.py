@@ -258,7 +258,7 @@ def test_the_page_checks_the_chain_only_when_asked(client, alice, estate):
     panel = client.get("/audit/verify/", HTTP_HX_REQUEST="true").content.decode()
     last = AuditEvent.objects.order_by("-id").first()
     assert f"{AuditEvent.objects.count()} events checked" in panel
-    assert f"head <code class=\"anchor\">{last.id}:{last.hash}</code>" in panel and "Chain intact" in panel
+    assert f'head <code class="anchor">{last.id}:{last.hash}</code>' in panel and "Chain intact" in panel
 
 
 def test_the_chain_check_names_the_tampered_event_and_links_to_it(client, alice, estate):
