@@ -76,9 +76,10 @@ ensure_docker() {
 }
 
 ensure_registry() {
-  command -v htpasswd >/dev/null || _apt_install apache2-utils  # the tests' registry with a password
-  if [ -n "${SLIPWAY_REGISTRY:-}" ]; then return; fi
+  # The tests' registry with a password is a docker-registry of their own, whichever registry the rest use.
+  command -v htpasswd >/dev/null || _apt_install apache2-utils
   command -v docker-registry >/dev/null || _apt_install docker-registry
+  if [ -n "${SLIPWAY_REGISTRY:-}" ]; then return; fi
   local dir; dir=$(mktemp -d /tmp/slipway-registry.XXXXXX)
   local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%s\n' \
