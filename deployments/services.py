@@ -78,6 +78,7 @@ def request_build(version: ModelVersion, *, actor: Actor, variant: str | None = 
     ref = image_ref(settings.SLIPWAY_REGISTRY, version.model.name, version.version, version.sha256, variant)
     try:
         with transaction.atomic():
+            _lock_version(version, "build was being requested", "build")
             build = ImageBuild.objects.create(
                 model_version=version,
                 variant=variant,
@@ -100,6 +101,28 @@ def request_build(version: ModelVersion, *, actor: Actor, variant: str | None = 
             raise
         return existing, False
     return build, True
+
+
+def _lock_version(version: ModelVersion, happening: str, verb: str) -> ModelVersion:
+    """Hold `version`'s row until the transaction ends, before writing a build or release that refers to it.
+
+    registry.services.delete_version locks the row FOR UPDATE, then checks that nothing refers to it: this lock
+    waits for a delete in progress (which then leaves nothing to lock: a clear refusal, not a foreign-key
+    error at commit), and makes a delete that comes later wait until what refers to the version is committed
+    (it then finds it, and refuses). NO KEY: two builds or deploys of one version only wait for each other.
+    """
+    locked = (
+        ModelVersion.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("model")
+        .filter(pk=version.pk)
+        .first()
+    )
+    if locked is None:
+        raise Conflict(
+            f"{version} was deleted while this {happening}: {verb} another version of {version.model.name}.",
+            target=("model_version", version.pk, str(version)),
+        )
+    return locked
 
 
 def _live_build(version: ModelVersion, runtime: str, base_image: str) -> ImageBuild | None:
@@ -461,6 +484,8 @@ def _start(
             f"{model_version} is {model_version.status}: only a ready version can be deployed.", target=model_version
         )
     with transaction.atomic():
+        # First, before the deployment's lock (every writer takes the version's, then the deployment's).
+        _lock_version(model_version, f"{kind} was being started", "deploy")
         # Created in the same transaction as its first rollout: a refused deploy leaves no deployment,
         # and of two first deploys racing, the one that creates the deployment is the one that wins.
         deployment, created = _deployment_for(env, model_version, actor)

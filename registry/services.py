@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from controlplane import access
 from controlplane.audit import Actor, record
-from controlplane.errors import Conflict, InvalidInput
+from controlplane.errors import Conflict, InvalidInput, NotFound
 from controlplane.models import Role
 from controlplane.states import compare_and_set
 from registry import uploads
@@ -336,7 +336,13 @@ def delete_version(version: ModelVersion, *, actor: Actor) -> None:
     name = version.artifact.name
     try:
         with transaction.atomic():
-            locked = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+            # Only the version's row: a deploy that creates a deployment of the model needs the model's row
+            # (for its foreign key) while it holds the version's lock (deployments.services._lock_version).
+            locked = (
+                ModelVersion.objects.select_for_update(of=("self",)).select_related("model").filter(pk=version.pk)
+            ).first()
+            if locked is None:
+                raise NotFound(f"{version} was deleted already (by someone else, a moment ago).")
             snapshot = {"version": locked.version, "sha256": locked.sha256, "status": locked.status}
             record("model_version.delete", actor=actor, target=locked, before=snapshot)
             locked.delete()
