@@ -63,6 +63,8 @@ INSTALLED_APPS = [
     "django_filters",
     "django_htmx",
     "csp",
+    # Before axes: its same-named commands that lift a log-in lockout, audited (see its __init__).
+    "controlplane.axes_commands",
     "axes",
     "controlplane",
     "registry",

@@ -5,6 +5,7 @@ A lockout answers 429 with when to retry, and each refused try is in the audit l
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from controlplane.models import AuditEvent
@@ -127,3 +129,70 @@ def test_the_limits_come_from_the_environment_and_a_bad_value_stops_start_up():
     done = subprocess.run([sys.executable, "-c", read], env=bad, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0
     assert "SLIPWAY_LOGIN_MAX_ATTEMPTS=0 must be at least 1" in done.stderr
+
+
+# --- Lifting a lockout from the command line, as the README says, is audited --------------
+def test_axes_reset_username_lifts_the_lockout_and_records_who_lifted_what(alice):
+    for _ in range(3):
+        log_in("alice", "guess")
+    assert log_in("alice", PASSWORD).status_code == 429
+    out = io.StringIO()
+    call_command("axes_reset_username", "alice", stdout=out)
+    assert out.getvalue().splitlines() == [
+        "1 attempts removed.",  # django-axes' wording: one record, of 3 failures
+        "Lockouts lifted: address 192.0.2.10, username 'alice'.",
+        "Recorded in the audit log as login.lockout_reset.",
+    ]
+    assert log_in("alice", PASSWORD).status_code == 302
+
+    event = AuditEvent.objects.get(action="login.lockout_reset")
+    assert (event.actor, event.outcome, event.target_type, event.target_id, event.target_repr) == (
+        "system",
+        "success",
+        "user",
+        str(alice.pk),
+        "alice",
+    )
+    assert event.after == {
+        "username": "alice",
+        "ip_address": None,
+        "attempts_removed": 1,
+        "lockouts_lifted": ["ip_address:192.0.2.10", "username:alice"],
+    }
+    assert event.message.startswith("python manage.py axes_reset_username alice, run by OS user ")
+    assert event.message.endswith(
+        ": lifted 2 lockouts (address 192.0.2.10, username 'alice'); removed 1 record of failed log-ins "
+        "of username 'alice'"
+    )
+
+
+def test_axes_reset_ip_and_axes_reset_are_audited_too(alice):
+    for name in ("root", "admin", "ops"):
+        log_in(name, "guess", address="203.0.113.5")
+    log_in("bob", "guess", address="203.0.113.6")
+    assert log_in("alice", PASSWORD, address="203.0.113.5").status_code == 429
+    call_command("axes_reset_ip", "203.0.113.5", stdout=io.StringIO())
+    assert log_in("alice", PASSWORD, address="203.0.113.5").status_code == 302
+    by_ip = AuditEvent.objects.get(action="login.lockout_reset")
+    assert (by_ip.target_type, by_ip.target_repr) == ("ip_address", "203.0.113.5")
+    assert by_ip.after["attempts_removed"] == 3 and by_ip.after["lockouts_lifted"] == ["ip_address:203.0.113.5"]
+
+    out = io.StringIO()
+    call_command("axes_reset", stdout=out)
+    assert out.getvalue().splitlines()[0] == "1 attempts removed."  # bob's one failure, no lockout
+    everyone = AuditEvent.objects.filter(action="login.lockout_reset").latest("id")
+    assert everyone.target_repr == "every username and address"
+    assert everyone.message.endswith(": lifted 0 lockouts; removed 1 record of failed log-ins (all of them)")
+
+
+def test_an_empty_username_or_a_bad_address_lifts_nothing_and_the_refusal_is_recorded(alice):
+    for _ in range(3):
+        log_in("alice", "guess")
+    # django-axes' own command would read "" as no filter at all, and lift every lockout there is.
+    with pytest.raises(CommandError, match="The username is empty"):
+        call_command("axes_reset_username", "", stdout=io.StringIO())
+    with pytest.raises(CommandError, match=r"'192\.0\.2' is not an IP address: give it as the login\.locked_out"):
+        call_command("axes_reset_ip", "192.0.2", stdout=io.StringIO())
+    assert log_in("alice", PASSWORD).status_code == 429
+    refusals = AuditEvent.objects.filter(action="login.lockout_reset").order_by("id")
+    assert [(e.actor, e.outcome) for e in refusals] == [("system", "invalid"), ("system", "invalid")]
