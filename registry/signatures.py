@@ -22,6 +22,10 @@ _METADATA_EXAMPLE = '{"training_run": "https://...", "git_commit": "abc123", "me
 
 # Levels of objects and lists a signature or metadata may nest: the version page draws each one.
 MAX_DEPTH = 64
+# The most a signature may take as compact JSON. The runtime is given it as one string: a command-line argument
+# (the local target) or an environment variable baked into its image, and Linux takes at most 128 KiB in one
+# (MAX_ARG_STRLEN). Past that a version would validate, then never start. About 1,500 outputs.
+MAX_SIGNATURE_BYTES = 96 * 1024
 
 
 def _loads(raw: str | bytes, field: str, example: str) -> Any:
@@ -88,6 +92,28 @@ def _check_text(text: str, where: str) -> None:
         ) from None
 
 
+def as_runtime_json(signature: dict) -> str:
+    """The signature as the runtime is given it (and as MAX_SIGNATURE_BYTES measures it)."""
+    return json.dumps(signature, separators=(",", ":"))
+
+
+def signature_too_large(signature: Any) -> str | None:
+    """Why a measured signature cannot be served (too large to hand to the runtime), or None."""
+    if not isinstance(signature, dict):
+        return None
+    size = len(as_runtime_json(signature))
+    if size <= MAX_SIGNATURE_BYTES:
+        return None
+    inputs, outputs = len(signature.get("inputs") or []), len(signature.get("outputs") or [])
+    return (
+        f"The model's signature ({inputs} input{'s' if inputs != 1 else ''}, {outputs} "
+        f"output{'s' if outputs != 1 else ''}) is {size / 1024:.0f} KiB as JSON, more than the "
+        f"{MAX_SIGNATURE_BYTES // 1024} KiB the runtime can be given (it gets the signature as one command-line "
+        "argument or environment variable). Return fewer, larger tensors (stack related outputs into one with "
+        "torch.stack or torch.cat) and export it again."
+    )
+
+
 def parse_signature(raw: Any, *, field: str = "signature") -> dict | None:
     """Check a signature given by a client; return it normalised, or None if absent."""
     if raw is None or raw == "":
@@ -105,6 +131,14 @@ def parse_signature(raw: Any, *, field: str = "signature") -> dict | None:
         if not isinstance(raw["outputs"], list):
             raise InvalidInput(f"{field}.outputs must be a list of tensors like the inputs.")
         result["outputs"] = _tensors(raw["outputs"], f"{field}.outputs")
+    size = len(as_runtime_json(result))
+    if size > MAX_SIGNATURE_BYTES:
+        raise InvalidInput(
+            f"{field} is {size / 1024:.0f} KiB as JSON, more than the {MAX_SIGNATURE_BYTES // 1024} KiB the runtime "
+            "can be given. Declare the inputs only (validation records the outputs), and return fewer, larger "
+            "tensors from the model if there are many.",
+            fields={field: ["too large"]},
+        )
     return result
 
 

@@ -37,7 +37,7 @@ from controlplane.errors import InvalidInput
 from registry import landlock
 from registry.artifacts import ArtifactRejected, inspect_artifact
 from registry.models import ModelVersion
-from registry.signatures import check_storable
+from registry.signatures import MAX_SIGNATURE_BYTES, check_storable, signature_too_large
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ _CLONE_NEWNET = 0x40000000
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_PDEATHSIG = 1
 _MAX_FILE_BYTES = 64 * 1024**2  # the most the child may write to one file, its stdout and stderr included
+# The most of the child's stdout that is read: its verdict, a line that the signature's size limit keeps far smaller.
+_MAX_VERDICT_BYTES = 4 * 1024**2
 
 
 def validate_stored_artifact(version: ModelVersion) -> dict:
@@ -73,7 +75,9 @@ def validate_stored_artifact(version: ModelVersion) -> dict:
 
 
 def run_sandboxed(path: str, fmt: str, signature: dict | None, *, child: Path = CHILD) -> dict:
-    request = json.dumps({"path": str(path), "format": fmt, "signature": signature})
+    request = json.dumps(
+        {"path": str(path), "format": fmt, "signature": signature, "max_signature_bytes": MAX_SIGNATURE_BYTES}
+    )
     timeout = settings.SLIPWAY_VALIDATION_TIMEOUT_S
     with tempfile.TemporaryDirectory(prefix="slipway-sandbox-") as home:
         env = {
@@ -127,7 +131,14 @@ def run_sandboxed(path: str, fmt: str, signature: dict | None, *, child: Path = 
                     "reason": f"The model printed more than {_MAX_FILE_BYTES // 1024**2} MiB while being validated. "
                     "Take the print() calls out of forward() and export it again.",
                 }
-            out, err = _tail(stdout, 4 * 1024**2), _tail(stderr, 64 * 1024)
+            if proc.returncode == 0 and os.fstat(stdout.fileno()).st_size > _MAX_VERDICT_BYTES:
+                return {  # (a child of before MAX_SIGNATURE_BYTES: its verdict cannot be read whole)
+                    "ok": False,
+                    "reason": f"The validator's verdict is larger than {_MAX_VERDICT_BYTES // 1024**2} MiB: the "
+                    "model's signature (its inputs and outputs) is far too large to serve. Return fewer, larger "
+                    "tensors (stack related outputs into one with torch.stack or torch.cat) and export it again.",
+                }
+            out, err = _tail(stdout, _MAX_VERDICT_BYTES), _tail(stderr, 64 * 1024)
     return _verdict(proc.returncode, out, err, isolation)
 
 
@@ -147,6 +158,9 @@ def _storable(result: dict) -> dict:
             "reason": f"The model's parameters count {count} parameters, more than can be recorded: some are "
             "views that repeat a few values (expand). Make them real tensors (.clone()) and export it again.",
         }
+    too_large = signature_too_large(result.get("signature"))
+    if too_large:
+        return {"ok": False, "reason": too_large}
     try:
         check_storable(result.get("signature"), "signature")
     except InvalidInput as exc:

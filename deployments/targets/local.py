@@ -512,7 +512,7 @@ def _start_replica(paths: _Paths, release: ReleaseSpec, index: int, previous: _E
         "--device", "cuda" if release.settings.gpus else "cpu",
     ]  # fmt: skip
     if release.signature:
-        command += ["--signature", json.dumps(release.signature)]
+        command += ["--signature", json.dumps(release.signature, separators=(",", ":"))]  # see MAX_SIGNATURE_BYTES
     threads = _cpu_threads(release.settings.cpu_limit)
     if threads:
         command += ["--num-threads", str(threads)]

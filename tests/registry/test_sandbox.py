@@ -225,3 +225,66 @@ def test_a_model_that_prints_without_end_is_refused_and_its_output_is_not_kept(t
     result = run_sandboxed(_script(tmp_path, Chatty()), "torchscript", signature)
     assert result["ok"] is False, str(result)[:300]
     assert "printed more than 64 MiB" in result["reason"]
+
+
+class _ManyOutputs:
+    """A scripted module whose forward() returns a dict of `count` tensors."""
+
+    @staticmethod
+    def path(tmp_path, count: int) -> str:
+        import torch
+
+        class Fanout(torch.nn.Module):
+            count: torch.jit.Final[int]
+
+            def __init__(self, count: int):
+                super().__init__()
+                self.count = count
+
+            def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+                out: dict[str, torch.Tensor] = {}
+                for i in range(self.count):
+                    out["class_probability_" + str(i)] = x
+                return out
+
+        return _script(tmp_path, Fanout(count))
+
+
+def test_a_model_with_tens_of_thousands_of_outputs_is_rejected_saying_what_to_change(tmp_path):
+    """Its verdict would be a line of over 4 MiB (more than the worker reads): before, "the validator failed"."""
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    result = run_sandboxed(_ManyOutputs.path(tmp_path, 80_000), "torchscript", signature)
+    assert result["ok"] is False, str(result)[:300]
+    assert result["reason"].startswith("The model's signature (1 input, 80000 outputs) is ")
+    assert "KiB as JSON, more than the 96 KiB the runtime can be given" in result["reason"]
+    assert result["reason"].endswith(
+        "Return fewer, larger tensors (stack related outputs into one with torch.stack or torch.cat) and export "
+        "it again."
+    )
+
+
+def test_a_signature_too_large_to_hand_to_the_runtime_is_rejected_even_far_below_4_mib(tmp_path):
+    """The runtime gets the signature as one argument (local target) or environment variable (its image): Linux
+    takes at most 128 KiB in one. 2,000 outputs would validate, then never start."""
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    result = run_sandboxed(_ManyOutputs.path(tmp_path, 2_000), "torchscript", signature)
+    assert result["ok"] is False, str(result)[:300]
+    assert result["reason"].startswith("The model's signature (1 input, 2000 outputs) is 1")
+    assert run_sandboxed(_ManyOutputs.path(tmp_path, 1_000), "torchscript", signature)["ok"] is True
+
+
+def test_the_worker_checks_the_signatures_size_again_whatever_the_child_said():
+    """A passing verdict from a child that did not measure its signature (the limit is the worker's)."""
+    from registry.validation import _verdict
+
+    outputs = [{"name": f"o{i}", "datatype": "FP32", "shape": [-1, 1]} for i in range(4000)]
+    line = json.dumps({"ok": True, "signature": {"inputs": [], "outputs": outputs}, "parameter_count": 1})
+    result = _verdict(0, line.encode() + b"\n", b"", {})
+    assert result["ok"] is False
+    assert result["reason"].startswith("The model's signature (0 inputs, 4000 outputs) is 1")
+
+
+def test_a_verdict_larger_than_the_worker_reads_says_the_signature_is_far_too_large(tmp_path):
+    result = _probe(tmp_path, 'result = {"ok": True, "signature": {"inputs": [], "outputs": ["x" * 5 * 1024**2]}}')
+    assert result["ok"] is False
+    assert result["reason"].startswith("The validator's verdict is larger than 4 MiB: the model's signature")

@@ -185,6 +185,18 @@ def test_json_nested_too_deeply_is_refused(api, iris, model_files, new_files, fi
     assert not ModelVersion.objects.exists() and new_files() == set()
 
 
+def test_a_signature_too_large_to_hand_to_the_runtime_is_refused_at_upload(api, iris, model_files, new_files):
+    outputs = [{"name": f"class_probability_{i}", "datatype": "FP32", "shape": [-1, 1]} for i in range(2000)]
+    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}], "outputs": outputs}
+    response = upload(api, model_files["pt2"], signature=json.dumps(signature))
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "signature is 130 KiB as JSON, more than the 96 KiB the runtime can be given. Declare the inputs only "
+        "(validation records the outputs), and return fewer, larger tensors from the model if there are many."
+    )
+    assert not ModelVersion.objects.exists() and new_files() == set()
+
+
 def test_metadata_may_nest_64_levels(api, iris, model_files):
     response = upload(api, model_files["pt2"], metadata='{"a": ' * 63 + "[1]" + "}" * 63)
     assert response.status_code == 201, response.json()
