@@ -142,12 +142,13 @@ class APITokenViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.G
     serializer_class = APITokenSerializer
     audit_actions = {"create": "token.create", "revoke": "token.revoke"}
 
-    queryset = APIToken.objects.none()  # for the schema; requests see only their own tokens
+    queryset = APIToken.objects.none()  # for the schema; requests see only their own tokens (tokens.visible_to)
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
-        return APIToken.objects.filter(user=self.request.user).prefetch_related("environments").order_by("-created_at")
+        visible = tokens.visible_to(Actor.from_request(self.request))
+        return visible.prefetch_related("environments").order_by("-created_at")
 
     @extend_schema(request=TokenRequestSerializer, responses={201: NewAPITokenSerializer})
     def create(self, request, *args, **kwargs):

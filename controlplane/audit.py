@@ -176,7 +176,7 @@ _URL_OBJECTS = {
     "deployments": ("deployments.Deployment", "pk", "environment"),
     "rollouts": ("deployments.Rollout", "pk", "deployment__environment"),
     "approvals": ("deployments.ApprovalRequest", "pk", "environment"),
-    "tokens": ("controlplane.APIToken", "pk", "own"),
+    "tokens": ("controlplane.APIToken", "pk", "own"),  # controlplane.tokens.visible_to
     "role-bindings": ("controlplane.RoleBinding", "pk", "all"),
 }
 
@@ -217,8 +217,10 @@ def target_of_request(request, actor: Actor) -> Any:
     objects = model._default_manager.all()
     if narrow == "registry":
         visible = objects if reads_registry else objects.none()
-    elif narrow == "own":
-        visible = objects.filter(user=actor.user) if actor.user is not None else objects.none()
+    elif narrow == "own":  # (only tokens)
+        from controlplane.tokens import visible_to
+
+        visible = visible_to(actor)
     elif narrow == "all":
         visible = objects if access.sees_everything(actor) else objects.none()
     else:

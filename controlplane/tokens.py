@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from controlplane.audit import Actor, record
@@ -158,6 +159,25 @@ def _environments(user, names) -> list:
             fields={"environments": [f"unknown: {name}" for name in unknown]},
         )
     return [found[name] for name in names]
+
+
+def visible_to(actor: Actor) -> QuerySet[APIToken]:
+    """The tokens `actor` may list and revoke: their user's own; through a token limited to some environments,
+    only those limited to some of the same (itself among them), as such a token may create no others.
+
+    (A token for x alone does not read the audit log of y, nor see the token that deploys to y.)
+    """
+    from controlplane import access
+
+    if actor.user is None:
+        return APIToken.objects.none()
+    own = APIToken.objects.filter(user=actor.user)
+    within = access.grants(actor).token_environments
+    if within is None:
+        return own
+    limits = APIToken.environments.through.objects
+    reaching_elsewhere = limits.exclude(environment_id__in=within).values("apitoken_id")
+    return own.filter(pk__in=limits.values("apitoken_id")).exclude(pk__in=reaching_elsewhere)
 
 
 def revoke_token(token: APIToken, *, actor: Actor) -> APIToken:

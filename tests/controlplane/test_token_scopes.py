@@ -237,3 +237,33 @@ def test_a_token_limited_to_x_reads_none_of_its_users_own_events_elsewhere(tess)
     assert client.get("/api/v1/audit/?environment=y").json()["count"] == 0
     assert client.get("/api/v1/audit/export/?environment=y").getvalue() == b""
     assert token(tess, "read").get("/api/v1/audit/?environment=y").json()["count"] > 0  # not limited: reads y
+
+
+def test_a_token_limited_to_x_lists_and_revokes_only_tokens_limited_within_x(tess):
+    """As the audit log: a token for x alone does not see the user's token for y, nor an unlimited one,
+    and cannot revoke them (it could not have created them either)."""
+    limited = token(tess, "admin", environments=["x"])  # "admin-1"
+    for name, environments in (("everywhere", ()), ("x-and-y", ["x", "y"]), ("y-only", ["y"]), ("x-too", ["x"])):
+        create_token(tess, name, actor=Actor(user=tess), environments=environments)
+    listed = [t["name"] for t in limited.get("/api/v1/tokens/").json()["results"]]
+    assert sorted(listed) == ["admin-1", "x-too"]
+    wide = [t["name"] for t in token(tess, "read").get("/api/v1/tokens/").json()["results"]]
+    assert sorted(wide) == ["admin-1", "everywhere", "read-0", "x-and-y", "x-too", "y-only"]
+    both = token(tess, "read", environments=["x", "y"])
+    assert sorted(t["name"] for t in both.get("/api/v1/tokens/").json()["results"]) == [
+        "admin-1",
+        "read-2",
+        "x-and-y",
+        "x-too",
+        "y-only",
+    ]
+
+    for name in ("everywhere", "y-only"):
+        other = APIToken.objects.get(name=name)
+        response = limited.post(f"/api/v1/tokens/{other.pk}/revoke/", {}, format="json")
+        assert response.status_code == 404, response.json()
+        assert APIToken.objects.get(pk=other.pk).revoked_at is None
+        refusal = AuditEvent.objects.filter(action="token.revoke").latest("id")
+        assert refusal.outcome == "invalid" and (refusal.target_id, refusal.target_repr) == (str(other.pk), "")
+    x_too = APIToken.objects.get(name="x-too")
+    assert limited.post(f"/api/v1/tokens/{x_too.pk}/revoke/", {}, format="json").status_code == 200
