@@ -416,6 +416,7 @@ class Reconciler:
             if not exact:
                 old_total = self.previous.settings.get("replicas", 1)
                 self.target.apply(self.ref, release_spec(self.previous), max(1, old_total - wanted))
+                self.stop_others(weights, status, result)
         endpoint = self.target.route(self.ref, weights)
         result.deployment["endpoint"] = endpoint
         result.fields["weight"] = weight
@@ -428,6 +429,27 @@ class Reconciler:
         if self.rollout.skip_steps:
             return self.finish(result)
         return self.next_step(result)
+
+    def stop_others(self, weights: dict[int, int], status: TargetStatus, result: Step) -> None:
+        """A split by replica ratio goes to every pod of the deployment: stop any release not in it.
+
+        That is a release kept warm by the rollout before this one (keep_previous): left up, it
+        would take a share of the traffic that neither the page nor the ledger shows. A rollback
+        to it is then a cold one. Checked from the deployment's row as well as from the target's
+        status, so a step repeated after a crash still forgets the warm release.
+        """
+        for slot in sorted(set(status.releases) - set(weights)):
+            self.target.remove(self.ref, slot)
+            del status.releases[slot]
+            result.fields["status"] = status_snapshot(status)
+        warm = self.deployment.warm_release
+        if warm is not None and warm.slot not in weights:
+            result.deployment.update(warm_release_id=None, warm_until=None)
+            result.event(
+                "info",
+                f"Release {warm.number}, kept up without traffic since the last rollout, is stopped: "
+                "a split by replica ratio would send it a share. A rollback to it starts it again.",
+            )
 
     def share(self, weight: int, exact: bool) -> int:
         total = self.release.settings.get("replicas", 1)

@@ -437,3 +437,34 @@ def test_an_analysis_that_sees_errors_in_the_pods_metrics_rolls_back(api, prod, 
     assert of_release(kube, key, 2) == []
     assert service_selector(kube, key) == pins(key, 1)
     assert replicas(kube, key, 1) == 2
+
+
+def test_a_canary_by_replica_ratio_sends_nothing_to_a_release_kept_warm(api, prod, model, model_dir, kube, cluster):
+    """The Service of a split selects every pod of the deployment: a release kept warm must not be among them."""
+    v1, v2, v3 = (upload(api, model, model_dir[k]) for k in ("one", "two", "one"))
+    for v in (v1, v2, v3):
+        with_image(model, v)
+    first = deploy(api, model, v1, env="prod", config={"replicas": 2})
+    deployment_id, key = first["id"], first["key"]
+    wait_state(first["rollout"]["id"], "succeeded", timeout=30)
+    wait_state(deploy(api, model, v2, env="prod")["rollout"]["id"], "succeeded", timeout=30)
+    assert replicas(kube, key, 1) == 1  # kept warm (keep_previous) without traffic: the Service pins release 2
+    assert api.get(f"/api/v1/deployments/{deployment_id}/").json()["current_release"]["number"] == 2
+
+    rollout_id = deploy(api, model, v3, env="prod", plan=CANARY_50_THEN_PAUSE)["rollout"]["id"]
+    wait_state(rollout_id, "paused", timeout=30)
+    assert service_selector(kube, key) == {ko.DEPLOYMENT: key}  # by replica ratio: every pod of the deployment
+    assert of_release(kube, key, 1) == [], "release 1 would get a share of the canary's traffic"
+    wait_for(
+        lambda: api.get(f"/api/v1/rollouts/{rollout_id}/").json()["status"]["weights"] == {"2": 50, "3": 50},
+        timeout=10,
+        what="the paused rollout to see traffic split 50/50 between releases 2 and 3 only",
+    )
+    body = api.get(f"/api/v1/deployments/{deployment_id}/").json()
+    assert body["current_release"]["number"] == 2
+    deployment = Release.objects.get(deployment_id=deployment_id, number=2).deployment
+    assert deployment.warm_release_id is None and deployment.warm_until is None
+    assert api.post(f"/api/v1/rollouts/{rollout_id}/resume/").status_code == 200
+    wait_state(rollout_id, "succeeded", timeout=30)
+    assert service_selector(kube, key) == pins(key, 3)
+    assert of_release(kube, key, 1) == []
