@@ -161,17 +161,49 @@ def advance(rollout_id: int, revision: int | None = None) -> str:
             step = Reconciler(rollout).tick()
         except TargetError as exc:
             if exc.retryable:
-                step = Step(delay=2.0).event("warning", f"The target did not answer; trying again: {exc}")
-            elif rollout.state == S.REVERTING:
-                step = Step(fields={"state": S.FAILED, "failure_reason": f"{rollout.failure_reason} Then: {exc}"})
+                step = _retry(rollout, now, 2.0, "The target did not answer; trying again", f"{exc}")
             else:
-                step = Reconciler(rollout).fail(str(exc))
+                step = _give_up(rollout, str(exc))
         except Exception as exc:  # a bug must not wedge the rollout: log it and look again later
             log.exception("rollout %s: step crashed", rollout_id)
-            step = Step(delay=5.0).event("warning", f"A step crashed ({type(exc).__name__}: {exc}); retrying.")
+            crash = f"{type(exc).__name__}: {exc}"
+            step = _retry(
+                rollout, now, 5.0, "A step crashed; retrying", f"{crash}. Report this bug with the worker's log"
+            )
         return commit(rollout, step, token)
     finally:
         Rollout.objects.filter(pk=rollout_id, lease_owner=token).update(lease_owner="", lease_expires_at=None)
+
+
+def _retry(rollout: Rollout, now, delay: float, doing: str, cause: str) -> Step:
+    """Try the step again later; once it has failed for the plan's progress deadline, stop retrying.
+
+    Without a bound, a target that stays away keeps the rollout active for ever: nothing
+    else can be deployed, and an abort only moves it to reverting, which retries as well.
+    """
+    since = rollout.retrying_since or now
+    deadline = rollout.plan.get("progress_deadline", 300)
+    if (now - since).total_seconds() <= deadline:
+        return Step(delay=delay, fields={"retrying_since": since}).event("warning", f"{doing}: {cause}")
+    return _give_up(
+        rollout, f"Still failing after {deadline:g} s of retries (the plan's progress deadline): {cause.rstrip('.')}."
+    )
+
+
+def _give_up(rollout: Rollout, reason: str) -> Step:
+    """A step that cannot be done: revert, or fail where there is nothing to revert or reverting is what failed."""
+    if S.REVERTING in ROLLOUT_TRANSITIONS[rollout.state]:
+        return Reconciler(rollout).fail(reason)
+    if rollout.state != S.REVERTING:  # pending, building: nothing was applied to the target yet
+        return Step(fields={"state": S.FAILED, "failure_reason": reason}).event("failure", reason)
+    number = rollout.release.number
+    left = (
+        f"Release {number} may still run on the target and take a share of the traffic: check it there; "
+        "the next rollout that succeeds removes it."
+    )
+    return Step(fields={"state": S.FAILED, "failure_reason": f"{rollout.failure_reason} Then: {reason} {left}"}).event(
+        "failure", reason
+    )
 
 
 def _grace() -> timedelta:
@@ -188,6 +220,8 @@ def commit(rollout: Rollout, step: Step, token: str) -> str:
         fields["finished_at"] = now
     if "status" in fields and fields["status"] == rollout.status:
         del fields["status"]
+    if "retrying_since" not in fields and rollout.retrying_since is not None:
+        fields["retrying_since"] = None  # the target answered: a later failure starts a new count
     with transaction.atomic():
         updated = Rollout.objects.filter(pk=rollout.pk, revision=rollout.revision, lease_owner=token).update(
             **fields,

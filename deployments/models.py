@@ -276,6 +276,9 @@ class Rollout(models.Model):
     analysis = models.JSONField(null=True, blank=True, help_text="the latest analysis: checks with measured values")
     status = models.JSONField(default=dict, blank=True, help_text="the target's latest status, for the pages")
     failure_reason = models.TextField(blank=True)
+    retrying_since = models.DateTimeField(
+        null=True, blank=True, help_text="when the target began failing in a way the engine retries; null: it answers"
+    )
     revision = models.PositiveIntegerField(default=0, help_text="bumped on every write: the engine's guard")
     next_at = models.DateTimeField(default=timezone.now, help_text="when the reconciler should act next")
     lease_owner = models.CharField(max_length=64, blank=True)

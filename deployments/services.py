@@ -808,7 +808,11 @@ def _act(rollout: Rollout, verb: str, actor: Actor, allowed: frozenset[str], cha
         check_transition(locked.state, fields.get("state", locked.state))
         before = locked.state
         Rollout.objects.filter(pk=locked.pk).update(
-            **fields, revision=F("revision") + 1, next_at=timezone.now(), updated_at=timezone.now()
+            **fields,
+            revision=F("revision") + 1,
+            next_at=timezone.now(),
+            updated_at=timezone.now(),
+            retrying_since=None,  # what the person asked for gets the whole deadline of retries
         )
         locked.refresh_from_db()
         message = f"{actor.label}: {verb}"

@@ -322,7 +322,9 @@ class _Session:
                 f"and server name in {self.source()}."
             )
         retryable = status in (409, 429) or status >= 500
-        advice = "it will be tried again" if retryable else "fix the cause and try again"
+        advice = (
+            "retried for a while; if it lasts, check the API server" if retryable else "fix the cause and try again"
+        )
         return TargetError(
             f"Kubernetes answered {status} {exc.reason} while {doing}: {said} ({advice}).", retryable=retryable
         )
@@ -384,7 +386,7 @@ class _Session:
                 return
         raise TargetError(
             f"{kind.name} {name!r} kept changing while Slipway updated it (409 Conflict {CONFLICT_RETRIES} times): "
-            "something else writes to it; it will be tried again.",
+            "something else writes to it: retried for a while; if it lasts, find what else writes to it.",
             retryable=True,
         )
 

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from controlplane.audit import verify_chain
 from deployments.builds import image_ref
-from deployments.models import BuildStatus, ImageBuild, Release
+from deployments.models import BuildStatus, ImageBuild, Release, Rollout
 from deployments.services import base_image_for, runtime_version
 from deployments.targets import kube_objects as ko
 from inference_runtime.metrics import Metrics
@@ -468,3 +468,43 @@ def test_a_canary_by_replica_ratio_sends_nothing_to_a_release_kept_warm(api, pro
     wait_state(rollout_id, "succeeded", timeout=30)
     assert service_selector(kube, key) == pins(key, 3)
     assert of_release(kube, key, 1) == []
+
+
+def test_an_api_server_that_stops_answering_ends_the_rollout_and_the_abort_of_it(
+    api, prod, model, model_dir, kube, cluster
+):
+    """Errors the engine retries (5xx, unreachable) are retried up to the plan's progress deadline, not for ever.
+
+    Otherwise the rollout stays active for as long as the cluster is away: no one can deploy,
+    and an abort only moves it to reverting, which retries for ever too and cannot be aborted.
+    """
+    v1, v2 = (upload(api, model, model_dir[k]) for k in ("one", "two"))
+    for v in (v1, v2):
+        with_image(model, v)
+    first = deploy(api, model, v1, env="prod")
+    deployment_id = first["id"]
+    wait_state(first["rollout"]["id"], "succeeded", timeout=30)
+    plan = {**CANARY_50_THEN_PAUSE, "progress_deadline": "3s"}
+    rollout_id = deploy(api, model, v2, env="prod", plan=plan)["rollout"]["id"]
+    wait_state(rollout_id, "paused", timeout=30)
+
+    kube.fail("GET", "deployments", 503, times=10**6, message="etcdserver: request timed out")
+    wait_for(
+        lambda: Rollout.objects.get(pk=rollout_id).events.filter(message__startswith="The target did not").exists(),
+        timeout=10,
+        what="the engine to meet the failing API server",
+    )
+    response = api.post(f"/api/v1/rollouts/{rollout_id}/abort/", {"reason": "cluster is down"}, format="json")
+    assert response.status_code == 200 and response.json()["state"] == "reverting"
+    ended = wait_state(rollout_id, "failed", timeout=30)
+    reason = ended.failure_reason
+    assert "cluster is down" in reason and "503" in reason and "etcdserver: request timed out" in reason
+    assert "after 3 s of retries" in reason and "Release 2 may still run" in reason
+
+    # The deployment is free again: once the API server answers, a new deploy goes through.
+    kube._faults.clear()
+    again = deploy(api, model, v2, env="prod")
+    wait_state(again["rollout"]["id"], "succeeded", timeout=30)
+    assert api.get(f"/api/v1/deployments/{deployment_id}/").json()["current_release"]["number"] == 3
+    assert service_selector(kube, first["key"]) == pins(first["key"], 3)
+    assert of_release(kube, first["key"], 2) == []
