@@ -413,14 +413,20 @@ def _runtime_settings(data: dict, base: dict | None = None, *, field: str = "con
     return settings_to_dict(merged)
 
 
-def deployment_key(model_name: str, environment: str) -> str:
-    """A DNS-1035 label of at most 40 characters, unique per (model, environment)."""
+def deployment_key(model_name: str, environment: str, *, hashed: bool = False) -> str:
+    """A DNS-1035 label of at most 40 characters for (model, environment): `<model>-<env>` where that fits.
+
+    `<model>-<env>` is not unique on its own (fraud in eu-prod, fraud-eu in prod): `hashed`
+    gives the form with a digest of the pair, which _deployment_for uses when the short one is taken.
+    """
     key = f"{model_name}-{environment}"
-    if len(key) <= 40 and key[0].isalpha():
+    if not hashed and len(key) <= 40 and key[0].isalpha():
         return key
     digest = hashlib.sha256(f"{model_name}/{environment}".encode()).hexdigest()[:8]
     head = f"m{model_name}" if not model_name[0].isalpha() else model_name
-    return f"{head[: 40 - len(environment) - 10].rstrip('-')}-{environment[:20]}-{digest}"[:40].rstrip("-")
+    env = environment[:20]
+    # head-env-digest: at least 10 characters of the model's name, which starts with a letter.
+    return f"{head[: 30 - len(env)].rstrip('-')}-{env}-{digest}"
 
 
 def deploy(
@@ -449,21 +455,27 @@ def _deployment_for(env: Environment, model_version: ModelVersion, actor: Actor)
     existing = Deployment.objects.filter(model=model, environment=env).first()
     if existing is not None:
         return existing, False
-    try:
-        with transaction.atomic():
-            deployment = Deployment.objects.create(
-                model=model, environment=env, key=deployment_key(model.name, env.name), created_by=actor.user
-            )
-            record(
-                "deployment.create",
-                actor=actor,
-                target=deployment,
-                after={"key": deployment.key},
-                environment=env.name,
-            )
-        return deployment, True
-    except IntegrityError:
-        return Deployment.objects.get(model=model, environment=env), False
+    for hashed in (False, True):
+        key = deployment_key(model.name, env.name, hashed=hashed)
+        if not hashed and Deployment.objects.filter(key=key).exists():
+            continue  # another model and environment read the same joined: e.g. fraud in eu-prod, fraud-eu in prod
+        try:
+            with transaction.atomic():
+                deployment = Deployment.objects.create(model=model, environment=env, key=key, created_by=actor.user)
+                record(
+                    "deployment.create",
+                    actor=actor,
+                    target=deployment,
+                    after={"key": deployment.key},
+                    environment=env.name,
+                )
+            return deployment, True
+        except IntegrityError:
+            existing = Deployment.objects.filter(model=model, environment=env).first()
+            if existing is not None:  # a deploy of the same model to the same environment won the race
+                return existing, False
+            # else the key was taken meanwhile by another (model, environment): try the hashed form
+    raise Conflict(f"Could not name a deployment of {model.name} in {env.name}: try again.")
 
 
 def _start(

@@ -1,5 +1,6 @@
 """The deployments API without a worker: what it accepts, what it refuses, what it records."""
 
+import re
 import threading
 
 import pytest
@@ -10,9 +11,12 @@ from controlplane.audit import Actor
 from controlplane.models import AuditEvent, Role, RoleBinding
 from controlplane.tokens import create_token
 from deployments.models import BuildStatus, Deployment, Environment, ImageBuild, Release, Rollout, RolloutState
+from deployments.services import deployment_key
 from registry.models import Model
 from tests.conftest import bearer_client
 from tests.factories import UserFactory, bulk_versions
+
+DNS_1035 = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")  # what the targets accept as a deployment's key
 
 
 @pytest.fixture
@@ -210,3 +214,36 @@ def test_a_build_another_teams_rollout_waits_for_is_cancelled_only_by_who_may_ab
     assert ImageBuild.objects.get(pk=build.pk).status == BuildStatus.QUEUED
     assert AuditEvent.objects.filter(action="image_build.cancel", outcome="denied", actor="dora (token: ci)").exists()
     assert api.post(f"/api/v1/builds/{build.pk}/cancel/").status_code == 200  # alice deploys in prod
+
+
+def test_models_and_environments_whose_names_join_alike_get_deployments_of_their_own(api, alice):
+    """fraud in eu-prod and fraud-eu in prod both read "fraud-eu-prod": the second must not take the first's name."""
+    for env in ("eu-prod", "prod"):
+        assert api.post("/api/v1/environments/", {"name": env}, format="json").status_code == 201
+    for name in ("fraud", "fraud-eu"):
+        bulk_versions(Model.objects.create(name=name, created_by=alice), 1, uploaded_by=alice)
+
+    first = api.post("/api/v1/deployments/", {"model": "fraud", "environment": "eu-prod", "version": 1}, format="json")
+    second = api.post("/api/v1/deployments/", {"model": "fraud-eu", "environment": "prod", "version": 1}, format="json")
+
+    assert first.status_code == 201, first.json()
+    assert second.status_code == 201, second.json()
+    keys = [first.json()["key"], second.json()["key"]]
+    assert keys[0] == "fraud-eu-prod" and keys[1] != keys[0], keys
+    assert all(DNS_1035.fullmatch(key) and len(key) <= 40 for key in keys), keys
+    assert Deployment.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("model", "environment"),
+    [
+        ("fraud-detector", "e" * 30),  # the longest environment name leaves no room for the model's
+        ("m" * 63, "e" * 30),
+        ("9lives", "p" * 30),
+        ("a" * 19 + "-" + "b" * 10, "prod"),
+    ],
+)
+def test_every_deployment_key_names_kubernetes_objects(model, environment):
+    key = deployment_key(model, environment)
+    assert DNS_1035.fullmatch(key) and len(key) <= 40, key
+    assert key != deployment_key(model, environment[:-1] + "x")
