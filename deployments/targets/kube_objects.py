@@ -202,6 +202,15 @@ def stable_selector(deployment: DeploymentRef, weights: dict[int, int]) -> dict[
     return {DEPLOYMENT: deployment.key}
 
 
+def model_path(deployment: DeploymentRef) -> str:
+    """The paths of one model on a host that several share: the runtime serves it under its own name.
+
+    An environment has one `ingress_host`; every model deployed there gets an Ingress (or HTTPRoute)
+    on it, so each claims only `/v2/models/<model>` (and what is below it), not the whole host.
+    """
+    return f"/v2/models/{deployment.model_name}"
+
+
 def ingress_manifest(deployment: DeploymentRef, s: Settings) -> dict:
     spec: dict[str, Any] = {
         "rules": [
@@ -210,7 +219,7 @@ def ingress_manifest(deployment: DeploymentRef, s: Settings) -> dict:
                 "http": {
                     "paths": [
                         {
-                            "path": "/",
+                            "path": model_path(deployment),
                             "pathType": "Prefix",
                             "backend": {"service": {"name": deployment.key, "port": {"number": s.service_port}}},
                         }
@@ -247,7 +256,12 @@ def httproute_manifest(deployment: DeploymentRef, s: Settings, weights: dict[int
         "spec": {
             "parentRefs": [parent],
             "hostnames": [s.ingress_host],
-            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backends}],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": model_path(deployment)}}],
+                    "backendRefs": backends,
+                }
+            ],
         },
     }
 

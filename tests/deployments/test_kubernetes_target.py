@@ -407,6 +407,7 @@ def test_with_a_gateway_the_httproute_carries_exact_weights(kube, kubeconfig, ta
     ]
     assert route["spec"]["hostnames"] == ["iris.example.com"]
     [rule] = route["spec"]["rules"]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/v2/models/iris"}}]
     assert [(b["name"], b["port"], b["weight"]) for b in rule["backendRefs"]] == [
         ("iris-prod-r1", 80, 95),
         ("iris-prod-r2", 80, 5),
@@ -432,13 +433,41 @@ def test_an_ingress_is_made_when_configured(kube, kubeconfig, target):
     assert ingress["spec"]["ingressClassName"] == "nginx"
     [rule] = ingress["spec"]["rules"]
     assert rule["host"] == "iris.example.com"
-    assert rule["http"]["paths"][0]["backend"] == {"service": {"name": "iris-prod", "port": {"number": 8000}}}
+    [path] = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/v2/models/iris", "Prefix")
+    assert path["backend"] == {"service": {"name": "iris-prod", "port": {"number": 8000}}}
     assert kube.get("services", NS, "iris-prod")["spec"]["ports"][0]["port"] == 8000
     assert target.status(deployment).endpoint == "http://iris.example.com"
 
     # The environment drops its ingress: the next route removes it.
     assert target.route(ref(kubeconfig, service_port=8000), {1: 100}) == "http://iris-prod.ml.svc.cluster.local:8000"
     assert kube.list("ingresses") == []
+
+
+@pytest.mark.parametrize("routing", [{}, {"gateway": {"name": "public"}}], ids=["ingress", "gateway"])
+def test_models_in_one_environment_share_its_host_each_on_its_own_path(kube, kubeconfig, target, routing):
+    config = {"namespace": NS, "kubeconfig": str(kubeconfig), "ingress_host": "models.example.com", **routing}
+    iris = DeploymentRef(id=7, key="iris-prod", model_name="iris", environment="prod", target_config=config)
+    fraud = DeploymentRef(id=8, key="fraud-prod", model_name="fraud", environment="prod", target_config=config)
+    for deployment in (iris, fraud):
+        target.apply(deployment, release(1), 1)
+        assert target.route(deployment, {1: 100}) == "http://models.example.com"
+
+    kind = "httproutes" if routing else "ingresses"
+    claims = {}
+    for route in kube.list(kind, NS):
+        if routing:
+            [rule] = route["spec"]["rules"]
+            [backend] = rule["backendRefs"]
+            claims[rule["matches"][0]["path"]["value"]] = backend["name"]
+        else:
+            [path] = route["spec"]["rules"][0]["http"]["paths"]
+            claims[path["path"]] = path["backend"]["service"]["name"]
+    # Each model's requests (/v2/models/<name>/infer, .../ready, metadata) reach its own Service, not the other's.
+    prefix = {"iris": "iris-prod", "fraud": "fraud-prod"}
+    assert {path: name.removesuffix("-r1") for path, name in claims.items()} == {
+        f"/v2/models/{model}": key for model, key in prefix.items()
+    }
 
 
 def test_a_cluster_without_the_gateway_api(kube, kubeconfig, target):
