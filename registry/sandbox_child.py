@@ -218,19 +218,11 @@ def validate(request):
         }
     outputs = mark_varying_dims(torch, module, inputs, lower_bounds, outputs)
     signature = {"inputs": inputs, "outputs": outputs}
-    # As registry.signatures.signature_too_large says it (the worker checks again): a signature past the limit
-    # could not be handed to the runtime, and would make this verdict's line larger than the worker reads.
+    # A signature past the limit could not be handed to the runtime, and would make this verdict's line
+    # larger than the worker reads: say how large it is instead (the worker words the rejection).
     size, limit = len(json.dumps(signature, separators=(",", ":"))), request.get("max_signature_bytes")
     if limit and size > limit:
-        n_in, n_out = len(inputs), len(outputs)
-        return {
-            "ok": False,
-            "reason": f"The model's signature ({n_in} input{'s' if n_in != 1 else ''}, {n_out} "
-            f"output{'s' if n_out != 1 else ''}) is {size / 1024:.0f} KiB as JSON, more than the {limit // 1024} KiB "
-            "the runtime can be given (it gets the signature as one command-line argument or environment variable). "
-            "Return fewer, larger tensors (stack related outputs into one with torch.stack or torch.cat) and export "
-            "it again.",
-        }
+        return {"ok": True, "signature_too_large": {"inputs": len(inputs), "outputs": len(outputs), "size": size}}
     return {
         "ok": True,
         "signature": signature,

@@ -104,7 +104,10 @@ def signature_too_large(signature: Any) -> str | None:
     size = len(as_runtime_json(signature))
     if size <= MAX_SIGNATURE_BYTES:
         return None
-    inputs, outputs = len(signature.get("inputs") or []), len(signature.get("outputs") or [])
+    return too_large_reason(len(signature.get("inputs") or []), len(signature.get("outputs") or []), size)
+
+
+def too_large_reason(inputs: int, outputs: int, size: int) -> str:
     return (
         f"The model's signature ({inputs} input{'s' if inputs != 1 else ''}, {outputs} "
         f"output{'s' if outputs != 1 else ''}) is {size / 1024:.0f} KiB as JSON, more than the "

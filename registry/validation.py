@@ -37,7 +37,7 @@ from controlplane.errors import InvalidInput
 from registry import landlock
 from registry.artifacts import ArtifactRejected, inspect_artifact
 from registry.models import ModelVersion
-from registry.signatures import MAX_SIGNATURE_BYTES, check_storable, signature_too_large
+from registry.signatures import MAX_SIGNATURE_BYTES, check_storable, signature_too_large, too_large_reason
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,9 @@ def _storable(result: dict) -> dict:
             "reason": f"The model's parameters count {count} parameters, more than can be recorded: some are "
             "views that repeat a few values (expand). Make them real tensors (.clone()) and export it again.",
         }
+    measured = result.get("signature_too_large")  # the child measured it and left it out of its verdict
+    if isinstance(measured, dict):
+        return {"ok": False, "reason": too_large_reason(measured["inputs"], measured["outputs"], measured["size"])}
     too_large = signature_too_large(result.get("signature"))
     if too_large:
         return {"ok": False, "reason": too_large}
