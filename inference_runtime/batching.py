@@ -186,7 +186,7 @@ class Batcher:
         self._batch, self._running_since = batch, now
         try:
             results = await self._loop.run_in_executor(
-                self._executor, run_batch, self._model, inputs, batch[0].datatypes, metrics.batch_size.observe
+                self._executor, run_batch, self._model, inputs, batch[0].datatypes, metrics
             )
         except Exception as exc:  # run_batch reports per request; this is a bug in it
             log.exception("a batch failed")
@@ -203,23 +203,22 @@ class Batcher:
 
 
 def run_batch(
-    model: Any, inputs: list[list[np.ndarray]], datatypes: tuple[str, ...], observe: Callable[[int], None]
+    model: Any, inputs: list[list[np.ndarray]], datatypes: tuple[str, ...], metrics: Metrics
 ) -> list[Outputs | BaseException]:
     """On the model thread: stack, forward, check, split. A failed batch is retried one by one.
 
-    `observe` is told the rows of every forward pass that ran (the batch size metric).
+    The batch size histogram counts each batch once, with its rows, as it starts: the retries of a failed
+    batch are not new batches (its rows would be counted twice, and rows/s through the model would look
+    higher than what was asked for); the failed batch is counted in `metrics.failed_batches`.
     Requests stacked together share their datatypes (the batch key holds them).
     """
     if len(inputs) == 1:
-        observe(inputs[0][0].shape[0] if model.batchable else 1)
-        try:
-            return [model.forward(inputs[0], datatypes)]
-        except Exception as exc:
-            return [_failure(exc)]
+        metrics.batch_size.observe(inputs[0][0].shape[0] if model.batchable else 1)
+        return [_run_one(model, inputs[0], datatypes)]
     stacked = [np.concatenate(parts, axis=0) for parts in zip(*inputs, strict=True)]
     sizes = [arrays[0].shape[0] for arrays in inputs]
     total = sum(sizes)
-    observe(total)
+    metrics.batch_size.observe(total)
     try:
         arrays, specs = model.forward(stacked, datatypes)
         for output in arrays:
@@ -231,11 +230,19 @@ def run_batch(
     except Exception as exc:
         # One bad request must not fail its neighbours: run each on its own.
         log.warning("a batch of %d requests failed (%s); running them one by one", len(inputs), describe_error(exc))
-        return [run_batch(model, [arrays], datatypes, observe)[0] for arrays in inputs]
+        metrics.failed_batches.inc()
+        return [_run_one(model, arrays, datatypes) for arrays in inputs]
     ends = list(accumulate(sizes))
     return [
         Outputs([output[end - size : end] for output in arrays], specs) for size, end in zip(sizes, ends, strict=True)
     ]
+
+
+def _run_one(model: Any, arrays: list[np.ndarray], datatypes: tuple[str, ...]) -> Outputs | BaseException:
+    try:
+        return model.forward(arrays, datatypes)
+    except Exception as exc:
+        return _failure(exc)
 
 
 def _failure(exc: Exception) -> Exception:

@@ -52,9 +52,16 @@ class Metrics:
         ).labels(**labels)
         self.batch_size = Histogram(
             "slipway_inference_batch_size",
-            "Rows per forward pass.",
+            "Rows per batch: the requests' rows stacked into one forward pass, each row counted once (a failed "
+            "batch's requests, run again one at a time, are not counted again).",
             names,
             buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        ).labels(**labels)
+        self.failed_batches = Counter(
+            "slipway_inference_failed_batches",
+            "Batches of several requests whose forward pass failed: each of their requests then ran on its own.",
+            names,
             registry=self.registry,
         ).labels(**labels)
         self.queue_wait = Histogram(

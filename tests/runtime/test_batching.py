@@ -158,3 +158,51 @@ def test_abandoning_answers_the_queued_requests_and_any_that_arrive_after_at_onc
         executor.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_failed_batch_is_counted_once_and_its_requests_then_run_alone(spawn, zoo):
+    """A batch with one bad request fails; its requests run again one at a time, so that only the bad one
+    fails. The batch size histogram counts the batch once, as it was formed (not its rows again for each
+    rerun), and the failure is counted on its own."""
+    entry = zoo["slow"]
+    server = spawn("slow", entry.path, "--max-batch-size", "8", entry=entry).wait_ready()
+    names = (
+        "slipway_inference_batch_size_count",
+        "slipway_inference_batch_size_sum",
+        "slipway_inference_failed_batches_total",
+    )
+    before = {name: server.metric(name) for name in names}
+    # 200,000 steps: a forward pass of about two seconds, while the four below queue up behind it.
+    blocker = json_request({"x": np.ones((1, 4), np.float32), "spin": np.full((1, 1), 200_000, np.int64)})
+    rows = [np.full((1, 4), value, np.float32) for value in (1, 2, -3, 4)]  # -3: the model refuses it
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            running = asyncio.create_task(client.post("/v2/models/slow/infer", content=blocker))
+            await until(client, "slipway_inference_batch_size_count", before[names[0]] + 1)  # in the model now
+            queued = [
+                asyncio.create_task(
+                    client.post(
+                        "/v2/models/slow/infer", content=json_request({"x": x, "spin": np.ones((1, 1), np.int64)})
+                    )
+                )
+                for x in rows
+            ]
+            await until(client, "slipway_inference_queue_depth", len(rows))
+            assert not running.done(), "the first forward pass ended before the others queued: make it longer"
+            return await running, await asyncio.gather(*queued)
+
+    first, answers = asyncio.run(scenario())
+    assert first.status_code == 200, first.text
+    for x, response in zip(rows, answers, strict=True):
+        if x[0, 0] < 0:
+            assert response.status_code == 500
+            assert "x must not be negative" in response.json()["error"]
+        else:
+            np.testing.assert_allclose(parse_response(response)["output__0"], x * 2)
+    assert "a batch of 4 requests failed" in server.log()
+
+    after = {name: server.metric(name) for name in names}
+    assert after[names[0]] - before[names[0]] == 2  # the first request alone, then the four together
+    assert after[names[1]] - before[names[1]] == 1 + len(rows)  # every row once
+    assert after[names[2]] - before[names[2]] == 1

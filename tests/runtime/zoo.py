@@ -81,13 +81,17 @@ class BatchSum(torch.nn.Module):
 
 
 class Slow(torch.nn.Module):
-    """Spins `spin` matrix products per call: a forward pass that takes a while (drain tests)."""
+    """Spins `spin` matrix products per call: a forward pass that takes a while (drain tests).
+
+    A negative x fails it: one bad request in a batch fails the whole forward pass."""
 
     def __init__(self):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.eye(64) * 0.5)
 
     def forward(self, x, spin):
+        if bool((x < 0).any()):
+            raise ValueError("x must not be negative")
         state = x.repeat(1, 16)
         for _ in range(int(spin.max())):
             state = torch.tanh(state @ self.weight)
