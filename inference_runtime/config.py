@@ -124,7 +124,14 @@ OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any], str], ...] = (
     ("--host", "host", "RUNTIME_HOST", str, "address to listen on (default 0.0.0.0)"),
     ("--port", "port", "RUNTIME_PORT", _port, "port to listen on (default 8080)"),
     ("--device", "device", "RUNTIME_DEVICE", _choice(DEVICES), "auto picks CUDA when present"),
-    ("--dtype", "dtype", "RUNTIME_DTYPE", _choice(DTYPES), "compute precision of floating point (default float32)"),
+    (
+        "--dtype",
+        "dtype",
+        "RUNTIME_DTYPE",
+        _choice(DTYPES),
+        "compute the model's FP32 weights and inputs in this precision; FP64, FP16 and BF16 ones keep theirs "
+        "(default float32)",
+    ),
     ("--max-batch-size", "max_batch_size", "RUNTIME_MAX_BATCH_SIZE", _positive_int, "rows per forward pass"),
     ("--max-delay-ms", "max_delay_ms", "RUNTIME_MAX_DELAY_MS", _non_negative_float, "how long a batch may wait"),
     ("--max-queue", "max_queue", "RUNTIME_MAX_QUEUE", _positive_int, "queued requests before answering 503"),

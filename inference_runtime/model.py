@@ -25,6 +25,8 @@ from inference_runtime.errors import InferenceFailed, ModelLoadError
 log = logging.getLogger("inference_runtime")
 
 PLATFORMS = {"torchscript": "pytorch_torchscript", "torch_export": "pytorch_torch_export"}
+# --dtype: what FP32 weights and inputs are computed in. Only FP32 ones: a model that declares an input or keeps
+# a weight in FP64, FP16 or BF16 chose that precision (FP16 would turn an FP64 input of 1e6 into inf).
 COMPUTE_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # The runtime hands torch read-only views of request bodies; the model never writes to
@@ -241,7 +243,7 @@ class LoadedModel:
                     tensor = tensor.view(torch.bfloat16)
                 if device.type != "cpu":
                     tensor = tensor.to(device)
-                if compute is not None and tensor.is_floating_point():
+                if compute is not None and datatype == "FP32":
                     tensor = tensor.to(compute)
                 tensors.append(tensor)
             names, outs = _outputs_as_list(self.module(*tensors))
@@ -260,12 +262,12 @@ class LoadedModel:
         return Outputs(results, specs)
 
     def _specs_of(self, names: list[str] | None, tensors: list[Any]) -> tuple[list[TensorSpec], list[torch.dtype]]:
-        """Without a signature or a warm-up: what this pass returned (float32 in place of a reduced precision)."""
+        """Without a signature or a warm-up: what this pass returned (FP32 in place of the --dtype precision)."""
         specs, wanted = [], []
         for i, tensor in enumerate(tensors):
             if not isinstance(tensor, torch.Tensor):
                 raise InferenceFailed(f"output {i} of the model is a {type(tensor).__name__}, not a tensor")
-            dtype = torch.float32 if self.compute_dtype is not None and tensor.is_floating_point() else tensor.dtype
+            dtype = torch.float32 if tensor.dtype == self.compute_dtype else tensor.dtype
             try:
                 datatype = datatypes.datatype_of(dtype)
             except ValueError as exc:
@@ -342,7 +344,8 @@ class LoadedModel:
             except ValueError as exc:
                 raise ModelLoadError(str(exc)) from None
             name = names[i] if names else f"output__{i}"
-            datatype = "FP32" if (self.compute_dtype is not None and tensor.is_floating_point()) else actual
+            # An output in the --dtype precision is what would have been FP32; FP64, say, stays FP64.
+            datatype = "FP32" if tensor.dtype == self.compute_dtype else actual
             shape = list(tensor.shape)
             batched = second[1][i] if second is not None and i < len(second[1]) else None
             batched = batched if isinstance(batched, torch.Tensor) else None
@@ -360,7 +363,7 @@ class LoadedModel:
             tensors = []
             for array, spec in zip(arrays, self.inputs, strict=True):
                 tensor = datatypes.to_tensor(array, spec.datatype).to(self.device)
-                if self.compute_dtype is not None and tensor.is_floating_point():
+                if self.compute_dtype is not None and spec.datatype == "FP32":
                     tensor = tensor.to(self.compute_dtype)
                 tensors.append(tensor)
             return _outputs_as_list(self.module(*tensors))
@@ -386,6 +389,15 @@ def describe_error(exc: BaseException, limit: int = 400) -> str:
     if lines and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
         return lines[-1][:limit]
     return f"{type(exc).__name__}: {lines[0][:limit] if lines else ''}"
+
+
+def _reduce_precision(module: Any, compute: torch.dtype) -> None:
+    """FP32 parameters and buffers to `compute`; the others as they are (module.to(dtype) would cast every
+    floating point one, and an FP64 weight would then meet an FP64 input that is not cast)."""
+    with torch.no_grad():
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.dtype == torch.float32:
+                tensor.data = tensor.data.to(compute)
 
 
 def load_model(config: Config) -> LoadedModel:
@@ -440,7 +452,7 @@ def load_model(config: Config) -> LoadedModel:
 
     compute = COMPUTE_DTYPES[config.dtype]
     if compute is not None:
-        module = module.to(compute)
+        _reduce_precision(module, compute)
     model = LoadedModel(config=config, module=module, fmt=fmt, device=device, inputs=inputs)
     model.parameter_count = int(parameter_count)
     if bounds is not None and any(bounds):

@@ -182,6 +182,33 @@ def test_reduced_precision_computes_in_bfloat16_and_answers_fp32(servers, zoo):
     assert not np.allclose(got, want, rtol=1e-6, atol=1e-7), "not computed in bfloat16"
 
 
+def test_reduced_precision_leaves_what_the_model_takes_in_another_float_datatype_alone(spawn, zoo):
+    """--dtype float16 computes the model's FP32 in half precision; an input (and a weight) it keeps in FP64
+    or BF16 keeps its precision: in FP16, 1e6 or 2**40 would be infinite (FP16 stops at 65504)."""
+    two = spawn("two_inputs", zoo["two_inputs"].path, "--dtype", "float16", entry=zoo["two_inputs"])
+    types = spawn("datatypes", zoo["datatypes"].path, "--dtype", "float16", entry=zoo["datatypes"])
+    two.wait_ready(), types.wait_ready()
+
+    inputs = {
+        "features": np.array([[1e6, 1.0000001, 70_000.0], [0.1, 0.2, 0.3]]),  # FP64
+        "mask": np.array([[True, True, True], [True, False, True]]),
+    }
+    response = two.client.post("/v2/models/two_inputs/infer", content=json_request(inputs))
+    assert response.json()["outputs"][0]["datatype"] == "FP64"
+    assert_outputs_equal(parse_response(response), expected_outputs(zoo["two_inputs"].module, inputs))
+    outputs = two.client.get("/v2/models/two_inputs").json()["outputs"]
+    assert [output["datatype"] for output in outputs] == ["FP64", "INT64"]
+
+    inputs = sample_inputs("datatypes", 2)
+    inputs["bf16"] = BF16(np.array([[2.0**40, -(2.0**100), 1.5], [-3.0, 2.0**-30, 0.0]]))
+    for body, headers in (binary_request(inputs), (json_request(inputs), {})):
+        response = types.client.post("/v2/models/datatypes/infer", content=body, headers=headers)
+        got = parse_response(response)
+        assert np.isfinite(got["output__5"]).all()
+        assert_outputs_equal(got, expected_outputs(zoo["datatypes"].module, inputs))
+    assert response.json()["outputs"][5]["datatype"] == "BF16"
+
+
 def test_a_torchscript_model_without_a_signature_is_served_unbatched(servers, zoo):
     server = servers["mlp_unsigned"]
     metadata = server.client.get("/v2/models/mlp_unsigned").json()
