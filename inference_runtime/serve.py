@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import signal
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
@@ -44,7 +46,16 @@ class RuntimeServer(uvicorn.Server):
         self.signalled = True
         log.info("%s received", signal.Signals(sig).name)
         if not self.runtime.begin_drain_threadsafe():
+            log.info("stopping before the model began to load")
             self.should_exit = True
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+        # uvicorn put back the handlers it found, which stop a start-up with status 0: the status is decided now.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def build_server(config: Config) -> RuntimeServer:

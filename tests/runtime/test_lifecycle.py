@@ -260,6 +260,22 @@ def test_sigterm_while_loading_exits_at_once(spawn, zoo):
     assert server.wait_exit(timeout=15) == 0
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_before_the_server_listens_exits_0_at_once(spawn, zoo, sig):
+    """The process logs its first line, then imports torch (a second or more) before uvicorn listens for
+    signals: a SIGTERM then (a rollout replacing a pod that just started) is a clean stop, not a death by
+    signal (status 143)."""
+    server = spawn("mlp", zoo["mlp"].path, entry=zoo["mlp"])
+    deadline = time.monotonic() + 30
+    while "Slipway inference runtime" not in server.log():
+        assert time.monotonic() < deadline and server.proc.poll() is None, server.log()
+        time.sleep(0.005)
+    server.proc.send_signal(sig)
+    assert server.wait_exit(timeout=10) == 0, server.log()
+    assert f"{sig.name} received while starting: exiting" in server.log()
+    assert "Started server process" not in server.log()
+
+
 def test_file_hash_helper_matches_sha256(zoo):
     from inference_runtime.model import sha256_of
 
