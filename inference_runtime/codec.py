@@ -17,7 +17,7 @@ import orjson
 import torch
 
 from inference_runtime import datatypes
-from inference_runtime.errors import InvalidInput, Unsupported
+from inference_runtime.errors import InvalidInput, RuntimeFailure, Unsupported
 from inference_runtime.model import Outputs
 
 _NUMPY_OPTION = orjson.OPT_SERIALIZE_NUMPY
@@ -84,24 +84,16 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
         if not isinstance(item, dict):
             raise InvalidInput("each input must be an object with name, shape, datatype and data")
         name = item.get("name")
-        index = index_of.get(name) if isinstance(name, str) else None
+        index = index_of.get(name) if type(name) is str else None
         if index is None:
-            expected = ", ".join(spec.describe() for spec in specs)
-            raise InvalidInput(f"unexpected input {name!r}: the model takes {expected}")
+            raise _unknown_input(item, specs)
         if arrays[index] is not None:
             raise InvalidInput(f"input {name!r} is given twice")
         spec = specs[index]
         datatype = item.get("datatype")
-        if spec.datatype is not None and datatype != spec.datatype:
-            raise InvalidInput(f"input {name!r} must be {spec.datatype}, not {datatype!r}")
         dtype = datatypes.NUMPY.get(datatype) if type(datatype) is str else None
-        if dtype is None:
-            if datatype == "BYTES":  # a datatype of the protocol this server does not implement: 501
-                raise Unsupported(
-                    f"input {name!r} is BYTES, which this server does not support: a PyTorch model takes numeric "
-                    "tensors; encode text as token ids (INT64) before sending it"
-                )
-            raise InvalidInput(f"input {name!r} has an unknown datatype {datatype!r}")
+        if dtype is None or (spec.datatype is not None and datatype != spec.datatype):
+            raise _wrong_datatype(name, datatype, spec.datatype)
         shape = item.get("shape")
         if type(shape) is not list or not _positive_ints(shape):
             raise InvalidInput(
@@ -113,7 +105,12 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
             _check_bounds(name, shape, bounds[index])
         count = math.prod(shape)
         parameters = item.get("parameters")
-        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if isinstance(parameters, dict):
+            size = parameters.get("binary_data_size")
+        elif parameters is None:
+            size = None
+        else:
+            raise _not_an_object(f"input {name!r}: 'parameters'", parameters, '{"binary_data_size": 64}')
         if size is not None:
             if binary is None:
                 raise InvalidInput(
@@ -121,7 +118,7 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
                 )
             if type(size) is not int or size != count * dtype.itemsize:
                 raise InvalidInput(
-                    f"input {name!r}: binary_data_size is {size!r}, but shape {shape} of {datatype} "
+                    f"input {name!r}: binary_data_size is {_described(size)}, but shape {shape} of {datatype} "
                     f"takes {count * dtype.itemsize} bytes"
                 )
             if "data" in item:  # which would be the input: the bytes, or the numbers?
@@ -166,7 +163,12 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
         key = tuple(parts)
 
     parameters = request.get("parameters")
-    binary_default = _flag(parameters, "binary_data_output", False) if isinstance(parameters, dict) else False
+    if isinstance(parameters, dict):
+        binary_default = _flag(parameters, "binary_data_output", False)
+    elif parameters is None:
+        binary_default = False
+    else:
+        raise _not_an_object("the request's 'parameters'", parameters, '{"binary_data_output": true}')
     return Request(
         id=request_id,
         arrays=arrays,
@@ -176,6 +178,63 @@ def decode_request(body: bytes, header_length: int | None, model: Any) -> Reques
         outputs=_requested_outputs(request.get("outputs"), model, binary_default),
         binary_default=binary_default,
     )
+
+
+# The error messages below run only for a bad request: they may take their time.
+_JSON_TYPES = {
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _json_type(value: Any) -> str:
+    return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _shown(value: str, limit: int = 64) -> str:
+    """A string from the request, quoted and cut short: an error message need not echo a megabyte."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+
+
+def _described(value: Any) -> str:
+    """A value from the request for an error message: a string or a number as such, a list or object by its type."""
+    if type(value) is str:
+        return _shown(value)
+    return _json_type(value) if isinstance(value, list | dict) else repr(value)[:64]
+
+
+def _unknown_input(item: dict, specs: list) -> InvalidInput:
+    expected = ", ".join(spec.describe() for spec in specs)
+    name = item.get("name")
+    if type(name) is str:
+        return InvalidInput(f"unexpected input {_shown(name)}: the model takes {expected}")
+    got = "has no 'name'" if "name" not in item else f"has a 'name' that is {_json_type(name)}"
+    return InvalidInput(f"an input {got}: give each input its name as a string; the model takes {expected}")
+
+
+def _wrong_datatype(name: str, datatype: Any, wanted: str | None) -> RuntimeFailure:
+    if type(datatype) is not str:
+        what = "has no 'datatype'" if datatype is None else f"has a 'datatype' that is {_json_type(datatype)}"
+        send = f"the string {wanted!r}" if wanted is not None else f"a string, one of {', '.join(datatypes.NUMPY)}"
+        return InvalidInput(f"input {name!r} {what}: send {send}")
+    if wanted is not None:
+        return InvalidInput(f"input {name!r} must be {wanted}, not {_shown(datatype)}")
+    if datatype == "BYTES":  # a datatype of the protocol this server does not implement: 501
+        return Unsupported(
+            f"input {name!r} is BYTES, which this server does not support: a PyTorch model takes numeric "
+            "tensors; encode text as token ids (INT64) before sending it"
+        )
+    return InvalidInput(
+        f"input {name!r} has an unknown datatype {_shown(datatype)}; send one of {', '.join(datatypes.NUMPY)}"
+    )
+
+
+def _not_an_object(what: str, value: Any, example: str) -> InvalidInput:
+    return InvalidInput(f"{what} must be an object, such as {example}, not {_json_type(value)}")
 
 
 def _loads_nonfinite(header: bytes | memoryview) -> Any:
@@ -203,7 +262,7 @@ def _finite_float(text: str) -> float:
 def _flag(parameters: dict, name: str, default: bool) -> bool:
     value = parameters.get(name, default)
     if type(value) is not bool:
-        raise InvalidInput(f"the parameter {name!r} must be true or false, not {value!r}")
+        raise InvalidInput(f"the parameter {name!r} must be true or false, not {_described(value)}")
     return value
 
 
@@ -299,17 +358,20 @@ def _requested_outputs(raw: Any, model: Any, binary_default: bool) -> list[tuple
         if not isinstance(name, str):
             raise InvalidInput("each requested output must be an object with a name")
         if model.output_index is not None and name not in model.output_index:
-            raise InvalidInput(f"unknown output {name!r}: the model returns {', '.join(model.output_index)}")
+            raise InvalidInput(f"unknown output {_shown(name)}: the model returns {', '.join(model.output_index)}")
         if name in seen:
-            raise InvalidInput(f"output {name!r} is requested twice")
+            raise InvalidInput(f"output {_shown(name)} is requested twice")
         seen.add(name)
         parameters = item.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise _not_an_object(f"output {_shown(name)}: 'parameters'", parameters, '{"binary_data": true}')
         if isinstance(parameters, dict) and parameters.get("classification"):
             # Triton's top-k extension (tritonclient's class_count): answering raw values instead would pass
             # for labels.
             raise Unsupported(
-                f"output {name!r} asks for classification (the top {parameters['classification']!r} classes), an "
-                "extension this server does not support: request the output itself and take the top classes"
+                f"output {_shown(name)} asks for classification (the top {_described(parameters['classification'])} "
+                "classes), an extension this server does not support: request the output itself and take the top "
+                "classes"
             )
         binary = _flag(parameters, "binary_data", binary_default) if isinstance(parameters, dict) else binary_default
         requested.append((name, binary))
@@ -339,7 +401,7 @@ def encode_response(
         selected = []
         for name, binary in request.outputs:
             if name not in position:
-                raise InvalidInput(f"unknown output {name!r}: the model returns {', '.join(names)}")
+                raise InvalidInput(f"unknown output {_shown(name)}: the model returns {', '.join(names)}")
             selected.append((position[name], binary))
 
     outputs, chunks = [], []

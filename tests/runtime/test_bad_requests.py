@@ -127,6 +127,38 @@ CASES = {
     ),
     "a value too large for FP32": (infer_json(data=[1e39] + [0.0] * 31), {}, 400, "out of range for FP32"),
     "an unknown content encoding": (infer_json(), {"Content-Encoding": "br"}, 501, "not supported"),
+    # Wrong JSON types: each says what to send instead.
+    "a name that is a number": (infer_json(name=5), {}, 400, "an input has a 'name' that is a number: give each"),
+    "no name": (
+        b'{"inputs": [{"shape": [2, 16], "datatype": "FP32", "data": []}]}',
+        {},
+        400,
+        "an input has no 'name': give each input its name as a string; the model takes x (FP32 [-1, 16])",
+    ),
+    "a name too long to echo": (infer_json(name="y" * 100_000), {}, 400, "unexpected input 'yyyyyyyy"),
+    "a datatype that is a list": (infer_json(datatype=["FP32"]), {}, 400, "'datatype' that is a list: send the string"),
+    "no datatype": (infer_json(datatype=None), {}, 400, "input 'x' has no 'datatype': send the string 'FP32'"),
+    "a shape that is a string": (infer_json(shape="2, 16"), {}, 400, "needs a shape: a list of up to 32 positive"),
+    "a shape of floats": (infer_json(shape=[2.0, 16.0]), {}, 400, "needs a shape: a list of up to 32 positive"),
+    "a shape of booleans": (infer_json(shape=[True, 16]), {}, 400, "needs a shape: a list of up to 32 positive"),
+    "input parameters that are a list": (
+        infer_json(parameters=["binary_data_size", 128]),
+        {},
+        400,
+        "input 'x': 'parameters' must be an object, such as {\"binary_data_size\": 64}, not a list",
+    ),
+    "request parameters that are a string": (
+        json_request({"x": X}, parameters="binary_data_output"),
+        {},
+        400,
+        "the request's 'parameters' must be an object",
+    ),
+    "output parameters that are a list": (
+        json_request({"x": X}, outputs=[{"name": "output__0", "parameters": [True]}]),
+        {},
+        400,
+        "output 'output__0': 'parameters' must be an object",
+    ),
 }
 
 
@@ -141,6 +173,7 @@ def test_bad_request_gets_a_json_error_and_the_server_stays_ready(servers, case)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     assert message in response.json()["error"]
+    assert len(response.content) < 2000, "the error echoes the request"
     assert_still_serving(server)
 
 
