@@ -32,6 +32,13 @@ class Unsupported(RuntimeFailure):
     status = 501
 
 
+class UnsupportedEncoding(RuntimeFailure):
+    """A Content-Encoding this server cannot undo (RFC 9110 §15.5.16: 415, with Accept-Encoding naming those it
+    can)."""
+
+    status = 415
+
+
 class NotReady(RuntimeFailure):
     status = 503
 
@@ -69,6 +76,7 @@ OUTCOMES: dict[type[RuntimeFailure], str] = {
     ModelNotFound: "not_found",
     PayloadTooLarge: "too_large",
     Unsupported: "unsupported",
+    UnsupportedEncoding: "unsupported",
     NotReady: "not_ready",
     ServerBusy: "busy",
     RequestTimeout: "timeout",

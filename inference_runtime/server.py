@@ -36,6 +36,7 @@ from inference_runtime.errors import (
     PayloadTooLarge,
     RuntimeFailure,
     Unsupported,
+    UnsupportedEncoding,
     error_response,
     outcome_of,
 )
@@ -308,7 +309,7 @@ class Runtime:
 
     async def _read_body(self, scope: dict, receive: Callable) -> tuple[int | None, bytes]:
         limit = self.config.max_body_bytes
-        header_length = encoding = None
+        header_length = codings = None
         for key, value in scope["headers"]:
             if key == b"content-length":
                 if value.isdigit() and int(value) > limit:
@@ -319,7 +320,7 @@ class Runtime:
                     raise InvalidInput(f"Inference-Header-Content-Length {value.decode('latin-1')!r} is not a number")
                 header_length = int(value)
             elif key == b"content-encoding":
-                encoding = value.decode("latin-1").strip().lower()
+                codings = content_codings(value, codings)  # refused (415) before the body is read
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -333,11 +334,8 @@ class Runtime:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if encoding and encoding != "identity":
-            inflate = Inflate(body, encoding, limit)
-            body = inflate.run(_INFLATE_ON_LOOP)
-            if body is None:
-                body = await asyncio.to_thread(inflate.run)
+        if codings:
+            body = await decode_body(body, codings, limit)
         return header_length, body
 
     # --- the rest of the protocol, for FastAPI ---------------------------------------------
@@ -354,6 +352,9 @@ class Runtime:
 
 # Content codings (RFC 9110 §8.4.1: x-gzip is gzip) and their zlib window bits.
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+ACCEPT_ENCODING = "gzip, deflate"  # what a 415 says this server takes (RFC 9110 §12.5.3)
+# Codings applied one over another that a body may list: a client applies one; each is decompressed in full.
+MAX_CODINGS = 4
 # A gzip body may hold several members one after another (what `cat a.gz b.gz` makes); clients send one.
 MAX_GZIP_MEMBERS = 64
 # Compressed bytes handed to zlib per call: what zlib copies back (unused_data, unconsumed_tail) stays this small.
@@ -361,6 +362,49 @@ _INFLATE_CHUNK = 64 * 1024
 # Bytes in and out decompressed on the event loop (~1 ms); a body that needs more finishes on a thread,
 # so that a large body or a gzip bomb does not hold up health checks and other requests.
 _INFLATE_ON_LOOP = 256 * 1024
+
+
+def unsupported_encoding(coding: str) -> UnsupportedEncoding:
+    return UnsupportedEncoding(
+        f"Content-Encoding {coding[:64]!r} is not supported: send the body uncompressed, or compressed with gzip "
+        "(x-gzip) or deflate",
+        headers={"accept-encoding": ACCEPT_ENCODING},
+    )
+
+
+def content_codings(value: bytes, codings: list[str] | None) -> list[str]:
+    """A Content-Encoding field's codings, in the order the client applied them, added to those of the fields
+    before it (a field may be repeated: RFC 9110 §5.3); identity and empty elements are no coding at all."""
+    codings = [] if codings is None else codings
+    for element in value.decode("latin-1").split(","):
+        coding = element.strip().lower()
+        if not coding or coding == "identity":
+            continue
+        if coding not in _WBITS:
+            raise unsupported_encoding(coding)
+        codings.append(coding)
+        if len(codings) > MAX_CODINGS:
+            raise InvalidInput(
+                f"Content-Encoding lists more than {MAX_CODINGS} codings, the most this server undoes: compress "
+                "the body once"
+            )
+    return codings
+
+
+async def decode_body(body: bytes, codings: list[str], limit: int) -> bytes:
+    """Undo the codings, the last applied first (RFC 9110 §8.4), each decompressed to at most `limit` bytes.
+    The first _INFLATE_ON_LOOP bytes of work are done on the event loop, the rest on a thread."""
+    on_loop = _INFLATE_ON_LOOP
+    for coding in reversed(codings):
+        inflate = Inflate(body, coding, limit)
+        decoded = inflate.run(on_loop) if on_loop > 0 else None
+        if decoded is None:
+            decoded = await asyncio.to_thread(inflate.run)
+            on_loop = 0
+        else:
+            on_loop -= len(body) + len(decoded)
+        body = decoded
+    return body
 
 
 class Inflate:
@@ -372,7 +416,7 @@ class Inflate:
     def __init__(self, body: bytes, encoding: str, limit: int):
         wbits = _WBITS.get(encoding)
         if wbits is None:
-            raise Unsupported(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+            raise unsupported_encoding(encoding)
         self.body, self.encoding, self.limit, self.wbits = memoryview(body), encoding, limit, wbits
         self.inflater = zlib.decompressobj(wbits)
         self.members = 1

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from inference_runtime.errors import PayloadTooLarge
-from inference_runtime.server import Inflate
+from inference_runtime.server import Inflate, decode_body
 from tests.runtime.oip import binary_request, expected_outputs, json_request, parse_response
 
 pytestmark = pytest.mark.runtime
@@ -126,7 +126,7 @@ CASES = {
         "requested twice",
     ),
     "a value too large for FP32": (infer_json(data=[1e39] + [0.0] * 31), {}, 400, "out of range for FP32"),
-    "an unknown content encoding": (infer_json(), {"Content-Encoding": "br"}, 501, "not supported"),
+    "an unknown content encoding": (infer_json(), {"Content-Encoding": "br"}, 415, "'br' is not supported"),
     # Wrong JSON types: each says what to send instead.
     "a name that is a number": (infer_json(name=5), {}, 400, "an input has a 'name' that is a number: give each"),
     "no name": (
@@ -236,6 +236,56 @@ def test_gzip_bodies_are_accepted_but_not_gzip_bombs(servers):
     assert response.status_code == 413
     assert "decompresses to more than 1048576 bytes" in response.json()["error"]
     assert_still_serving(server)
+
+
+def test_a_list_of_content_codings_is_undone_last_first_and_an_unknown_one_is_415(servers):
+    """RFC 9110 §8.4: Content-Encoding lists the codings in the order they were applied, in one field or in
+    several; identity is none. §15.5.16: a coding the server cannot undo is a 415 with Accept-Encoding."""
+    server = servers["mlp"]
+    body = infer_json()
+    twice = gzip.compress(zlib.compress(body))  # deflate first, then gzip
+    for content, headers in (
+        (gzip.compress(body), {"Content-Encoding": "gzip, identity"}),
+        (gzip.compress(body), {"Content-Encoding": "identity,GZIP"}),
+        (gzip.compress(body), {"Content-Encoding": ", gzip ,"}),  # empty elements are ignored
+        (twice, {"Content-Encoding": "deflate, gzip"}),
+        (twice, [("Content-Encoding", "deflate"), ("Content-Encoding", "gzip")]),
+        (body, {"Content-Encoding": "identity"}),
+    ):
+        response = server.client.post("/v2/models/mlp/infer", content=content, headers=headers)
+        assert response.status_code == 200, (headers, response.text)
+
+    wrong_order = server.client.post(
+        "/v2/models/mlp/infer", content=twice, headers={"Content-Encoding": "gzip, deflate"}
+    )
+    assert wrong_order.status_code == 400
+    assert "not valid deflate data" in wrong_order.json()["error"]
+
+    for encoding in ("br", "gzip, br", "zstd, gzip", "compress"):
+        response = server.client.post(
+            "/v2/models/mlp/infer", content=gzip.compress(body), headers={"Content-Encoding": encoding}
+        )
+        assert response.status_code == 415, (encoding, response.text)
+        assert response.headers["accept-encoding"] == "gzip, deflate"
+        assert (
+            "is not supported: send the body uncompressed, or compressed with gzip (x-gzip) or deflate"
+            in (response.json()["error"])
+        )
+
+    many = server.client.post(
+        "/v2/models/mlp/infer", content=body, headers={"Content-Encoding": ", ".join(["gzip"] * 5)}
+    )
+    assert many.status_code == 400
+    assert "more than 4 codings" in many.json()["error"]
+    assert_still_serving(server)
+
+
+def test_codings_past_the_event_loop_s_budget_are_undone_on_a_thread_in_the_same_order():
+    inner = b"\0" * 3_000_000 + np.random.default_rng(4).bytes(300_000)  # past the loop's 256 KiB of work
+    body = zlib.compress(gzip.compress(inner))  # gzip, then deflate
+    assert asyncio.run(decode_body(body, ["gzip", "deflate"], 64 * 1024 * 1024)) == inner
+    with pytest.raises(PayloadTooLarge):
+        asyncio.run(decode_body(body, ["gzip", "deflate"], 3_000_000))  # each coding is held to the limit
 
 
 def test_a_body_is_decompressed_the_same_in_steps_and_the_event_loop_takes_only_the_first():
