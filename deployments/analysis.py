@@ -23,8 +23,8 @@ LATENCY = "slipway_inference_request_duration_seconds"
 # slipway_inference_client_disconnects_total), "timeout" a 504, "busy" a full queue (503), "not_ready" a replica that
 # took traffic while loading or draining (503). Client mistakes are no fault of the
 # release and do not count: bad_request (400), not_found (404), too_large (413),
-# unsupported (501: a Content-Encoding the client chose) and client_timeout (408: the
-# client did not send its body in time).
+# unsupported (415: a Content-Encoding the client chose; 501: BYTES data or Triton's
+# classification extension) and client_timeout (408: the client did not send its body in time).
 ERROR_OUTCOMES = frozenset({"error", "timeout", "busy", "not_ready"})
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 
