@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 from types import FrameType
 
@@ -54,8 +55,9 @@ class RuntimeServer(uvicorn.Server):
         with super().capture_signals():
             yield
         # uvicorn put back the handlers it found, which stop a start-up with status 0: the status is decided now.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
+        if threading.current_thread() is threading.main_thread():  # as uvicorn: only there can signals be set
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def build_server(config: Config) -> RuntimeServer:
