@@ -58,6 +58,8 @@ METRICS_TIMEOUT_S = 2.0
 STOP_GRACE_S = 10.0  # SIGTERM lets the runtime drain (for a little less: --drain-timeout-s); then SIGKILL
 ROUTER_START_TIMEOUT_S = 15.0
 MAX_RESTARTS = 3  # a replica that exited more often than this is not started again
+# How the runtime (serve.py) and uvicorn say that the replica's port was taken: not the model's fault.
+PORT_TAKEN = ("could not listen on", "address already in use")
 MARKER = "--- slipway:"  # starts each run's part of a log: the reason for an exit is read after the last one
 KEY_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 # What a child process may see of the worker's environment: never database URLs or secrets.
@@ -473,8 +475,10 @@ class _Replica:
             return _Exit.from_state(self.state) or _Exit(0, None, "stopped", True)
         code = _exit_code(self.pid)
         reason = _last_words(self.log_path)
-        # The runtime exits 2 after "refusing to start: ..." (and when its port is taken, which a retry fixes).
-        refused = "refusing to start" in reason or (code == 2 and "address already in use" not in reason)
+        # The runtime exits 2 after "refusing to start: ..." and also when its port was taken between
+        # _free_port() and its bind ("refusing to start: could not listen on ..."): a retry on a fresh port fixes that.
+        port_taken = any(words in reason for words in PORT_TAKEN)
+        refused = not port_taken and ("refusing to start" in reason or code == 2)
         return _Exit(self.state.get("exits", 0) + 1, code, reason, refused)
 
 

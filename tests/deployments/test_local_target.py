@@ -328,6 +328,35 @@ def test_a_refused_model_fails_with_the_runtimes_reason(local, model_files):
     assert status.replicas[0].name == "replica 0 (stopped)"
 
 
+def test_a_replica_whose_port_was_taken_meanwhile_starts_again_on_another(local, model_files, monkeypatch):
+    """The port is picked free, but the runtime binds it seconds later (after importing torch): another
+    program, or an outgoing connection's source port, may take it meanwhile. That is no refusal of the
+    model: the next apply starts the replica on a fresh port."""
+    from deployments.targets import local as local_module
+
+    model = model_files["torchscript"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        real = local_module._free_port
+        monkeypatch.setattr(local_module, "_free_port", lambda: next(ports, None) or real())
+        local.apply(IRIS, release(1, model), 1)
+        pid = pid_of(local, 1)
+        wait_for(lambda: start_time_of(pid) is None, timeout=60, what="the runtime to give up on the taken port")
+
+    status = local.status(IRIS).releases[1]
+    assert status.failed is None, status.failed
+    (warning,) = status.warnings
+    assert warning.startswith("CrashLoopBackOff: replica 0 exited 1 time (code 2): ")
+    assert "could not listen on" in warning and warning.endswith("the next apply restarts it")
+
+    local.apply(IRIS, release(1, model), 1)
+    status = wait_done(local, 1)
+    assert status.replicas[0].restarts == 1 and pid_of(local, 1) != pid
+    assert answered_by(local.route(IRIS, {1: 100}), {1: model}, 2) == [1, 1]
+
+
 def test_a_replica_that_keeps_exiting_is_given_up_as_a_crash_loop(local, model_files):
     model = model_files["torchscript"]
     local.apply(IRIS, release(1, model), 1)
