@@ -75,10 +75,19 @@ class BuildConfig:
         return {"username": self.username, "password": self.password}
 
 
-def image_ref(registry: str, model_name: str, version: int, sha256: str, variant: str) -> str:
-    """Content-addressed: the artifact's digest is in the tag; the CPU variant says so."""
+def image_ref(
+    registry: str, model_name: str, version: int, sha256: str, variant: str, *, runtime_version: str, base_image: str
+) -> str:
+    """Content-addressed: the tag names the artifact's digest and what the image is built from.
+
+    `v<version>-<sha12>-<recipe8>[-cpu]`, where recipe8 digests the runtime version and the base
+    image: a tag the registry already holds is then a cache hit only for the very same image. (With
+    the artifact alone, an image built before Slipway's runtime or SLIPWAY_BASE_IMAGE_* changed was
+    taken for the new build.)
+    """
+    recipe = hashlib.sha256(f"{runtime_version}\n{base_image}".encode()).hexdigest()[:8]
     suffix = "-cpu" if variant == "cpu" else ""
-    return f"{registry}/slipway/{model_name}:v{version}-{sha256[:12]}{suffix}"
+    return f"{registry}/slipway/{model_name}:v{version}-{sha256[:12]}-{recipe}{suffix}"
 
 
 def connect(timeout_s: float) -> docker.DockerClient:

@@ -75,7 +75,15 @@ def request_build(version: ModelVersion, *, actor: Actor, variant: str | None = 
     existing = _live_build(version, runtime, base_image)
     if existing is not None:
         return existing, False
-    ref = image_ref(settings.SLIPWAY_REGISTRY, version.model.name, version.version, version.sha256, variant)
+    ref = image_ref(
+        settings.SLIPWAY_REGISTRY,
+        version.model.name,
+        version.version,
+        version.sha256,
+        variant,
+        runtime_version=runtime,
+        base_image=base_image,
+    )
     try:
         with transaction.atomic():
             _lock_version(version, "build was being requested", "build")

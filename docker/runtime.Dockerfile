@@ -90,13 +90,15 @@ ARG MODEL_VERSION=1
 ARG MODEL_SHA256=
 ARG MODEL_SIGNATURE=
 ARG RUNTIME_VERSION=0.1.0
+ARG BASE_IMAGE
 LABEL org.opencontainers.image.title="slipway-runtime-${MODEL_NAME}" \
       org.opencontainers.image.description="Slipway inference runtime serving ${MODEL_NAME} version ${MODEL_VERSION}" \
       org.opencontainers.image.version="${MODEL_VERSION}" \
       io.slipway.model.name="${MODEL_NAME}" \
       io.slipway.model.version="${MODEL_VERSION}" \
       io.slipway.model.sha256="${MODEL_SHA256}" \
-      io.slipway.runtime.version="${RUNTIME_VERSION}"
+      io.slipway.runtime.version="${RUNTIME_VERSION}" \
+      io.slipway.base-image="${BASE_IMAGE}"
 COPY ${MODEL_FILE} /models/model
 ENV RUNTIME_MODEL_PATH=/models/model \
     RUNTIME_MODEL_NAME=${MODEL_NAME} \

@@ -1,5 +1,6 @@
 """Image builds on a real Docker engine, pushed to a real registry, run for real."""
 
+import hashlib
 import threading
 import time
 from datetime import timedelta
@@ -39,7 +40,8 @@ def test_a_ready_version_is_built_pushed_and_serves_inference(api, ready_version
     assert response.status_code == 201, response.json()
     build = _settled(response.json()["id"])
     assert build.status == BuildStatus.SUCCEEDED, build.error + build.log[-3000:]
-    assert build.image_ref.endswith(f"/slipway/{ready_version.model.name}:v1-{ready_version.sha256[:12]}-cpu")
+    recipe = hashlib.sha256(f"{build.runtime_version}\n{build.base_image}".encode()).hexdigest()[:8]
+    assert build.image_ref.endswith(f"/slipway/{ready_version.model.name}:v1-{ready_version.sha256[:12]}-{recipe}-cpu")
     assert build.digest.startswith("sha256:") and build.size_bytes > 0 and not build.cache_hit
     detail = api.get(f"/api/v1/builds/{build.pk}/").json()
     assert detail["digest"] == build.digest and "Successfully built" in detail["log"]
@@ -49,6 +51,8 @@ def test_a_ready_version_is_built_pushed_and_serves_inference(api, ready_version
     docker_client.images.remove(build.image_ref, force=True)
     image = docker_client.images.pull(f"{repository}@{build.digest}")
     assert image.labels["io.slipway.model.sha256"] == ready_version.sha256
+    assert image.labels["io.slipway.runtime.version"] == build.runtime_version
+    assert image.labels["io.slipway.base-image"] == build.base_image
     assert image.attrs["Config"]["User"] == "10001:10001"
     port = free_port()
     container = docker_client.containers.run(
@@ -140,10 +144,11 @@ def test_only_a_ready_version_can_be_built(api, alice, worker, model_files):
 
 
 def _queued(version, **overrides) -> ImageBuild:
+    base_image = overrides.get("base_image", services.base_image_for("cpu"))
     return ImageBuild.objects.create(
         model_version=version,
         variant="cpu",
-        base_image=overrides.get("base_image", services.base_image_for("cpu")),
+        base_image=base_image,
         runtime_version=services.runtime_version(),
         image_ref=builds.image_ref(
             overrides.get("registry", settings.SLIPWAY_REGISTRY),
@@ -151,6 +156,8 @@ def _queued(version, **overrides) -> ImageBuild:
             version.version,
             version.sha256,
             "cpu",
+            runtime_version=services.runtime_version(),
+            base_image=base_image,
         )
         + overrides.get("tag_suffix", ""),
     )
@@ -304,3 +311,27 @@ def test_a_build_past_its_time_limit_is_stopped(ready_version, docker_client, se
     assert run_image_build(build.pk) == "failed"
     build.refresh_from_db()
     assert "longer than 10s" in build.error and "SLIPWAY_BUILD_TIMEOUT_S" in build.error
+
+
+def test_another_base_image_or_runtime_is_built_not_taken_for_a_cache_hit(ready_version, docker_client, settings):
+    """The registry's copy of the version's image was built from another base image (an operator moved
+    SLIPWAY_BASE_IMAGE_CPU to a patched one) or another runtime (Slipway was upgraded): a new build must
+    make an image from what its row says, not answer with the old one as a cache hit."""
+    first = _queued(ready_version)
+    assert run_image_build(first.pk) == "succeeded", ImageBuild.objects.get(pk=first.pk).error
+
+    patched = f"{settings.SLIPWAY_BASE_IMAGE_CPU.rsplit(':', 1)[0]}:patched-{ready_version.model.name}"
+    docker_client.images.get(settings.SLIPWAY_BASE_IMAGE_CPU).tag(patched)
+    try:
+        second = _queued(ready_version, base_image=patched)
+        assert run_image_build(second.pk) == "succeeded", ImageBuild.objects.get(pk=second.pk).error
+    finally:
+        docker_client.images.remove(patched)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert not second.cache_hit, "the image in the registry was built from the old base image"
+    assert second.image_ref != first.image_ref and second.digest != first.digest
+    image = docker_client.images.get(second.image_ref)
+    assert image.labels["io.slipway.base-image"] == patched
+    assert image.labels["io.slipway.runtime.version"] == second.runtime_version
+    assert docker_client.images.get(first.image_ref).labels["io.slipway.base-image"] == settings.SLIPWAY_BASE_IMAGE_CPU

@@ -236,7 +236,15 @@ def with_image(model: str, version: int) -> str:
     Returns the image the release must record: the build's repository and tag at its digest.
     """
     mv = ModelVersion.objects.get(model__name=model, version=version)
-    ref = image_ref(settings.SLIPWAY_REGISTRY, model, version, mv.sha256, "cpu")
+    ref = image_ref(
+        settings.SLIPWAY_REGISTRY,
+        model,
+        version,
+        mv.sha256,
+        "cpu",
+        runtime_version=runtime_version(),
+        base_image=base_image_for("cpu"),
+    )
     digest = f"sha256:{hashlib.sha256(ref.encode()).hexdigest()}"
     ImageBuild.objects.create(
         model_version=mv,
