@@ -285,6 +285,7 @@ def sweep() -> list[int]:
     """
     now = timezone.now()
     reap_warm_releases(now)
+    watch_idle_local_deployments()
     approvals.expire_due()
     overdue = list(
         Rollout.objects.filter(state__in=ROLLOUT_RUNNING, next_at__lte=now - _grace())
@@ -296,6 +297,45 @@ def sweep() -> list[int]:
 
         advance_rollout.delay(pk, None)
     return overdue
+
+
+def watch_idle_local_deployments() -> None:
+    """What serves on the local target once its rollout ended: restart replicas that exited, show the truth.
+
+    A rollout's steps watch its release until it ends; after that nothing did, so a replica that
+    died (the OOM killer, a crash, a reboot) left the page saying "ready" while the endpoint
+    answered 503, and nothing started it again. On Kubernetes the cluster restarts pods; here the
+    sweeper does, through the target's own apply (up to its restart limit: a crash loop or a
+    refused model is reported, not retried for ever), and writes the status into the newest
+    rollout, which is what the deployment page shows. A deployment stopped on purpose
+    (stop_local_deployments removed its state) is reported as not running, and not started again.
+    """
+    idle = (
+        Deployment.objects.filter(environment__target=TargetKind.LOCAL, current_release__isnull=False)
+        .exclude(rollouts__state__in=ROLLOUT_ACTIVE)
+        .select_related("environment", "model", "current_release__model_version__model")
+    )
+    for deployment in idle:
+        latest = deployment.rollouts.order_by("-created_at", "-pk").only("pk", "revision", "state", "status").first()
+        if latest is None or latest.state in ROLLOUT_ACTIVE:
+            continue
+        current, ref, target = deployment.current_release, deployment_ref(deployment), target_for(deployment)
+        try:
+            status = target.status(ref)
+            mine = status.releases.get(current.slot)
+            if mine is not None and mine.failed is None and (status.endpoint is None or mine.ready < mine.desired):
+                target.apply(ref, release_spec(current), current.settings.get("replicas", 1))
+                status = target.status(ref)
+        except TargetError as exc:
+            log.warning("could not look at %s's processes: %s", deployment, exc)
+            continue
+        snapshot = status_snapshot(status)
+        if snapshot != latest.status:
+            # Only the observed status changes (a terminal state stays final); the revision tells the idle
+            # page's watch that there is something new to show.
+            Rollout.objects.filter(pk=latest.pk, revision=latest.revision, state=latest.state).update(
+                status=snapshot, revision=F("revision") + 1
+            )
 
 
 def reap_warm_releases(now) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
+from django.test import Client
 
 from controlplane.audit import verify_chain
 from controlplane.models import AuditEvent
+from deployments import engine
 from deployments.engine import deployment_ref
 from deployments.models import Deployment, ImageBuild, Rollout
 from deployments.targets import get_target
@@ -197,3 +202,43 @@ def test_blue_green_brings_the_new_release_up_without_traffic_then_switches(api,
     assert answers(endpoint, model_name, 6) == [2.0] * 6  # switched at once, for every request
     wait_state(rollout_id, "succeeded")
     assert get_target("local").status(ref).releases.keys() == {2}  # the old release kept 1 s, then removed
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its parent (the worker) has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_serving_replica_that_dies_is_shown_and_started_again(api, alice, dev, model_name, model_dir):
+    """After its rollout no step watches a release: the sweeper does, or the page says ready for ever."""
+    v1 = upload(api, model_name, model_dir["one"])
+    first = deploy(api, model_name, v1)
+    rollout_id = first["rollout"]["id"]
+    wait_state(rollout_id, "succeeded")
+    endpoint = api.get(f"/api/v1/deployments/{first['id']}/").json()["endpoint"]
+    ref = deployment_ref(Deployment.objects.get(pk=first["id"]))
+    (replica,) = get_target("local").status(ref).releases[1].replicas
+    pid = int(replica.name.removeprefix("pid "))
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: gone(pid), timeout=10, what="the replica to die")
+
+    engine.sweep()
+    facts = Rollout.objects.get(pk=rollout_id).status["releases"]["1"]
+    assert facts["ready"] == 0 and not facts["done"], facts
+    assert facts["warnings"][0].startswith("CrashLoopBackOff: replica 0 exited 1 time ("), facts
+    browser = Client()
+    browser.force_login(alice)
+    page = browser.get(f"/deployments/{first['id']}/live/").content.decode()
+    assert "CrashLoopBackOff" in page
+
+    def serving_again():
+        engine.sweep()
+        return Rollout.objects.get(pk=rollout_id).status["releases"]["1"]["done"]
+
+    wait_for(serving_again, timeout=60, interval=0.5, what="the sweeper to start the replica again")
+    assert answers(endpoint, model_name, 3) == [1.0] * 3
+    rollout = Rollout.objects.get(pk=rollout_id)
+    assert rollout.state == "succeeded" and rollout.status["releases"]["1"]["warnings"] == []
