@@ -48,7 +48,9 @@ class ImageBuild(models.Model):
     variant = models.CharField(max_length=3, choices=Variant.choices, default=Variant.GPU)
     base_image = models.CharField(max_length=300)
     runtime_version = models.CharField(max_length=50)
-    image_ref = models.CharField(max_length=400, help_text="registry/slipway/<model>:v<version>-<sha12>")
+    image_ref = models.CharField(
+        max_length=400, help_text="registry/slipway/<model>:v<version>-<sha12>-<recipe8>[-cpu]"
+    )
     digest = models.CharField(max_length=100, blank=True)
     size_bytes = models.BigIntegerField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=BuildStatus.choices, default=BuildStatus.QUEUED)
