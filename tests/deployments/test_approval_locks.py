@@ -7,8 +7,6 @@ before the other goes on: real PostgreSQL, real row locks, nothing patched.
 
 from __future__ import annotations
 
-import threading
-
 from django.db import connection, transaction
 
 from controlplane.audit import _AUDIT_LOCK_KEY, Actor
@@ -17,28 +15,9 @@ from controlplane.models import Role, RoleBinding
 from deployments import approvals, services
 from deployments.models import ApprovalRequest, Rollout, RolloutState
 from registry.models import Model
+from tests.concurrency import in_thread, waiting_for_a_lock
 from tests.conftest import wait_for
 from tests.factories import UserFactory, bulk_versions
-
-
-def _waiting(locktypes: tuple[str, ...]) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = ANY(%s)", [list(locktypes)])
-        return cursor.fetchone()[0] > 0
-
-
-def _in_thread(results: dict, name: str, call) -> threading.Thread:
-    def run():
-        try:
-            results[name] = call()
-        except Exception as exc:  # what the test looks at
-            results[name] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, name=name)
-    thread.start()
-    return thread
 
 
 def test_an_approval_and_an_abort_at_the_same_moment_do_not_deadlock(live_db):
@@ -53,12 +32,12 @@ def test_an_approval_and_an_abort_at_the_same_moment_do_not_deadlock(live_db):
     results: dict = {}
     with transaction.atomic():
         connection.cursor().execute("SELECT pg_advisory_xact_lock(%s)", [_AUDIT_LOCK_KEY])
-        approve = _in_thread(
+        approve = in_thread(
             results, "approve", lambda: approvals.decide(request, actor=Actor(user=amy), decision="approve")
         )
-        wait_for(lambda: _waiting(("advisory",)), timeout=10, what="the approval to wait for the audit chain")
-        abort = _in_thread(results, "abort", lambda: services.abort_rollout(rollout, actor=Actor(user=rita)))
-        wait_for(lambda: _waiting(("transactionid", "tuple")), timeout=10, what="the abort to wait for a row")
+        wait_for(lambda: waiting_for_a_lock("advisory"), timeout=10, what="the approval to wait for the audit chain")
+        abort = in_thread(results, "abort", lambda: services.abort_rollout(rollout, actor=Actor(user=rita)))
+        wait_for(lambda: waiting_for_a_lock("transactionid", "tuple"), timeout=10, what="the abort to wait for a row")
     for thread in (approve, abort):
         thread.join(timeout=30)
         assert not thread.is_alive()

@@ -8,8 +8,6 @@ committed. A second connection (a thread) does the delete at the exact moment of
 
 from __future__ import annotations
 
-import threading
-
 from django.db import connection
 
 from controlplane.audit import Actor
@@ -20,28 +18,9 @@ from deployments import services
 from deployments.models import Deployment, Environment, ImageBuild, Release
 from registry import services as registry_services
 from registry.models import Model, ModelVersion
+from tests.concurrency import in_thread, waiting_for_a_lock
 from tests.conftest import wait_for
 from tests.factories import UserFactory, bulk_versions
-
-
-def _in_thread(results: dict, name: str, call) -> threading.Thread:
-    def run():
-        try:
-            results[name] = call()
-        except Exception as exc:  # what the test looks at
-            results[name] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, name=name)
-    thread.start()
-    return thread
-
-
-def _waiting_for_a_row() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype IN ('transactionid', 'tuple')")
-        return cursor.fetchone()[0] > 0
 
 
 def _people():
@@ -69,7 +48,7 @@ def test_a_version_deleted_just_after_the_deploy_read_it_is_refused_with_409_not
     def delete_right_after_the_version_is_read(execute, sql, params, many, context):
         result = execute(sql, params, many, context)
         if not results and 'FROM "registry_modelversion"' in sql:
-            _in_thread(results, "delete", lambda: registry_services.delete_version(version, actor=Actor(user=ada)))
+            in_thread(results, "delete", lambda: registry_services.delete_version(version, actor=Actor(user=ada)))
             wait_for(lambda: results, timeout=20, what="the delete to finish")
         return result
 
@@ -102,13 +81,15 @@ def test_a_delete_that_comes_while_a_deploy_is_being_written_waits_and_is_refuse
     def delete_once_the_release_is_written(execute, sql, params, many, context):
         result = execute(sql, params, many, context)
         if not results and sql.startswith('INSERT INTO "deployments_release"'):
-            thread = _in_thread(
+            thread = in_thread(
                 results, "delete", lambda: registry_services.delete_version(version, actor=Actor(user=ada))
             )
             results["thread"] = thread
             # Either it finishes (nothing stopped it: the bug) or it waits for the deploy's lock.
             wait_for(
-                lambda: "delete" in results or _waiting_for_a_row(), timeout=20, what="the delete to finish or wait"
+                lambda: "delete" in results or waiting_for_a_lock("transactionid", "tuple"),
+                timeout=20,
+                what="the delete to finish or wait",
             )
         return result
 
