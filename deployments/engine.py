@@ -149,6 +149,7 @@ def advance(rollout_id: int, revision: int | None = None) -> str:
     )
     if not taken:
         return "stale, leased or finished"
+    outcome = "crashed"
     try:
         rollout = Rollout.objects.select_related(
             "deployment__environment",
@@ -170,9 +171,21 @@ def advance(rollout_id: int, revision: int | None = None) -> str:
             step = _retry(
                 rollout, now, 5.0, "A step crashed; retrying", f"{crash}. Report this bug with the worker's log"
             )
-        return commit(rollout, step, token)
+        outcome = commit(rollout, step, token)
+        return outcome
     finally:
         Rollout.objects.filter(pk=rollout_id, lease_owner=token).update(lease_owner="", lease_expires_at=None)
+        if outcome == "superseded":
+            _take_up(rollout_id)
+
+
+def _take_up(rollout_id: int) -> None:
+    """A person acted while this worker held the rollout: the step their action enqueued found it leased
+    and was dropped, and this step's result gave way to theirs. Go on from their change now, rather than
+    when the sweeper finds the rollout overdue (seconds later)."""
+    latest = Rollout.objects.filter(pk=rollout_id, state__in=ROLLOUT_RUNNING).values_list("revision", flat=True)
+    for revision in latest:
+        enqueue(rollout_id, revision)
 
 
 def _retry(rollout: Rollout, now, delay: float, doing: str, cause: str) -> Step:
