@@ -220,6 +220,8 @@ SLIPWAY_ROLLOUT_SWEEP_S = env_float("SLIPWAY_ROLLOUT_SWEEP_S", 5.0, minimum=0.5)
 # Each deployment gets one stable port from this range for its router, kept until teardown.
 SLIPWAY_LOCAL_PORTS = env_port_range("SLIPWAY_LOCAL_PORTS", (8100, 8999))
 SLIPWAY_LOCAL_HOST = env_str("SLIPWAY_LOCAL_HOST") or "127.0.0.1"  # where routers listen; replicas stay on loopback
+# A replica that has been ready this long counts its exits afresh (Kubernetes resets its back-off after 10 min).
+SLIPWAY_LOCAL_RESTART_RESET_S = env_float("SLIPWAY_LOCAL_RESTART_RESET_S", 600.0, minimum=1)
 
 # --- Celery ----------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"

@@ -11,7 +11,7 @@ process) sees the same processes:
     routes.json            what the router serves: weight and ready replicas per release
     router.json, .log      the router's pid and start time, and its log
     release-N/release.json the desired replica count
-    release-N/replica-I.json, .log   pid, start time, port, exits; the runtime's log
+    release-N/replica-I.json, .log   pid, start time, port, exits, since when ready; the runtime's log
 
 A pid is only trusted with the start time read from /proc/<pid>/stat when it was
 started, so a pid reused by another program is never mistaken for a replica.
@@ -57,7 +57,8 @@ PROBE_TIMEOUT_S = 0.5  # status() is polled every ~0.5 s: a hung replica must no
 METRICS_TIMEOUT_S = 2.0
 STOP_GRACE_S = 10.0  # SIGTERM lets the runtime drain (for a little less: --drain-timeout-s); then SIGKILL
 ROUTER_START_TIMEOUT_S = 15.0
-MAX_RESTARTS = 3  # a replica that exited more often than this is not started again
+MAX_RESTARTS = 3  # a replica that exited more often than this is not started again...
+# ...counting from when it was last seen ready for SLIPWAY_LOCAL_RESTART_RESET_S (a crash loop never is).
 # How the runtime (serve.py) and uvicorn say that the replica's port was taken: not the model's fault.
 PORT_TAKEN = ("could not listen on", "address already in use")
 MARKER = "--- slipway:"  # starts each run's part of a log: the reason for an exit is read after the last one
@@ -122,18 +123,22 @@ class LocalTarget:
         routes = _read_json(paths.routes) or {}
         releases = {n: _replicas(paths, n) for n in _release_numbers(paths)}
         ready = _probe_ready(r for group in releases.values() for r in group)
-        statuses = {n: _release_status(paths, n, group, ready) for n, group in releases.items()}
+        router = _read_json(paths.router)
+        router_runs = router is not None and _is_running(router["pid"], router["start_time"])
         # The router serves ready replicas only: bring it up to date as replicas come and go.
         served = {n: entry.get("backends", []) for n, entry in _routes_releases(routes).items()}
-        if any(served.get(n, []) != _ready_urls(group, ready) for n, group in releases.items()):
+        stale = any(served.get(n, []) != _ready_urls(group, ready) for n, group in releases.items())
+        notes = _readiness_notes([r for group in releases.values() for r in group], ready)
+        if stale or notes:
             with _locked(paths.lock, blocking=False) as got:
-                if got:  # else apply/route/remove holds it and rewrites the routes itself
-                    self._sync_routes(paths, ready=ready)
-        router = _read_json(paths.router)
+                if got:  # else apply/route/remove holds it (and rewrites the routes itself); the next look does it
+                    for replica, fields in notes:
+                        _update_replica(replica, fields)
+                    if stale:
+                        self._sync_routes(paths, ready=ready)
+        statuses = {n: _release_status(paths, n, group, ready) for n, group in releases.items()}
         port = _read_port(paths)
-        endpoint = None
-        if router is not None and port is not None and _is_running(router["pid"], router["start_time"]):
-            endpoint = _endpoint(port)
+        endpoint = _endpoint(port) if router_runs and port is not None else None
         weights = {n: entry.get("weight", 0) for n, entry in _routes_releases(routes).items()}
         return TargetStatus(endpoint=endpoint, weights=weights, releases=statuses)
 
@@ -406,10 +411,11 @@ def _free_port() -> int:
 class _Exit:
     """How a replica's process ended, and how often it has."""
 
-    count: int  # exits so far, this one included
+    count: int  # exits that count towards MAX_RESTARTS, this one included (reset after a healthy run)
     code: int | None  # None: not our child (started before a worker restart), so its code is lost
     reason: str  # the log line that says why
     refused: bool  # the runtime refused the model: starting it again cannot help
+    total: int = 0  # every exit of this replica, this one included: the restarts the status shows
 
     @property
     def terminal(self) -> bool:
@@ -426,13 +432,29 @@ class _Exit:
         return f"exited {'1 time' if self.count == 1 else f'{self.count} times'} ({how}): {self.reason}"
 
     def as_state(self) -> dict:
-        return {"exits": self.count, "last_code": self.code, "last_reason": self.reason, "refused": self.refused}
+        return {
+            "exits": self.count,
+            "exits_total": max(self.total, self.count),
+            "last_code": self.code,
+            "last_reason": self.reason,
+            "refused": self.refused,
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> _Exit | None:
         if not state.get("exits"):
             return None
-        return cls(state["exits"], state.get("last_code"), state.get("last_reason", ""), state.get("refused", False))
+        return cls(
+            state["exits"],
+            state.get("last_code"),
+            state.get("last_reason", ""),
+            state.get("refused", False),
+            _exits_total(state),
+        )
+
+
+def _exits_total(state: dict) -> int:
+    return state.get("exits_total", state.get("exits", 0))  # a state written before exits could reset
 
 
 @dataclass
@@ -479,7 +501,7 @@ class _Replica:
         # _free_port() and its bind ("refusing to start: could not listen on ..."): a retry on a fresh port fixes that.
         port_taken = any(words in reason for words in PORT_TAKEN)
         refused = not port_taken and ("refusing to start" in reason or code == 2)
-        return _Exit(self.state.get("exits", 0) + 1, code, reason, refused)
+        return _Exit(self.state.get("exits", 0) + 1, code, reason, refused, _exits_total(self.state) + 1)
 
 
 def _replicas(paths: _Paths, release: int) -> list[_Replica]:
@@ -489,6 +511,41 @@ def _replicas(paths: _Paths, release: int) -> list[_Replica]:
         if state is not None:
             found.append(_Replica(path, state, _is_running(state.get("pid"), state.get("start_time"))))
     return sorted(found, key=lambda r: r.index)
+
+
+def _readiness_notes(replicas: list[_Replica], ready: dict[str, bool]) -> list[tuple[_Replica, dict]]:
+    """What to write down about running replicas: since when each is ready, and whose exits count afresh.
+
+    As Kubernetes resets a container's back-off once it has run for 10 minutes, a replica seen
+    ready for SLIPWAY_LOCAL_RESTART_RESET_S (and not seen unready meanwhile) forgets its earlier
+    exits, so one killed once a week is not given up on the 4th; a replica that dies before it
+    has been ready that long keeps counting, so a crash loop still stops at MAX_RESTARTS.
+    """
+    now = time.time()
+    reset_after = float(settings.SLIPWAY_LOCAL_RESTART_RESET_S)
+    notes = []
+    for replica in replicas:
+        if not replica.alive:
+            continue
+        since = replica.state.get("ready_since")
+        if ready.get(replica.url):
+            if since is None:
+                notes.append((replica, {"ready_since": now}))
+            elif replica.state.get("exits") and now - since >= reset_after:
+                notes.append((replica, {"exits": 0}))
+        elif since is not None:
+            notes.append((replica, {"ready_since": None}))
+    return notes
+
+
+def _update_replica(replica: _Replica, fields: dict) -> None:
+    """Write `fields` into the replica's state (caller holds the lock) unless another process replaced it."""
+    state = _read_json(replica.path)
+    if state is None or (state.get("pid"), state.get("start_time")) != (replica.pid, replica.start_time):
+        return
+    state.update(fields)
+    _write_json(replica.path, state)
+    replica.state = state
 
 
 def _start_replica(paths: _Paths, release: ReleaseSpec, index: int, previous: _Exit | None) -> None:
@@ -593,7 +650,7 @@ def _release_status(paths: _Paths, number: int, replicas: list[_Replica], ready:
                 name=f"pid {replica.pid}" if replica.pid is not None else f"replica {replica.index} (stopped)",
                 ready=is_ready,
                 metrics_url=f"{replica.url}/metrics" if replica.alive else None,
-                restarts=replica.state.get("exits", 0),
+                restarts=_exits_total(replica.state),
                 warning=warning,
             )
         )

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -372,6 +373,42 @@ def test_a_replica_that_keeps_exiting_is_given_up_as_a_crash_loop(local, model_f
     status = local.status(IRIS).releases[1]
     assert status.failed.startswith("CrashLoopBackOff: replica 0 exited 4 times (killed by SIGKILL)")
     assert status.failed.endswith("it is not started again")
+
+
+def test_a_replica_that_served_for_a_while_counts_its_exits_afresh_but_a_crash_loop_still_stops(
+    local, model_files, settings
+):
+    """As Kubernetes resets its back-off after 10 minutes of running: a replica the sweeper restarts
+    once in a long while is never given up, while one that dies soon after it got ready still is."""
+    settings.SLIPWAY_LOCAL_RESTART_RESET_S = 1.0
+    model = model_files["torchscript"]
+    local.apply(IRIS, release(1, model), 1)
+
+    def kill_once_ready(*, serve_for: float) -> str:
+        wait_done(local, 1)  # its status() calls see it ready: they note since when
+        time.sleep(serve_for)
+        assert local.status(IRIS).releases[1].warnings == []  # a look after the healthy run, as the sweeper's
+        pid = pid_of(local, 1)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: start_time_of(pid) is None, timeout=10, what="the replica to die")
+        status = local.status(IRIS).releases[1]
+        local.apply(IRIS, release(1, model), 1)
+        return status.failed or status.warnings[0]
+
+    for kills in range(1, 6):  # more than MAX_RESTARTS times, each after a healthy run
+        said = kill_once_ready(serve_for=1.2)
+        assert said.startswith("CrashLoopBackOff: replica 0 exited 1 time (killed by SIGKILL)"), (kills, said)
+    assert wait_done(local, 1).replicas[0].restarts == 5  # the count shown is the whole life's
+
+    # Dying soon after getting ready, again and again, is a crash loop: counted on from the last kill.
+    said = [kill_once_ready(serve_for=0) for _ in range(3)]
+    assert [text.split(" (")[0] for text in said] == [
+        "CrashLoopBackOff: replica 0 exited 2 times",
+        "CrashLoopBackOff: replica 0 exited 3 times",
+        "CrashLoopBackOff: replica 0 exited 4 times",
+    ]
+    assert said[-1].endswith("it is not started again")
+    assert runtimes_serving(model) == []
 
 
 def test_a_missing_artifact_is_refused_with_what_to_check(local, tmp_path):
