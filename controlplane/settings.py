@@ -222,6 +222,8 @@ SLIPWAY_LOCAL_PORTS = env_port_range("SLIPWAY_LOCAL_PORTS", (8100, 8999))
 SLIPWAY_LOCAL_HOST = env_str("SLIPWAY_LOCAL_HOST") or "127.0.0.1"  # where routers listen; replicas stay on loopback
 # A replica that has been ready this long counts its exits afresh (Kubernetes resets its back-off after 10 min).
 SLIPWAY_LOCAL_RESTART_RESET_S = env_float("SLIPWAY_LOCAL_RESTART_RESET_S", 600.0, minimum=1)
+# A replica's or router's log longer than this is moved to <name>.log.1 (one old copy kept) and started afresh.
+SLIPWAY_LOCAL_LOG_MAX_BYTES = env_int("SLIPWAY_LOCAL_LOG_MAX_BYTES", 10 * 1024 * 1024, minimum=4096)
 
 # --- Celery ----------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"

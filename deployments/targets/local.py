@@ -13,6 +13,10 @@ process) sees the same processes:
     release-N/release.json the desired replica count
     release-N/replica-I.json, .log   pid, start time, port, exits, since when ready; the runtime's log
 
+Logs are kept under SLIPWAY_LOCAL_LOG_MAX_BYTES: a longer one is moved to `<name>.log.1`
+(one old copy) when its process starts, or copied there and emptied in place while it runs
+(children append, so they go on writing at the start of the emptied file).
+
 A pid is only trusted with the start time read from /proc/<pid>/stat when it was
 started, so a pid reused by another program is never mistaken for a replica.
 """
@@ -129,11 +133,15 @@ class LocalTarget:
         served = {n: entry.get("backends", []) for n, entry in _routes_releases(routes).items()}
         stale = any(served.get(n, []) != _ready_urls(group, ready) for n, group in releases.items())
         notes = _readiness_notes([r for group in releases.values() for r in group], ready)
-        if stale or notes:
+        running_logs = [r.log_path for group in releases.values() for r in group if r.alive]
+        long_logs = [log for log in [*running_logs, *([paths.router_log] if router_runs else [])] if _too_long(log)]
+        if stale or notes or long_logs:
             with _locked(paths.lock, blocking=False) as got:
                 if got:  # else apply/route/remove holds it (and rewrites the routes itself); the next look does it
                     for replica, fields in notes:
                         _update_replica(replica, fields)
+                    for log in long_logs:
+                        _trim_log(log)
                     if stale:
                         self._sync_routes(paths, ready=ready)
         statuses = {n: _release_status(paths, n, group, ready) for n, group in releases.items()}
@@ -383,6 +391,8 @@ def _child_env() -> dict[str, str]:
 def _spawn(command: list[str], log_path: Path, banner: str) -> tuple[int, int | None]:
     """Start `command` detached (own session, no stdin, output to `log_path`); its pid and start time."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if _too_long(log_path):  # nothing writes it now: its process exited (and its last words were read)
+        os.replace(log_path, _old_log(log_path))
     with open(log_path, "ab") as log:
         log.write(f"{MARKER} {banner} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
@@ -592,6 +602,42 @@ def _cpu_threads(cpu_limit: str) -> int | None:
         raise TargetError(f"cpu_limit {cpu_limit!r} is not a CPU quantity such as 500m or 2")
     cores = float(match[1]) / (1000 if match[2] else 1)
     return max(1, math.ceil(cores))
+
+
+def _old_log(log_path: Path) -> Path:
+    return log_path.with_name(f"{log_path.name}.1")
+
+
+def _too_long(log_path: Path) -> bool:
+    try:
+        return log_path.stat().st_size > settings.SLIPWAY_LOCAL_LOG_MAX_BYTES
+    except FileNotFoundError:
+        return False
+
+
+def _trim_log(log_path: Path) -> None:
+    """Keep the log of a running process short: copy it to `.1` and empty it in place (caller holds the lock).
+
+    The process opened it for append, so it goes on writing at the start of the emptied file (a
+    rename would leave it writing to the old copy for ever). A line written in the instant between
+    the copy and the truncation is lost: the price of not asking the child to reopen its log.
+    """
+    old = _old_log(log_path)
+    fd, tmp = tempfile.mkstemp(dir=log_path.parent, prefix=f".{old.name}.")
+    try:
+        with os.fdopen(fd, "wb") as copy, open(log_path, "r+b") as log:
+            shutil.copyfileobj(log, copy)
+            log.truncate(0)
+        os.replace(tmp, old)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, FileNotFoundError):  # removed meanwhile (teardown)
+            return
+        raise
+    with open(log_path, "ab") as log:
+        # A marker: the reason for an exit is read after the last one, and this run goes on after it.
+        log.write(f"{MARKER} continued at {time.strftime('%Y-%m-%d %H:%M:%S')}; earlier lines in {old.name}\n".encode())
 
 
 _LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ [A-Z]+ [\w.]+: ")

@@ -411,6 +411,57 @@ def test_a_replica_that_served_for_a_while_counts_its_exits_afresh_but_a_crash_l
     assert runtimes_serving(model) == []
 
 
+def test_logs_are_kept_short_while_their_processes_run_and_when_they_start_again(local, model_files, settings):
+    """A runtime logs a line per failed request and runs for weeks: its log (and the router's) is copied to
+    `.1` and emptied once it passes the limit, at a look at the status (the sweeper's) or a start."""
+    settings.SLIPWAY_LOCAL_LOG_MAX_BYTES = 4096
+    model = model_files["torchscript"]
+    local.apply(IRIS, release(1, model), 1)
+    wait_done(local, 1)
+    endpoint = local.route(IRIS, {1: 100})
+    replica_log = local_dir(IRIS) / "release-1" / "replica-0.log"
+    router_log = local_dir(IRIS) / "router.log"
+
+    def grow(log: Path, what: str) -> None:  # as the process does: appending
+        with open(log, "a") as fh:
+            fh.writelines(f"2026-01-01 00:00:00,000 WARNING slipway: {what} {n}\n" for n in range(100))
+
+    grow(replica_log, "inference failed: first")
+    grow(router_log, "first")
+    local.status(IRIS)
+    for log in (replica_log, router_log):
+        old = Path(f"{log}.1").read_text()
+        assert "first 99" in old and "--- slipway:" in old  # the run's start, kept in the old copy
+        assert log.read_text().startswith("--- slipway: continued at ") and log.stat().st_size < 200
+
+    # The processes go on writing at the start of the emptied files (they append).
+    local.route(IRIS, {1: 100})  # the router logs the new routes
+    assert "\0" not in router_log.read_text() and "routes" in router_log.read_text().splitlines()[1]
+    assert answered_by(endpoint, {1: model}, 2) == [1, 1]
+
+    # One old copy: the next trim replaces it.
+    grow(replica_log, "inference failed: second")
+    local.status(IRIS)
+    old = Path(f"{replica_log}.1").read_text()
+    assert "second 99" in old and "first" not in old
+    assert sorted(p.name for p in replica_log.parent.glob("replica-0.log*")) == ["replica-0.log", "replica-0.log.1"]
+
+    # A dead replica's log is left as it is until it starts again: its last words say why it exited.
+    pid = pid_of(local, 1)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: start_time_of(pid) is None, timeout=10, what="the replica to die")
+    grow(replica_log, "inference failed: third")
+    (warning,) = local.status(IRIS).releases[1].warnings
+    assert warning.startswith(
+        "CrashLoopBackOff: replica 0 exited 1 time (killed by SIGKILL): inference failed: third 99"
+    )
+    local.apply(IRIS, release(1, model), 1)
+    assert "third 99" in Path(f"{replica_log}.1").read_text()  # moved aside as it started again
+    assert replica_log.read_text().startswith("--- slipway: replica 0 of release 1 at ")
+    wait_done(local, 1)
+    assert answered_by(endpoint, {1: model}, 2) == [1, 1]
+
+
 def test_a_missing_artifact_is_refused_with_what_to_check(local, tmp_path):
     missing = tmp_path / "gone.pt"
     spec = ReleaseSpec(1, "iris", 1, "0" * 64, None, RuntimeSettings(), artifact_path=str(missing))
