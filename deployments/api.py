@@ -33,6 +33,7 @@ from deployments.models import (
     RolloutState,
     TargetKind,
     Variant,
+    newest_rollout_status,
 )
 from deployments.plans import describe
 from registry.models import ModelVersion, slug_validator
@@ -441,6 +442,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     environment = serializers.CharField(source="environment.name", read_only=True)
     target = serializers.CharField(source="environment.target", read_only=True)
     state = serializers.SerializerMethodField()
+    endpoint = serializers.SerializerMethodField()
     current_release = ReleaseSerializer(read_only=True, allow_null=True)
     active_rollout = serializers.SerializerMethodField()
 
@@ -465,12 +467,28 @@ class DeploymentSerializer(serializers.ModelSerializer):
     def _active(self, deployment: Deployment):
         return next(iter(getattr(deployment, "active", None) or []), None)
 
-    @extend_schema_field({"type": "string", "description": "the active rollout's state, else serving or empty"})
+    def _idle_state(self, deployment: Deployment) -> str:
+        # deployments_query() annotates the newest rollout's status: no query per row.
+        return deployment.idle_state(deployment.newest_status)
+
+    @extend_schema_field(
+        {
+            "type": "string",
+            "description": "the active rollout's state; else empty, serving, degraded (fewer replicas ready than "
+            "asked for), down (none ready) or stopped (nothing runs); from the target's status as last seen",
+        }
+    )
     def get_state(self, deployment: Deployment) -> str:
         active = self._active(deployment)
         if active is not None:
             return active.state
-        return "serving" if deployment.current_release_id else "empty"
+        return self._idle_state(deployment)
+
+    @extend_schema_field({"type": "string", "description": "the stable endpoint; empty while nothing serves there"})
+    def get_endpoint(self, deployment: Deployment) -> str:
+        if self._active(deployment) is None and self._idle_state(deployment) == "stopped":
+            return ""  # its port was given back: another deployment may have it now
+        return deployment.endpoint
 
     @extend_schema_field({"type": "integer", "nullable": True})
     def get_active_rollout(self, deployment: Deployment):
@@ -530,15 +548,19 @@ class DeploymentFilterSet(django_filters.FilterSet):
 
 
 def deployments_query():
-    return Deployment.objects.select_related(
-        "model",
-        "environment",
-        "current_release__model_version__model",
-        "current_release__source",
-        "current_release__created_by",
-        "current_release__rollout",
-    ).prefetch_related(
-        Prefetch("rollouts", queryset=Rollout.objects.filter(state__in=ROLLOUT_ACTIVE), to_attr="active")
+    return (
+        Deployment.objects.annotate(newest_status=newest_rollout_status())
+        .select_related(
+            "model",
+            "environment",
+            "current_release__model_version__model",
+            "current_release__source",
+            "current_release__created_by",
+            "current_release__rollout",
+        )
+        .prefetch_related(
+            Prefetch("rollouts", queryset=Rollout.objects.filter(state__in=ROLLOUT_ACTIVE), to_attr="active")
+        )
     )
 
 

@@ -35,6 +35,7 @@ from deployments.models import (
     Rollout,
     RolloutState,
     TargetKind,
+    newest_rollout_status,
 )
 from deployments.plans import describe
 from registry.models import ModelVersion
@@ -183,12 +184,12 @@ def deploy(request, name, version):
 
 # --- Deployments ---------------------------------------------------------------------
 def _with_active_rollout(actor: Actor):
-    """The deployments the actor may see, with the state the list shows: the active rollout's, else serving or empty."""
+    """The deployments the actor may see, with their active rollout's state and their newest rollout's status."""
     active = Rollout.objects.filter(deployment=OuterRef("pk"), state__in=ROLLOUT_ACTIVE)
     return (
         access.scope(Deployment.objects, actor)
         .select_related("model", "environment", "current_release__model_version")
-        .annotate(active_state=Subquery(active.values("state")[:1]))
+        .annotate(active_state=Subquery(active.values("state")[:1]), newest_status=newest_rollout_status())
     )
 
 
@@ -202,7 +203,9 @@ def deployment_list(request):
         deployments = deployments.filter(environment__name=environment)
     page = paginate(request, deployments)
     for deployment in page:
-        deployment.state = deployment.active_state or ("serving" if deployment.current_release_id else "empty")
+        deployment.state = deployment.active_state or deployment.idle_state(deployment.newest_status)
+        if deployment.state == "stopped":
+            deployment.endpoint = ""  # only shown: its port was given back
     environments = (
         access.scope(Environment.objects, actor, field="pk")
         .order_by("created_at", "name")
@@ -255,8 +258,11 @@ def live_context(request, pk: int) -> dict:
             .order_by("-number")[:ROLLBACK_CHOICES]
         )
     warm = deployment.warm_until is not None and deployment.warm_until > timezone.now()
+    # Idle, the newest rollout's status is the target's as the sweeper last saw it (local target).
+    idle_state = None if active else deployment.idle_state(rollout.status if rollout else None)
     context = {
         "deployment": deployment,
+        "idle_state": idle_state,
         "rollout": rollout,
         "active": active,
         "your_role": role,

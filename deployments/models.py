@@ -165,6 +165,33 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return f"{self.model.name} in {self.environment.name}"
 
+    def idle_state(self, status: dict | None) -> str:
+        """What it does while no rollout is active, from its newest rollout's saved target status.
+
+        empty (no release yet), serving, degraded (fewer replicas ready than asked for), down
+        (none ready: restarting, or given up after a crash loop), stopped (nothing of it runs:
+        `stop_local_deployments`, or the machine lost its state). Only the local target's status
+        is kept fresh once the rollout ended (the sweeper rewrites it); elsewhere, and before a
+        status was written, a current release counts as serving. Needs environment and
+        current_release loaded; asks nothing.
+        """
+        if not self.current_release_id:
+            return "empty"
+        if self.environment.target != TargetKind.LOCAL or not status:
+            return "serving"
+        facts = (status.get("releases") or {}).get(str(self.current_release.slot))
+        if facts is None and not status.get("endpoint"):
+            return "stopped"
+        if facts is None or not status.get("endpoint") or not facts.get("ready"):
+            return "down"
+        return "degraded" if facts["ready"] < facts.get("desired", 0) else "serving"
+
+
+def newest_rollout_status() -> models.Subquery:
+    """Annotate deployments with their newest rollout's saved target status (for idle_state): in the same query."""
+    newest = Rollout.objects.filter(deployment=models.OuterRef("pk")).order_by("-created_at", "-pk")
+    return models.Subquery(newest.values("status")[:1], output_field=models.JSONField())
+
 
 class ReleaseKind(models.TextChoices):
     DEPLOY = "deploy", "deploy"

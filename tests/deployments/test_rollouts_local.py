@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import threading
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from django.core.management import call_command
 from django.test import Client
 
 from controlplane.audit import verify_chain
@@ -232,7 +234,8 @@ def test_a_serving_replica_that_dies_is_shown_and_started_again(api, alice, dev,
     browser = Client()
     browser.force_login(alice)
     page = browser.get(f"/deployments/{first['id']}/live/").content.decode()
-    assert "CrashLoopBackOff" in page
+    assert "CrashLoopBackOff" in page and "no replica is ready" in page
+    assert api.get(f"/api/v1/deployments/{first['id']}/").json()["state"] == "down"  # not "serving"
 
     def serving_again():
         engine.sweep()
@@ -242,3 +245,16 @@ def test_a_serving_replica_that_dies_is_shown_and_started_again(api, alice, dev,
     assert answers(endpoint, model_name, 3) == [1.0] * 3
     rollout = Rollout.objects.get(pk=rollout_id)
     assert rollout.state == "succeeded" and rollout.status["releases"]["1"]["warnings"] == []
+    body = api.get(f"/api/v1/deployments/{first['id']}/").json()
+    assert (body["state"], body["endpoint"]) == ("serving", endpoint)
+
+    # Stopped on purpose (make clean): said so, with no endpoint, and not started again.
+    call_command("stop_local_deployments", stdout=io.StringIO())
+    engine.sweep()
+    (body,) = api.get("/api/v1/deployments/").json()["results"]
+    assert (body["state"], body["endpoint"], body["current_release"]["number"]) == ("stopped", "", 1)
+    page = browser.get(f"/deployments/{first['id']}/live/").content.decode()
+    assert "nothing of release 1 runs any more" in page and 'id="endpoint"' not in page  # (the timeline keeps it)
+    listed = browser.get("/deployments/").content.decode()
+    assert 'data-state="stopped"' in listed and endpoint not in listed
+    assert get_target("local").status(ref).releases == {}

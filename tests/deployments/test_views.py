@@ -701,6 +701,58 @@ def test_the_deployments_list_shows_state_release_endpoint_and_pin_and_filters(b
     assert filtered.count('href="/deployments/') - filtered.count('href="/deployments/"') == 1
 
 
+def test_an_idle_local_deployment_says_what_its_target_last_showed_for_the_same_queries(browser, iris, staging, actor):
+    """Once its rollout ended, the sweeper keeps writing the local target's status into the newest rollout:
+    the state shown (list page, API, live panel) comes from it, not from "it has a current release"."""
+    rollout = settle(start(actor))
+    deployment_id = rollout.deployment_id
+
+    def shown(status: dict) -> tuple[str, str, str, str]:
+        Rollout.objects.filter(pk=rollout.pk).update(status=status)
+        listed = browser.get("/deployments/?environment=dev").content.decode()
+        (body,) = browser.get("/api/v1/deployments/?environment=dev").json()["results"]
+        assert re.search(r'data-state="([a-z_]+)"', listed).group(1) == body["state"]
+        panel = browser.get(f"/deployments/{deployment_id}/live/", **HTMX).content.decode()
+        return body["state"], body["endpoint"], listed, panel
+
+    def with_ready(ready: int) -> dict:
+        status = status_of(1)
+        status["releases"]["1"].update(ready=ready, available=ready, done=ready == 2)
+        return status
+
+    assert shown({})[0] == "serving"  # no status written yet (a rollout before there were any)
+    assert shown(with_ready(2))[:2] == ("serving", "http://127.0.0.1:18080")
+    state, endpoint, _, panel = shown(with_ready(1))
+    assert (state, endpoint) == ("degraded", "http://127.0.0.1:18080")
+    assert "fewer replicas are ready than asked for" in panel
+    state, endpoint, _, panel = shown(with_ready(0))
+    assert (state, endpoint) == ("down", "http://127.0.0.1:18080")
+    assert "no replica is ready: requests are refused" in panel
+    state, endpoint, listed, panel = shown({"endpoint": None, "weights": {}, "releases": {}})
+    assert (state, endpoint) == ("stopped", "")  # stop_local_deployments: nothing runs, the port was given back
+    assert "http://127.0.0.1:18080" not in listed and "http://127.0.0.1:18080" not in panel
+    assert "nothing of release 1 runs any more" in panel
+    assert shown({"endpoint": "http://127.0.0.1:18080", "weights": {}, "releases": {}})[0] == "down"  # router only
+
+    # A rollout that is active says its own state; on Kubernetes (no sweeper's status) a release serves.
+    newer = start(actor, version=2)
+    assert browser.get(f"/api/v1/deployments/{deployment_id}/").json()["state"] == "pending"
+    settle(newer, "aborted", status={"endpoint": None, "weights": {}, "releases": {}})
+    assert browser.get(f"/api/v1/deployments/{deployment_id}/").json()["state"] == "stopped"
+    Environment.objects.filter(name="dev").update(target="kubernetes")
+    assert browser.get(f"/api/v1/deployments/{deployment_id}/").json()["state"] == "serving"
+
+    def queries(url: str) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert browser.get(url).status_code == 200
+        return len(captured.captured_queries)
+
+    one = queries("/api/v1/deployments/"), queries("/deployments/")
+    settle(start(actor, environment="staging"), status=with_ready(1))
+    assert browser.get("/api/v1/deployments/").json()["count"] == 2
+    assert (queries("/api/v1/deployments/"), queries("/deployments/")) == one
+
+
 def test_the_history_lists_every_release_newest_first_with_how_it_ended(browser, iris, dev, actor):
     settle(start(actor, version=1, reason="first"))
     settle(start(actor, version=2, reason="second"))

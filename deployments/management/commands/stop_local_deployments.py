@@ -2,8 +2,9 @@
 
 Every runtime process and router of the local target under VAR_DIR is stopped and its state
 folder removed (LocalTarget.teardown), as a restart of the machine would. The database is
-not changed: a deployment whose processes are gone shows no ready replicas until it is
-deployed or rolled back again.
+not changed: at its next pass the sweeper finds nothing running and writes that into the
+newest rollout's status, so the deployment shows `stopped`, without an endpoint, until it
+is deployed or rolled back again (nothing starts it on its own).
 """
 
 from __future__ import annotations
