@@ -42,7 +42,7 @@ class Variant(models.TextChoices):
 
 
 class ImageBuild(models.Model):
-    """One runtime image for one model version, runtime version and base image."""
+    """One runtime image for one model version, variant, runtime version and base image."""
 
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="builds")
     variant = models.CharField(max_length=3, choices=Variant.choices, default=Variant.GPU)
@@ -72,9 +72,11 @@ class ImageBuild(models.Model):
         ordering = ["-created_at"]
         constraints = [
             # Two requests for the same image never build twice; failed and
-            # cancelled attempts stay as history and do not block a retry.
+            # cancelled attempts stay as history and do not block a retry. The variant is
+            # part of the key: the CPU and GPU base images may be set to the same image,
+            # and a CPU request must still get a CPU build (its own tag and torch).
             models.UniqueConstraint(
-                fields=["model_version", "runtime_version", "base_image"],
+                fields=["model_version", "variant", "runtime_version", "base_image"],
                 condition=~models.Q(status__in=["failed", "cancelled"]),
                 name="one_live_build_per_image",
             )

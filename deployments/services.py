@@ -72,7 +72,7 @@ def request_build(version: ModelVersion, *, actor: Actor, variant: str | None = 
             "No image registry is configured: set SLIPWAY_REGISTRY (for example 127.0.0.1:5000) and restart."
         )
     base_image, runtime = base_image_for(variant), runtime_version()
-    existing = _live_build(version, runtime, base_image)
+    existing = _live_build(version, variant, runtime, base_image)
     if existing is not None:
         return existing, False
     ref = image_ref(
@@ -104,7 +104,7 @@ def request_build(version: ModelVersion, *, actor: Actor, variant: str | None = 
             transaction.on_commit(lambda: _enqueue(build.pk))
     except IntegrityError:
         # Someone asked for the same image at the same moment: theirs is ours.
-        existing = _live_build(version, runtime, base_image)
+        existing = _live_build(version, variant, runtime, base_image)
         if existing is None:
             raise
         return existing, False
@@ -133,9 +133,12 @@ def _lock_version(version: ModelVersion, happening: str, verb: str) -> ModelVers
     return locked
 
 
-def _live_build(version: ModelVersion, runtime: str, base_image: str) -> ImageBuild | None:
+def _live_build(version: ModelVersion, variant: str, runtime: str, base_image: str) -> ImageBuild | None:
+    """The build that answers a request for this image: the key of `one_live_build_per_image`."""
     return (
-        ImageBuild.objects.filter(model_version=version, runtime_version=runtime, base_image=base_image)
+        ImageBuild.objects.filter(
+            model_version=version, variant=variant, runtime_version=runtime, base_image=base_image
+        )
         .exclude(status__in=[BuildStatus.FAILED, BuildStatus.CANCELLED])
         .first()
     )

@@ -60,3 +60,20 @@ def test_the_version_pages_build_form_offers_the_configured_variant_first(client
     form = html[html.index('name="variant"') :]
     assert f'<option value="{default}" selected>' in form
     assert form.count(" selected>") == 1 and "CUDA base image" in form and "slim base image" in form
+
+
+def test_a_cpu_request_is_not_answered_with_the_gpu_build_of_the_same_base_image(api, version, settings):
+    """Both variants on one base image (a site with one Python image for both) are still two images:
+    their tags differ (`-cpu`), and so does the torch they install."""
+    settings.SLIPWAY_REGISTRY = "127.0.0.1:5000"
+    settings.SLIPWAY_BASE_IMAGE_GPU = settings.SLIPWAY_BASE_IMAGE_CPU = "example/python:3.11"
+    gpu = api.post(URL, {"variant": "gpu"}, format="json")
+    cpu = api.post(URL, {"variant": "cpu"}, format="json")
+    assert (gpu.status_code, cpu.status_code) == (201, 201), cpu.json()
+    assert cpu.json()["id"] != gpu.json()["id"]
+    assert cpu.json()["variant"] == "cpu" and cpu.json()["image_ref"].endswith("-cpu")
+    assert gpu.json()["variant"] == "gpu" and not gpu.json()["image_ref"].endswith("-cpu")
+    # Asking again answers each variant with its own build.
+    again = api.post(URL, {"variant": "cpu"}, format="json")
+    assert again.status_code == 200 and again.json()["id"] == cpu.json()["id"]
+    assert ImageBuild.objects.count() == 2
