@@ -122,6 +122,49 @@ def registry_digest(client: docker.DockerClient, ref: str, config: BuildConfig) 
     return data.get("Descriptor", {}).get("digest") or None
 
 
+def contexts_root() -> Path:
+    """Where build contexts are laid out: under the var dir, never the system's temporary directory.
+
+    A context holds a full copy of the model and of the CA bundle. One per attempt of a build
+    (`context_dir`), so that what a worker killed mid-build leaves behind is found by its name and
+    removed once that attempt no longer runs (`services.remove_build_contexts`).
+    """
+    return Path(settings.VAR_DIR) / "builds"
+
+
+def context_dir(build_id: int, attempt: int) -> Path:
+    """The folder of one attempt of one build: the context (`context/`) and its tar (`context.tar`)."""
+    return contexts_root() / f"build-{build_id}-attempt-{attempt}"
+
+
+_CONTEXT_NAME = re.compile(r"build-(\d+)-attempt-(\d+)")
+
+
+def contexts_on_disk() -> dict[Path, tuple[int, int]]:
+    """Each build folder on this machine, with its (build id, attempt)."""
+    try:
+        entries = list(contexts_root().iterdir())
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for entry in entries:
+        if match := _CONTEXT_NAME.fullmatch(entry.name):
+            found[entry] = (int(match[1]), int(match[2]))
+    return found
+
+
+def remove_context(path: Path) -> bool:
+    """Remove one build folder; False when it was gone already or could not be removed (logged)."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("could not remove the build context %s: %s", path, exc)
+        return False
+    return True
+
+
 def assemble_context(
     dest: Path,
     *,
@@ -186,23 +229,33 @@ def build_image(
     config: BuildConfig,
     emit: Callable[[str], None],
 ) -> str:
-    """Run the build, streaming its output to `emit`. Returns the image id."""
+    """Run the build, streaming its output to `emit`. Returns the image id.
+
+    The context is sent as a tar written beside it (`<context>.tar`), not one the SDK would make in
+    the system's temporary directory: a worker killed while sending it leaves it in the build's folder.
+    """
     from docker.errors import APIError, DockerException, ImageNotFound
+    from docker.utils import tar
 
     deadline = time.monotonic() + config.timeout_s
+    archive = context.parent / f"{context.name}.tar"
     try:
-        stream = client.api.build(
-            path=str(context),
-            dockerfile="Dockerfile",
-            tag=tag,
-            buildargs=buildargs,
-            network_mode=config.network_mode or None,
-            rm=True,
-            forcerm=True,
-            pull=False,
-            decode=True,
-            labels={"io.slipway.built-by": "slipway"},
-        )
+        with open(archive, "w+b") as fileobj:
+            tar(str(context), fileobj=fileobj)
+            stream = client.api.build(
+                fileobj=fileobj,
+                custom_context=True,
+                dockerfile="Dockerfile",
+                tag=tag,
+                buildargs=buildargs,
+                network_mode=config.network_mode or None,
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+                labels={"io.slipway.built-by": "slipway"},
+            )
+        archive.unlink()  # sent: the engine has the context now
         image_id = None
         step = ""
         for chunk in stream:

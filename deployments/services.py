@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from controlplane.audit import Actor, record
 from controlplane.errors import Conflict, Forbidden, InvalidInput, NotFound
 from controlplane.models import Outcome, Role
 from controlplane.states import compare_and_set
-from deployments import approvals
+from deployments import approvals, builds
 from deployments.builds import DOCKERFILE, RUNTIME_PACKAGE, image_ref
 from deployments.models import (
     BUILD_ACTIVE,
@@ -39,6 +40,8 @@ from deployments.models import (
 from deployments.plans import ROLLBACK_PLAN, InvalidPlan, compile_plan
 from deployments.runtime_settings import InvalidSettings, parse_runtime_settings, settings_to_dict
 from registry.models import ModelVersion, VersionStatus, slug_validator
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -161,6 +164,33 @@ def claim(build_id: int) -> bool:
     )
 
 
+def attempts_of(build_id: int) -> int:
+    """How many times the build has been claimed: the number of the attempt that claimed it last."""
+    return ImageBuild.objects.filter(pk=build_id).values_list("attempts", flat=True).get()
+
+
+def remove_build_contexts(build_ids: list[int] | None = None) -> list[str]:
+    """Remove this machine's build contexts that no running attempt uses (of `build_ids`, or all); their names.
+
+    A context (builds.context_dir) holds a full copy of the model and of the CA bundle, and lives while
+    its attempt builds: the task removes it when the attempt ends, however it ends. A worker killed
+    mid-build leaves it; so does an attempt whose build was recovered, failed or cancelled meanwhile.
+    The folders are listed before the statuses are read: a folder made after the listing belongs to a
+    claim the statuses may not show yet, and is not in the listing.
+    """
+    found = builds.contexts_on_disk()
+    if build_ids is not None:
+        found = {path: key for path, key in found.items() if key[0] in build_ids}
+    if not found:
+        return []
+    running = set(
+        ImageBuild.objects.filter(pk__in={pk for pk, _ in found.values()}, status=BuildStatus.BUILDING).values_list(
+            "pk", "attempts"
+        )
+    )
+    return [path.name for path, key in sorted(found.items()) if key not in running and builds.remove_context(path)]
+
+
 def append_log(build_id: int, text: str) -> str:
     """Append to the build's log and beat its heart; returns the build's current status."""
     ImageBuild.objects.filter(pk=build_id).update(log=Concat(F("log"), Value(text)), heartbeat_at=timezone.now())
@@ -215,6 +245,8 @@ def cancel_build(build: ImageBuild, *, actor: Actor) -> ImageBuild:
         record(
             "image_build.cancel", actor=actor, target=locked, before={"status": before}, after={"status": "cancelled"}
         )
+        # The worker removes the context when it notices; this covers a worker that died (on this machine).
+        transaction.on_commit(lambda: remove_build_contexts([locked.pk]))
     return locked
 
 
@@ -249,6 +281,10 @@ def recover_stale_builds(*, actor: Actor) -> list[int]:
     )
     for pk in stuck_queued:  # a lost broker message only delays a build
         _enqueue(pk)
+    # The contexts of the attempts just recovered, and of any other build that no longer runs here.
+    removed = remove_build_contexts()
+    if removed:
+        log.info("removed build contexts left behind: %s", ", ".join(removed))
     return recovered
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import tempfile
 import time
-from pathlib import Path
 
 from celery import shared_task
 
@@ -64,10 +62,15 @@ def run_image_build(build_id: int) -> str:
             return "skipped: claimed elsewhere"
         status = BuildStatus.BUILDING
         emit(f"Building {build.image_ref} from {build.base_image} (runtime {build.runtime_version})")
+        services.remove_build_contexts()  # what builds whose worker died on this machine left behind
         version = build.model_version
-        with tempfile.TemporaryDirectory(prefix="slipway-build-") as context:
+        # Under the var dir, named after the build and this attempt: never left behind for ever.
+        folder = builds.context_dir(build_id, services.attempts_of(build_id))
+        try:
+            context = folder / "context"
+            context.mkdir(parents=True)
             layout_args = builds.assemble_context(
-                Path(context),
+                context,
                 artifact_open=lambda: version.artifact.open("rb"),
                 artifact_sha256=version.sha256,
                 artifact_format=version.format,
@@ -75,12 +78,14 @@ def run_image_build(build_id: int) -> str:
             )
             builds.build_image(
                 client,
-                Path(context),
+                context,
                 tag=build.image_ref,
                 buildargs={**_buildargs(build), **layout_args},
                 config=config,
                 emit=emit,
             )
+        finally:
+            builds.remove_context(folder)
         emit.flush()
         if not services.transition(build_id, BuildStatus.BUILDING, BuildStatus.PUSHING):
             raise builds.BuildCancelled()

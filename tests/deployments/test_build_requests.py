@@ -1,9 +1,14 @@
 """Asking for builds: what is refused before any engine is involved."""
 
 import hashlib
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
+from controlplane.audit import Actor
+from deployments import builds, services
 from deployments.models import ImageBuild
 from registry.models import Model, ModelVersion
 
@@ -77,3 +82,55 @@ def test_a_cpu_request_is_not_answered_with_the_gpu_build_of_the_same_base_image
     again = api.post(URL, {"variant": "cpu"}, format="json")
     assert again.status_code == 200 and again.json()["id"] == cpu.json()["id"]
     assert ImageBuild.objects.count() == 2
+
+
+def _build(version, base_image, status, attempts, heartbeat_age_s=0.0) -> ImageBuild:
+    return ImageBuild.objects.create(
+        model_version=version,
+        variant="cpu",
+        base_image=base_image,
+        runtime_version="r",
+        image_ref=f"r/slipway/iris:v1-{base_image}",
+        status=status,
+        attempts=attempts,
+        heartbeat_at=timezone.now() - timedelta(seconds=heartbeat_age_s),
+    )
+
+
+def _left_behind(build: ImageBuild, attempt: int) -> Path:
+    """A build folder as a killed worker leaves it: the context with the model and the CA bundle, its tar."""
+    folder = builds.context_dir(build.pk, attempt)
+    (folder / "context" / "model").mkdir(parents=True)
+    (folder / "context" / "model" / "model.pt").write_bytes(b"weights")
+    (folder / "context" / "certs").mkdir()
+    (folder / "context" / "certs" / "extra-ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    (folder / "context.tar").write_bytes(b"tar")
+    return folder
+
+
+def test_build_contexts_are_kept_under_the_var_dir_and_removed_once_their_attempt_no_longer_runs(
+    api, version, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    settings.VAR_DIR = tmp_path / "var"
+    assert builds.context_dir(7, 2) == tmp_path / "var" / "builds" / "build-7-attempt-2"
+    stale_s = settings.SLIPWAY_BUILD_STALE_S + 60
+    lost = _build(version, "lost", "building", 1, heartbeat_age_s=stale_s)  # its worker was killed
+    running = _build(version, "running", "building", 2)  # its first attempt's worker was killed
+    cancelled = _build(version, "cancelled", "cancelled", 1)  # cancelled while its worker was dead
+    failed = _build(version, "failed", "failed", 3)
+    leftovers = [_left_behind(lost, 1), _left_behind(running, 1), _left_behind(cancelled, 1), _left_behind(failed, 3)]
+    in_use = _left_behind(running, 2)
+    unrelated = builds.contexts_root() / "notes.txt"
+    unrelated.write_text("not a build's")
+
+    assert services.recover_stale_builds(actor=Actor.system()) == [lost.pk]
+    assert ImageBuild.objects.get(pk=lost.pk).status == "queued"
+    assert [p for p in leftovers if p.exists()] == []
+    assert (in_use / "context" / "model" / "model.pt").is_file() and unrelated.is_file()
+
+    # A person cancels a build whose worker died: its context goes with it (on the machine that built it).
+    dead = _build(version, "dead", "building", 1)
+    folder = _left_behind(dead, 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post(f"/api/v1/builds/{dead.pk}/cancel/").status_code == 200
+    assert not folder.exists() and in_use.exists()

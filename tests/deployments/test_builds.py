@@ -266,6 +266,31 @@ def test_a_build_whose_worker_died_is_taken_up_again(ready_version, docker_clien
     assert AuditEvent.objects.filter(action="image_build.requeued", target_id=str(build.pk)).exists()
 
 
+def test_a_worker_killed_mid_build_leaves_its_context_only_until_the_build_is_recovered(
+    api, ready_version, docker_client, worker, settings
+):
+    """A SIGKILLed worker cleans nothing up: its build context (a full copy of the model, and the CA
+    bundle) stays in the var dir, under the build's name, until the stale-build recovery takes the build
+    up again and removes it; the retry then removes its own."""
+    build_id = _request(api, ready_version).json()["id"]
+    wait_for(lambda: "Step 1/" in ImageBuild.objects.get(pk=build_id).log, timeout=120, what="the build to run")
+    left = builds.context_dir(build_id, 1)
+    assert left.parent == Path(settings.VAR_DIR) / "builds"
+    try:
+        worker.kill()
+    finally:
+        worker.start()
+    assert (left / "context" / "model" / "model.pt").read_bytes() == Path(ready_version.artifact.path).read_bytes()
+
+    stale = timezone.now() - timedelta(seconds=settings.SLIPWAY_BUILD_STALE_S + 60)
+    ImageBuild.objects.filter(pk=build_id).update(heartbeat_at=stale)
+    assert services.recover_stale_builds(actor=Actor.system()) == [build_id]
+    assert not left.exists()
+    build = _settled(build_id)
+    assert build.status == BuildStatus.SUCCEEDED and build.attempts == 2, build.error
+    assert [key for key in builds.contexts_on_disk().values() if key[0] == build_id] == []
+
+
 def test_a_build_lost_too_often_fails_instead_of_looping(ready_version, settings):
     build = _queued(ready_version)
     stale = timezone.now() - timedelta(seconds=settings.SLIPWAY_BUILD_STALE_S + 60)
