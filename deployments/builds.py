@@ -119,6 +119,8 @@ def registry_digest(client: docker.DockerClient, ref: str, config: BuildConfig) 
         if "not found" in text or "manifest unknown" in text or "does not exist" in text:
             return None
         raise BuildFailed(_registry_problem(config, exc)) from exc
+    except _engine_gone() as exc:
+        raise BuildFailed(_engine_problem("a look at the registry", exc)) from exc
     return data.get("Descriptor", {}).get("digest") or None
 
 
@@ -276,14 +278,51 @@ def build_image(
                     step = chunk["stream"]
             if "aux" in chunk and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
+            elif image_id is None and (built := _SUCCESSFULLY_BUILT.match(chunk.get("stream", ""))):
+                image_id = built.group(1)  # an engine that names the image only in its last line
+        if image_id is None:
+            # Never the image the tag names now: it may be an older one (a build of the same tag that
+            # finished before, or another attempt's), and it would be pushed as this build's.
+            raise BuildFailed(
+                "The Docker engine ended the build without naming the image it built (the log above shows "
+                "how far it got), so nothing was pushed. Retry the build; if this happens again, check the "
+                "Docker engine's log."
+            )
+        image_id = client.images.get(image_id).id  # the full id
+        repository, name = tag.rsplit(":", 1)
+        client.api.tag(image_id, repository, name, force=True)  # the tag pushed next names this very image
+    except ImageNotFound as exc:
+        raise BuildFailed(
+            f"The image the build made ({image_id}) is gone from the Docker engine (removed meanwhile?); "
+            "retry the build."
+        ) from exc
     except (APIError, DockerException) as exc:
         raise BuildFailed(_build_problem(_short(exc))) from exc
-    if image_id is None:
-        try:
-            image_id = client.images.get(tag).id
-        except ImageNotFound as exc:
-            raise BuildFailed("The build ended without producing an image; see the log.") from exc
+    except _engine_gone() as exc:
+        raise BuildFailed(_engine_problem("the build", exc)) from exc
     return image_id
+
+
+_SUCCESSFULLY_BUILT = re.compile(r"Successfully built ([0-9a-f]{12,64})\s*$")
+
+
+def _engine_gone() -> tuple[type[BaseException], ...]:
+    """What the Docker SDK lets through when the engine stops answering mid-call: no DockerException,
+    but the HTTP stack's own (a connection reset or refused, a stream cut short, a read timeout)."""
+    import http.client
+
+    import requests
+    import urllib3
+
+    return (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError)
+
+
+def _engine_problem(during: str, exc: BaseException) -> str:
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return (
+        f"The Docker engine at {where} stopped answering during {during} ({_short(exc)}): it may have "
+        "restarted or been stopped. Check that it is running, then retry the build."
+    )
 
 
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
@@ -311,6 +350,8 @@ def push_image(client: docker.DockerClient, ref: str, *, config: BuildConfig, em
                 digest = chunk["aux"]["Digest"]
     except (APIError, DockerException) as exc:
         raise BuildFailed(_registry_problem(config, _short(exc))) from exc
+    except _engine_gone() as exc:
+        raise BuildFailed(_engine_problem("the push", exc)) from exc
     if digest is None:
         raise BuildFailed(f"The registry {config.registry} did not confirm the push with a digest; retry the build.")
     return digest

@@ -18,6 +18,7 @@ from deployments import builds, services
 from deployments.models import BuildStatus, ImageBuild
 from deployments.tasks import run_image_build
 from tests.conftest import free_port, wait_for
+from tests.deployments.docker_proxy import DockerProxy
 
 pytestmark = [pytest.mark.docker, pytest.mark.worker, pytest.mark.slow]
 
@@ -181,6 +182,43 @@ def test_a_dead_docker_host_fails_the_build_with_what_to_do(ready_version, monke
     build.refresh_from_db()
     assert "Cannot reach the Docker engine at tcp://127.0.0.1:1" in build.error
     assert "DOCKER_HOST" in build.error
+
+
+def test_a_build_stream_that_ends_without_an_image_never_pushes_an_older_image_of_the_tag(
+    ready_version, docker_client, settings, monkeypatch
+):
+    """The engine ends the build's stream early, with no error and no image named (the proxy stands in
+    for its socket), while the Docker host holds an older image under the very tag: that one must not be
+    pushed as this build's."""
+    build = _queued(ready_version)
+    repository, tag = build.image_ref.rsplit(":", 1)
+    docker_client.images.get(settings.SLIPWAY_BASE_IMAGE_CPU).tag(repository, tag)  # the older image
+    try:
+        with DockerProxy() as proxy:
+            proxy.cut = ("end", b"Step 2/")
+            monkeypatch.setenv("DOCKER_HOST", proxy.url)
+            outcome = run_image_build(build.pk)
+            monkeypatch.delenv("DOCKER_HOST")
+        assert proxy.cuts == 1
+    finally:
+        docker_client.images.remove(build.image_ref)
+    build.refresh_from_db()
+    assert outcome == "failed" and build.status == BuildStatus.FAILED and build.digest == ""
+    assert "ended the build without naming the image it built" in build.error and "Retry" in build.error
+    assert builds.registry_digest(docker_client, build.image_ref, builds.BuildConfig.from_settings()) is None
+
+
+def test_a_docker_engine_that_stops_answering_mid_build_says_so(ready_version, docker_client, monkeypatch):
+    build = _queued(ready_version)
+    with DockerProxy() as proxy:
+        proxy.cut = ("drop", b"Step 2/")
+        monkeypatch.setenv("DOCKER_HOST", proxy.url)
+        assert run_image_build(build.pk) == "failed"
+    assert proxy.cuts == 1
+    build.refresh_from_db()
+    assert build.error.startswith(f"The Docker engine at {proxy.url} stopped answering during the build"), build.error
+    assert "retry the build" in build.error and "crashed" not in build.error
+    assert "FAILED: The Docker engine" in build.log
 
 
 def test_a_failing_build_step_fails_the_build_and_a_retry_is_possible(api, ready_version, docker_client, settings):
