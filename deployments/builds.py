@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,7 +136,7 @@ def contexts_root() -> Path:
 
 
 def context_dir(build_id: int, attempt: int) -> Path:
-    """The folder of one attempt of one build: the context (`context/`) and its tar (`context.tar`)."""
+    """The folder of one attempt of one build; the context is its `context/`."""
     return contexts_root() / f"build-{build_id}-attempt-{attempt}"
 
 
@@ -233,16 +234,16 @@ def build_image(
 ) -> str:
     """Run the build, streaming its output to `emit`. Returns the image id.
 
-    The context is sent as a tar written beside it (`<context>.tar`), not one the SDK would make in
-    the system's temporary directory: a worker killed while sending it leaves it in the build's folder.
+    The context is sent as a tar made beside it in a file without a name (unlinked at once), not one
+    the SDK would make, named, in the system's temporary directory: a worker killed while sending it
+    leaves nothing there.
     """
     from docker.errors import APIError, DockerException, ImageNotFound
     from docker.utils import tar
 
     deadline = time.monotonic() + config.timeout_s
-    archive = context.parent / f"{context.name}.tar"
     try:
-        with open(archive, "w+b") as fileobj:
+        with tempfile.TemporaryFile(dir=context.parent) as fileobj:
             tar(str(context), fileobj=fileobj)
             stream = client.api.build(
                 fileobj=fileobj,
@@ -257,7 +258,6 @@ def build_image(
                 decode=True,
                 labels={"io.slipway.built-by": "slipway"},
             )
-        archive.unlink()  # sent: the engine has the context now
         image_id = None
         step = ""
         for chunk in stream:

@@ -98,13 +98,12 @@ def _build(version, base_image, status, attempts, heartbeat_age_s=0.0) -> ImageB
 
 
 def _left_behind(build: ImageBuild, attempt: int) -> Path:
-    """A build folder as a killed worker leaves it: the context with the model and the CA bundle, its tar."""
+    """A build folder as a killed worker leaves it: the context with the model and the CA bundle."""
     folder = builds.context_dir(build.pk, attempt)
     (folder / "context" / "model").mkdir(parents=True)
     (folder / "context" / "model" / "model.pt").write_bytes(b"weights")
     (folder / "context" / "certs").mkdir()
     (folder / "context" / "certs" / "extra-ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
-    (folder / "context.tar").write_bytes(b"tar")
     return folder
 
 
