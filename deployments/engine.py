@@ -194,6 +194,10 @@ def _retry(rollout: Rollout, now, delay: float, doing: str, cause: str) -> Step:
     Without a bound, a target that stays away keeps the rollout active for ever: nothing
     else can be deployed, and an abort only moves it to reverting, which retries as well.
     """
+    if rollout.state == S.PAUSED:
+        # Paused, the engine only watches: nothing it does can be left half-done, so it waits for the
+        # target as long as the person who paused it does, rather than roll the canary back.
+        return Step(delay=delay).event("warning", f"{doing}: {cause}")
     since = rollout.retrying_since or now
     deadline = rollout.plan.get("progress_deadline", 300)
     if (now - since).total_seconds() <= deadline:
@@ -206,7 +210,7 @@ def _retry(rollout: Rollout, now, delay: float, doing: str, cause: str) -> Step:
 def _give_up(rollout: Rollout, reason: str) -> Step:
     """A step that cannot be done: revert, or fail where there is nothing to revert or reverting is what failed."""
     if S.REVERTING in ROLLOUT_TRANSITIONS[rollout.state]:
-        return Reconciler(rollout).fail(reason)
+        return revert_step(rollout, reason, timezone.now())  # no Reconciler: building one may be what fails
     if rollout.state != S.REVERTING:  # pending, building: nothing was applied to the target yet
         return Step(fields={"state": S.FAILED, "failure_reason": reason}).event("failure", reason)
     number = rollout.release.number
@@ -296,19 +300,19 @@ def sweep() -> list[int]:
     Also stops previous releases whose time kept warm (for a quick rollback) is over, and
     expires approval requests whose time is up.
     """
+    from deployments.tasks import advance_rollout
+
     now = timezone.now()
-    reap_warm_releases(now)
-    watch_idle_local_deployments()
-    approvals.expire_due()
     overdue = list(
         Rollout.objects.filter(state__in=ROLLOUT_RUNNING, next_at__lte=now - _grace())
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
         .values_list("pk", flat=True)
     )
     for pk in overdue:
-        from deployments.tasks import advance_rollout
-
         advance_rollout.delay(pk, None)
+    approvals.expire_due()
+    reap_warm_releases(now)
+    watch_idle_local_deployments()
     return overdue
 
 
@@ -342,6 +346,9 @@ def watch_idle_local_deployments() -> None:
         except TargetError as exc:
             log.warning("could not look at %s's processes: %s", deployment, exc)
             continue
+        except Exception:  # one deployment's broken state must not stop the look at the others
+            log.exception("looking at %s's processes failed", deployment)
+            continue
         snapshot = status_snapshot(status)
         if snapshot != latest.status:
             # Only the observed status changes (a terminal state stays final); the revision tells the idle
@@ -366,9 +373,19 @@ def reap_warm_releases(now) -> None:
             except TargetError as exc:
                 log.warning("could not stop the warm release of %s yet: %s", deployment, exc)
                 continue
+            except Exception:  # as in watch_idle_local_deployments: the others still get their turn
+                log.exception("stopping the warm release of %s failed", deployment)
+                continue
         Deployment.objects.filter(pk=deployment.pk, warm_until=deployment.warm_until).update(
             warm_release=None, warm_until=None
         )
+
+
+def revert_step(rollout: Rollout, reason: str, now) -> Step:
+    """Into reverting: back to what served before the rollout (or to nothing on a first deploy)."""
+    outcome = S.ROLLED_BACK if rollout.previous_release_id is not None else S.FAILED
+    step = Step(fields={"state": S.REVERTING, "revert_to": outcome, "failure_reason": reason, "step_started_at": now})
+    return step.event("failure", reason)
 
 
 # --- One step -------------------------------------------------------------------------
@@ -633,13 +650,10 @@ class Reconciler:
 
     def fail(self, reason: str, status: TargetStatus | None = None) -> Step:
         """Roll back automatically: revert to what served before (or to nothing on a first deploy)."""
-        outcome = S.ROLLED_BACK if self.previous is not None else S.FAILED
-        step = Step(
-            fields={"state": S.REVERTING, "revert_to": outcome, "failure_reason": reason, "step_started_at": self.now}
-        )
+        step = revert_step(self.rollout, reason, self.now)
         if status is not None:
             step.fields["status"] = status_snapshot(status)
-        return step.event("failure", reason)
+        return step
 
     # reverting: the previous release back to full strength and all traffic, then the new one removed
     def revert(self) -> Step:

@@ -502,6 +502,10 @@ def test_an_api_server_that_stops_answering_ends_the_rollout_and_the_abort_of_it
         timeout=10,
         what="the engine to meet the failing API server",
     )
+    # Paused, the engine only watches: it waits for the API server past the deadline, it does not roll back.
+    time.sleep(4)
+    paused = Rollout.objects.get(pk=rollout_id)
+    assert paused.state == "paused" and paused.events.filter(message__startswith="The target did not").count() > 1
     response = api.post(f"/api/v1/rollouts/{rollout_id}/abort/", {"reason": "cluster is down"}, format="json")
     assert response.status_code == 200 and response.json()["state"] == "reverting"
     ended = wait_state(rollout_id, "failed", timeout=30)
