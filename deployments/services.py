@@ -176,19 +176,22 @@ def remove_build_contexts(build_ids: list[int] | None = None) -> list[str]:
     its attempt builds: the task removes it when the attempt ends, however it ends. A worker killed
     mid-build leaves it; so does an attempt whose build was recovered, failed or cancelled meanwhile.
     The folders are listed before the statuses are read: a folder made after the listing belongs to a
-    claim the statuses may not show yet, and is not in the listing.
+    claim the statuses may not show yet, and is not in the listing. The current attempt of a build that
+    has just ended (cancelled) may still have its worker reading its context until it notices: it is
+    left to that worker unless the build has not been heard from for SLIPWAY_BUILD_STALE_S.
     """
     found = builds.contexts_on_disk()
     if build_ids is not None:
         found = {path: key for path, key in found.items() if key[0] in build_ids}
     if not found:
         return []
-    running = set(
-        ImageBuild.objects.filter(pk__in={pk for pk, _ in found.values()}, status=BuildStatus.BUILDING).values_list(
-            "pk", "attempts"
-        )
-    )
-    return [path.name for path, key in sorted(found.items()) if key not in running and builds.remove_context(path)]
+    silent_since = timezone.now() - timezone.timedelta(seconds=settings.SLIPWAY_BUILD_STALE_S)
+    builds_found = ImageBuild.objects.filter(pk__in={pk for pk, _ in found.values()})
+    in_use = set()
+    for pk, status, attempts, heartbeat_at in builds_found.values_list("pk", "status", "attempts", "heartbeat_at"):
+        if status == BuildStatus.BUILDING or (heartbeat_at is not None and heartbeat_at > silent_since):
+            in_use.add((pk, attempts))  # its worker runs it, or may not have noticed its end yet
+    return [path.name for path, key in sorted(found.items()) if key not in in_use and builds.remove_context(path)]
 
 
 def append_log(build_id: int, text: str) -> str:
@@ -245,8 +248,8 @@ def cancel_build(build: ImageBuild, *, actor: Actor) -> ImageBuild:
         record(
             "image_build.cancel", actor=actor, target=locked, before={"status": before}, after={"status": "cancelled"}
         )
-        # The worker removes the context when it notices; this covers a worker that died (on this machine).
-        transaction.on_commit(lambda: remove_build_contexts([locked.pk]))
+        # The worker removes the context when it notices. Not here: this may run while that worker still reads
+        # it (its next log line tells it of the cancel); the build sweeper removes what a dead worker left.
     return locked
 
 

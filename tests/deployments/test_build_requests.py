@@ -115,8 +115,8 @@ def test_build_contexts_are_kept_under_the_var_dir_and_removed_once_their_attemp
     stale_s = settings.SLIPWAY_BUILD_STALE_S + 60
     lost = _build(version, "lost", "building", 1, heartbeat_age_s=stale_s)  # its worker was killed
     running = _build(version, "running", "building", 2)  # its first attempt's worker was killed
-    cancelled = _build(version, "cancelled", "cancelled", 1)  # cancelled while its worker was dead
-    failed = _build(version, "failed", "failed", 3)
+    cancelled = _build(version, "cancelled", "cancelled", 1, heartbeat_age_s=stale_s)  # its worker was dead
+    failed = _build(version, "failed", "failed", 3, heartbeat_age_s=stale_s)
     leftovers = [_left_behind(lost, 1), _left_behind(running, 1), _left_behind(cancelled, 1), _left_behind(failed, 3)]
     in_use = _left_behind(running, 2)
     unrelated = builds.contexts_root() / "notes.txt"
@@ -127,9 +127,13 @@ def test_build_contexts_are_kept_under_the_var_dir_and_removed_once_their_attemp
     assert [p for p in leftovers if p.exists()] == []
     assert (in_use / "context" / "model" / "model.pt").is_file() and unrelated.is_file()
 
-    # A person cancels a build whose worker died: its context goes with it (on the machine that built it).
-    dead = _build(version, "dead", "building", 1)
-    folder = _left_behind(dead, 1)
+    # A person cancels a build: the worker still running it removes its own context once it notices the
+    # cancel (removed under it, the cancelled build would fail); a worker that died leaves it to the sweeper.
+    alive, dead = _build(version, "alive", "building", 1), _build(version, "dead", "building", 1)
+    folders = {"alive": _left_behind(alive, 1), "dead": _left_behind(dead, 1)}
     with django_capture_on_commit_callbacks(execute=True):
+        assert api.post(f"/api/v1/builds/{alive.pk}/cancel/").status_code == 200
         assert api.post(f"/api/v1/builds/{dead.pk}/cancel/").status_code == 200
-    assert not folder.exists() and in_use.exists()
+    ImageBuild.objects.filter(pk=dead.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=stale_s))
+    services.recover_stale_builds(actor=Actor.system())
+    assert folders["alive"].exists() and not folders["dead"].exists() and in_use.exists()
