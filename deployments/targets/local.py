@@ -542,7 +542,7 @@ def _readiness_notes(replicas: list[_Replica], ready: dict[str, bool]) -> list[t
             if since is None:
                 notes.append((replica, {"ready_since": now}))
             elif replica.state.get("exits") and now - since >= reset_after:
-                notes.append((replica, {"exits": 0}))
+                notes.append((replica, {"exits": 0, "exits_total": _exits_total(replica.state)}))
         elif since is not None:
             notes.append((replica, {"ready_since": None}))
     return notes
