@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 
 from celery import shared_task
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
 
 from controlplane.audit import Actor
 from deployments import builds, services
@@ -41,6 +45,35 @@ class _LogSink:
             raise builds.BuildCancelled()
 
 
+class _Heartbeat:
+    """Beats the build's heart while this worker works on it, whether or not the build prints anything.
+
+    The log's flushes beat it too, but a step can be silent for minutes (pip downloading a
+    multi-GB torch wheel prints one line, then nothing until it is done), and the stale-build
+    sweeper would take such a build for one whose worker died and queue it again. Only this
+    attempt's row is touched: an attempt the sweeper already replaced does not keep the new one alive.
+    """
+
+    def __init__(self, build_id: int, attempt: int):
+        self.build_id, self.attempt = build_id, attempt
+        self.every = min(5.0, settings.SLIPWAY_BUILD_STALE_S / 4)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"build-{build_id}-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        try:
+            while not self.stopped.wait(self.every):
+                beating = ImageBuild.objects.filter(pk=self.build_id, attempts=self.attempt)
+                beating.update(heartbeat_at=timezone.now())
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+
+
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def run_image_build(build_id: int) -> str:
     build = ImageBuild.objects.select_related("model_version__model").get(pk=build_id)
@@ -50,6 +83,7 @@ def run_image_build(build_id: int) -> str:
     config = builds.BuildConfig.from_settings()
     emit = _LogSink(build_id)
     status = BuildStatus.QUEUED
+    heart = None
     try:
         client = builds.connect(config.timeout_s)
         digest = builds.registry_digest(client, build.image_ref, config)
@@ -61,11 +95,13 @@ def run_image_build(build_id: int) -> str:
         if not services.claim(build_id):
             return "skipped: claimed elsewhere"
         status = BuildStatus.BUILDING
+        attempt = services.attempts_of(build_id)
+        heart = _Heartbeat(build_id, attempt)
         emit(f"Building {build.image_ref} from {build.base_image} (runtime {build.runtime_version})")
         services.remove_build_contexts()  # what builds whose worker died on this machine left behind
         version = build.model_version
         # Under the var dir, named after the build and this attempt: never left behind for ever.
-        folder = builds.context_dir(build_id, services.attempts_of(build_id))
+        folder = builds.context_dir(build_id, attempt)
         try:
             context = folder / "context"
             context.mkdir(parents=True)
@@ -111,6 +147,9 @@ def run_image_build(build_id: int) -> str:
             build_id, status, f"The build crashed ({type(exc).__name__}: {exc}); retry it.", actor=system
         )
         return "failed"
+    finally:
+        if heart is not None:
+            heart.stop()
 
 
 def _finish_log(emit: _LogSink, line: str) -> None:

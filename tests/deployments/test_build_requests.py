@@ -11,6 +11,7 @@ from controlplane.audit import Actor
 from deployments import builds, services
 from deployments.models import ImageBuild
 from registry.models import Model, ModelVersion
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -137,3 +138,26 @@ def test_build_contexts_are_kept_under_the_var_dir_and_removed_once_their_attemp
     ImageBuild.objects.filter(pk=dead.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=stale_s))
     services.recover_stale_builds(actor=Actor.system())
     assert folders["alive"].exists() and not folders["dead"].exists() and in_use.exists()
+
+
+def test_a_build_whose_worker_lives_keeps_its_heart_beating_through_a_silent_step(live_db, version, settings):
+    """A step may print nothing for minutes (pip downloading a large wheel): the worker's own heartbeat, not
+    the log, tells the stale-build sweeper that it still runs. Its beats touch only its own attempt."""
+    from deployments.tasks import _Heartbeat
+
+    settings.SLIPWAY_BUILD_STALE_S = 10  # the least allowed: a beat every 2.5 s
+    stale_s = 60
+    silent = _build(version, "silent", "building", 1, heartbeat_age_s=stale_s)  # printed nothing for a minute
+    replaced = _build(version, "replaced", "building", 2, heartbeat_age_s=stale_s)  # attempt 2's worker died
+    hearts = [_Heartbeat(silent.pk, 1), _Heartbeat(replaced.pk, 1)]  # attempt 1's worker of `replaced` lives on
+    try:
+        wait_for(
+            lambda: ImageBuild.objects.get(pk=silent.pk).heartbeat_at > timezone.now() - timedelta(seconds=5),
+            timeout=10,
+            what="the silent build's worker to beat its heart",
+        )
+    finally:
+        for heart in hearts:
+            heart.stop()
+    assert services.recover_stale_builds(actor=Actor.system()) == [replaced.pk]
+    assert ImageBuild.objects.get(pk=silent.pk).status == "building"
