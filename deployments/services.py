@@ -169,8 +169,8 @@ def attempts_of(build_id: int) -> int:
     return ImageBuild.objects.filter(pk=build_id).values_list("attempts", flat=True).get()
 
 
-def remove_build_contexts(build_ids: list[int] | None = None) -> list[str]:
-    """Remove this machine's build contexts that no running attempt uses (of `build_ids`, or all); their names.
+def remove_build_contexts() -> list[str]:
+    """Remove this machine's build contexts that no running attempt uses; their names.
 
     A context (builds.context_dir) holds a full copy of the model and of the CA bundle, and lives while
     its attempt builds: the task removes it when the attempt ends, however it ends. A worker killed
@@ -181,8 +181,6 @@ def remove_build_contexts(build_ids: list[int] | None = None) -> list[str]:
     left to that worker unless the build has not been heard from for SLIPWAY_BUILD_STALE_S.
     """
     found = builds.contexts_on_disk()
-    if build_ids is not None:
-        found = {path: key for path, key in found.items() if key[0] in build_ids}
     if not found:
         return []
     silent_since = timezone.now() - timezone.timedelta(seconds=settings.SLIPWAY_BUILD_STALE_S)
