@@ -486,9 +486,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     @extend_schema_field({"type": "string", "description": "the stable endpoint; empty while nothing serves there"})
     def get_endpoint(self, deployment: Deployment) -> str:
-        if self._active(deployment) is None and self._idle_state(deployment) == "stopped":
-            return ""  # its port was given back: another deployment may have it now
-        return deployment.endpoint
+        return deployment.shown_endpoint(self.get_state(deployment))
 
     @extend_schema_field({"type": "integer", "nullable": True})
     def get_active_rollout(self, deployment: Deployment):

@@ -204,8 +204,7 @@ def deployment_list(request):
     page = paginate(request, deployments)
     for deployment in page:
         deployment.state = deployment.active_state or deployment.idle_state(deployment.newest_status)
-        if deployment.state == "stopped":
-            deployment.endpoint = ""  # only shown: its port was given back
+        deployment.endpoint = deployment.shown_endpoint(deployment.state)  # only shown, never saved
     environments = (
         access.scope(Environment.objects, actor, field="pk")
         .order_by("created_at", "name")

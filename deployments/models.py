@@ -188,6 +188,10 @@ class Deployment(models.Model):
             return "down"
         return "degraded" if facts["ready"] < facts.get("desired", 0) else "serving"
 
+    def shown_endpoint(self, state: str) -> str:
+        """The endpoint to show for `state`: none once stopped (its port was given back; another may have it)."""
+        return "" if state == "stopped" else self.endpoint
+
 
 def newest_rollout_status() -> models.Subquery:
     """Annotate deployments with their newest rollout's saved target status (for idle_state): in the same query."""
