@@ -25,6 +25,25 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UPLOAD_REFUSAL = "registry/htmx/upload_result.html"
 
 
+class HealthCheckMiddleware:
+    """`/healthz` for load balancers and the kubelet, answered before anything reads the Host header.
+
+    Probes come by address (`Host: 10.1.2.3:8000`), which SLIPWAY_ALLOWED_HOSTS rightly refuses on every
+    other path (a 400 would fail the probe and keep every pod out of its Service), and over plain HTTP,
+    which SLIPWAY_HTTPS redirects elsewhere. The answer says only whether the database answers.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path_info == "/healthz":
+            from controlplane.views import healthz  # the views import models: not at settings time
+
+            return healthz(request)
+        return self.get_response(request)
+
+
 class RequestIdMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 
@@ -9,7 +10,7 @@ from axes.handlers.proxy import AxesProxyHandler
 from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordChangeForm
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpResponseServerError, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template import loader
@@ -24,6 +25,8 @@ from controlplane.filtersets import AuditEventFilterSet
 from controlplane.logins import lockout_response
 from controlplane.models import APIToken, AuditEvent, Outcome, TokenScope
 from controlplane.web import paginate, refuse
+
+log = logging.getLogger(__name__)
 
 
 @login_required
@@ -168,8 +171,13 @@ def csrf_failure(request, reason=""):
 
 @require_GET
 def healthz(request):
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
+    """Whether this web process can serve: its database answers (503 when not, for the probe to retry)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        log.warning("healthz: the database does not answer: %s", exc)
+        return JsonResponse({"ok": False, "error": "the database does not answer"}, status=503)
     return JsonResponse({"ok": True})
 
 
