@@ -107,19 +107,29 @@ ensure_base_image() {
   export SLIPWAY_BASE_IMAGE_CPU="$image"
 }
 
-# The runtime's wheels, so test builds install offline (and the CPU torch wheel).
-ensure_wheelhouse() {
-  local key; key=$(cat inference_runtime/requirements.txt 2>/dev/null | sha256sum | cut -c1-12)
-  local dir="$SLIPWAY_CACHE/wheelhouse-$key"
+# Wheels for the requirements files given, in a directory named after their contents (downloaded once).
+_wheelhouse() {
+  local name=$1; shift
+  local key; key=$(cat "$@" 2>/dev/null | sha256sum | cut -c1-12)
+  local dir="$SLIPWAY_CACHE/$name-$key"
   if [ ! -f "$dir/.complete" ]; then
     mkdir -p "$dir"
-    echo "Downloading the runtime's wheels into $dir (once)..." >&2
-    if .venv/bin/python -m pip download --quiet --dest "$dir" --only-binary=:all: \
-        -r inference_runtime/requirements.txt >"$dir/.log" 2>&1; then
+    echo "Downloading wheels into $dir (once)..." >&2
+    local args=(); for file in "$@"; do args+=(-r "$file"); done
+    if .venv/bin/python -m pip download --quiet --dest "$dir" --only-binary=:all: "${args[@]}" >"$dir/.log" 2>&1; then
       touch "$dir/.complete"
     else
       grep -v "is ignored" "$dir/.log" >&2; return 1
     fi
   fi
-  export SLIPWAY_WHEELHOUSE="$dir" SLIPWAY_PIP_OFFLINE=1
+  echo "$dir"
+}
+
+# The runtime's wheels, so test builds install offline (and the CPU torch wheel); the control plane's,
+# for the test that builds its images.
+ensure_wheelhouse() {
+  SLIPWAY_WHEELHOUSE=$(_wheelhouse wheelhouse inference_runtime/requirements.txt)
+  SLIPWAY_CONTROLPLANE_WHEELHOUSE=$(_wheelhouse controlplane-wheelhouse requirements.txt requirements-validator.txt \
+    inference_runtime/requirements.txt)
+  export SLIPWAY_WHEELHOUSE SLIPWAY_CONTROLPLANE_WHEELHOUSE SLIPWAY_PIP_OFFLINE=1
 }

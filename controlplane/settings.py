@@ -154,7 +154,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "staticfiles"
+# `collectstatic` writes here and WhiteNoise serves from here; the control-plane image collects them at build
+# time into a directory of its own, so that a volume mounted on the var dir does not hide them.
+STATIC_ROOT = Path(env_str("SLIPWAY_STATIC_ROOT") or VAR_DIR / "staticfiles").resolve()
 
 # --- Artifacts -------------------------------------------------------------
 # Uploads stream to a temporary file in var/uploads (same filesystem as the
