@@ -39,6 +39,7 @@ from deployments.models import (
     BuildStatus,
     Deployment,
     Release,
+    ReleaseKind,
     Rollout,
     RolloutEvent,
     RolloutState,
@@ -157,6 +158,7 @@ def advance(rollout_id: int, revision: int | None = None) -> str:
             "release__model_version__model",
             "release__build",
             "previous_release__model_version__model",
+            "release__source",
         ).get(pk=rollout_id)
         try:
             step = Reconciler(rollout).tick()
@@ -263,6 +265,8 @@ def commit(rollout: Rollout, step: Step, token: str) -> str:
             record_serving(rollout.deployment_id, step.serving, now)
         if new_state in (S.SUCCEEDED, S.FAILED, S.ABORTED, S.ROLLED_BACK) and new_state != rollout.state:
             _record_end(rollout, new_state, fields.get("failure_reason", rollout.failure_reason))
+            if new_state == S.SUCCEEDED and rollout.release.kind == ReleaseKind.ROLLBACK:
+                _pin(rollout)
         if new_state in ROLLOUT_ACTIVE:
             revision = rollout.revision + 1
             transaction.on_commit(lambda: enqueue(rollout.pk, revision, countdown=step.delay))
@@ -285,6 +289,28 @@ def _record_end(rollout: Rollout, state: str, reason: str) -> None:
         outcome=Outcome.SUCCESS if state == S.SUCCEEDED else Outcome.FAILED,
         message=reason,
         environment=rollout.deployment.environment.name,
+    )
+
+
+def _pin(rollout: Rollout) -> None:
+    """A rollback's release serves: pin the deployment, so a promotion does not undo what a person chose.
+
+    Only now, in the transaction that records the success: a rollback that never served (rejected,
+    expired, aborted, reverted) pins nothing, and the pin's reason is never a rollback that did not happen.
+    """
+    release = rollout.release
+    reason = f"rolled back to release {release.source.number}: {release.reason}"
+    deployment = rollout.deployment
+    before = Deployment.objects.filter(pk=deployment.pk).values("pinned", "pinned_reason").get()
+    Deployment.objects.filter(pk=deployment.pk).update(pinned=True, pinned_reason=reason)
+    record(
+        "deployment.pin",
+        actor=Actor.system(),
+        target=deployment,
+        before=before,
+        after={"pinned": True, "pinned_reason": reason, "rollout": rollout.pk, "release": release.number},
+        message=reason,
+        environment=deployment.environment.name,
     )
 
 

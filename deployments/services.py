@@ -738,17 +738,9 @@ def rollback(deployment: Deployment, *, actor: Actor, reason: str, to_release: i
             image=target.image,
             build=target.build,
         )
-        Deployment.objects.filter(pk=deployment.pk).update(
-            pinned=True, pinned_reason=f"rolled back to release {target.number}: {reason}"
-        )
-        record(
-            "deployment.pin",
-            actor=actor,
-            target=deployment,
-            after={"pinned": True},
-            message=reason,
-            environment=deployment.environment.name,
-        )
+        # Not pinned yet: the engine pins the deployment once the rollback's release serves (engine._pin).
+        # Meanwhile the rollout itself refuses promotions; a rollback rejected, expired, aborted or failed
+        # pins nothing, so a pin always means that something was rolled back.
     result[0].refresh_from_db()
     return result
 

@@ -345,7 +345,7 @@ def test_deploy_canary_stalled_release_rollback_and_abort(api, prod, model, mode
     response = api.post(f"/api/v1/deployments/{deployment_id}/rollback/", {"reason": "v2 drifts"}, format="json")
     assert response.status_code == 200, response.json()
     back = response.json()
-    assert back["pinned"] is True and back["rollout"]["release"] == 4 and back["rollout"]["version"] == v1
+    assert back["pinned"] is False and back["rollout"]["release"] == 4 and back["rollout"]["version"] == v1
     wait_state(back["rollout"]["id"], "succeeded", timeout=30)
     assert Release.objects.get(deployment_id=deployment_id, number=4).image == images[v1]
     # release 1's Deployment was still there: the rollback took it over (slot 1) and scaled it back up

@@ -91,8 +91,9 @@ def test_deploy_canary_automatic_rollback_and_one_click_rollback(api, dev, model
     )
     assert response.status_code == 200, response.json()
     back = response.json()
-    assert back["rollout"]["version"] == v1 and back["pinned"] is True
+    assert back["rollout"]["version"] == v1 and back["pinned"] is False  # pinned once release 1 serves again
     wait_state(back["rollout"]["id"], "succeeded")
+    assert api.get(f"/api/v1/deployments/{first['id']}/").json()["pinned"] is True
     assert answers(endpoint, model_name, 10) == [1.0] * 10
     assert ImageBuild.objects.count() == 0
     # release 1 was still up without traffic: the rollback took its process over instead of starting one

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from controlplane.audit import Actor
 from controlplane.models import AuditEvent, Role, RoleBinding
-from deployments import forms, services
+from deployments import engine, forms, services
 from deployments.models import Deployment, Environment, Release, Rollout, RolloutEvent, RolloutState
 from registry.models import Model
 from tests.factories import UserFactory, bulk_versions
@@ -674,6 +674,11 @@ def test_rollback_needs_a_reason_then_pins_and_unpin_re_renders_the_panel(browse
     assert response.status_code == 302 and response["Location"] == f"/deployments/{pk}/"
     release = Release.objects.get(number=4)
     assert release.kind == "rollback" and release.source.number == 1 and release.reason == "v2 drifts"
+    assert "Pinned" not in browser.get(f"/deployments/{pk}/").content.decode()  # nothing rolled back yet
+    rollout = release.rollout
+    Rollout.objects.filter(pk=rollout.pk).update(state=RolloutState.PROGRESSING, lease_owner="worker")
+    rollout.refresh_from_db()
+    engine.commit(rollout, engine.Step(fields={"state": RolloutState.SUCCEEDED}), "worker")  # release 4 serves
     page = browser.get(f"/deployments/{pk}/").content.decode()
     assert "Pinned" in page and "rolled back to release 1: v2 drifts" in page
 
