@@ -307,6 +307,9 @@ class Rollout(models.Model):
     revert_to = models.CharField(max_length=20, blank=True, help_text="the terminal state reverting ends in")
     skip_steps = models.BooleanField(default=False, help_text="promote-now: go straight to full weight")
     pause_reason = models.CharField(max_length=200, blank=True)
+    paused_at = models.DateTimeField(
+        null=True, blank=True, help_text="when a person paused the step: its clock stands still until they resume"
+    )
     analysis_baseline = models.JSONField(null=True, blank=True)
     analysis = models.JSONField(null=True, blank=True, help_text="the latest analysis: checks with measured values")
     status = models.JSONField(default=dict, blank=True, help_text="the target's latest status, for the pages")

@@ -784,7 +784,11 @@ def pause_rollout(rollout: Rollout, *, actor: Actor) -> Rollout:
         "pause",
         actor,
         PAUSABLE,
-        lambda r: {"state": RolloutState.PAUSED, "pause_reason": f"paused by {actor.label}"},
+        lambda r: {
+            "state": RolloutState.PAUSED,
+            "pause_reason": f"paused by {actor.label}",
+            "paused_at": timezone.now(),
+        },
     )
 
 
@@ -796,10 +800,15 @@ def resume_rollout(rollout: Rollout, *, actor: Actor) -> Rollout:
                 f"{r} waits for {waiting.required} approval(s) to go on (request #{waiting.pk}): "
                 "approvers approve it on the Approvals page; it cannot be resumed by hand."
             )
-        fields = {"state": RolloutState.PROGRESSING, "pause_reason": ""}
+        now = timezone.now()
+        fields = {"state": RolloutState.PROGRESSING, "pause_reason": "", "paused_at": None}
         step = r.current_step
         if step and step["kind"] == "pause" and step["duration_s"] is None:  # the plan's pause: move past it
-            fields.update(step_index=r.step_index + 1, step_started_at=timezone.now())
+            fields.update(step_index=r.step_index + 1, step_started_at=now)
+        elif r.paused_at is not None and r.step_started_at is not None:
+            # The step's clock stood still while a person held it: its deadline (readiness, a timed
+            # pause) counts only the time it ran, so a long look at a canary does not fail it on resume.
+            fields["step_started_at"] = r.step_started_at + (now - r.paused_at)
         return fields
 
     return _act(rollout, "resume", actor, RESUMABLE, change)
@@ -839,6 +848,8 @@ def promote_rollout_now(rollout: Rollout, *, actor: Actor) -> Rollout:
             "state": RolloutState.PROGRESSING if r.state == RolloutState.PAUSED else r.state,
             "skip_steps": True,
             "pause_reason": "",
+            "paused_at": None,
+            "step_started_at": timezone.now(),  # all traffic to the release is a step of its own, with its deadline
         }
 
     return _act(rollout, "promote", actor, PROMOTABLE_NOW, change)
