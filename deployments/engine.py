@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -151,6 +152,7 @@ def advance(rollout_id: int, revision: int | None = None) -> str:
     if not taken:
         return "stale, leased or finished"
     outcome = "crashed"
+    lease = _LeaseKeeper(rollout_id, token)
     try:
         rollout = Rollout.objects.select_related(
             "deployment__environment",
@@ -176,9 +178,41 @@ def advance(rollout_id: int, revision: int | None = None) -> str:
         outcome = commit(rollout, step, token)
         return outcome
     finally:
+        lease.stop()
         Rollout.objects.filter(pk=rollout_id, lease_owner=token).update(lease_owner="", lease_expires_at=None)
         if outcome == "superseded":
             _take_up(rollout_id)
+
+
+class _LeaseKeeper:
+    """Keeps this worker's lease on the rollout alive while its step runs, however long the step takes.
+
+    A step can outlast SLIPWAY_ROLLOUT_LEASE_S (an API server that answers slowly, a target that
+    retries inside one call); with its lease run out, the sweeper's message would let a second
+    worker drive the same rollout at the same time. Like a build's heartbeat (tasks._Heartbeat),
+    a thread renews the lease every quarter of it. Only this worker's lease is touched: once the
+    step commits or gives the rollout up, the token no longer matches and nothing is renewed.
+    A worker that dies stops renewing, so its rollout is still picked up once the lease runs out.
+    """
+
+    def __init__(self, rollout_id: int, token: str):
+        self.rollout_id, self.token = rollout_id, token
+        self.lease = timedelta(seconds=settings.SLIPWAY_ROLLOUT_LEASE_S)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._renew, name=f"rollout-{rollout_id}-lease", daemon=True)
+        self.thread.start()
+
+    def _renew(self) -> None:
+        try:
+            while not self.stopped.wait(self.lease.total_seconds() / 4):
+                held = Rollout.objects.filter(pk=self.rollout_id, lease_owner=self.token)
+                held.update(lease_expires_at=timezone.now() + self.lease)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
 
 
 def _take_up(rollout_id: int) -> None:

@@ -10,6 +10,8 @@ each enqueues happens before the call returns.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.db import connection
 
@@ -70,3 +72,35 @@ def test_an_abort_while_a_step_runs_is_acted_on_when_the_step_ends(live_db, task
     assert after.revision > aborted.revision, f"nobody took up the abort: still {after.state}"
     assert after.state == RolloutState.ABORTED
     assert after.events.filter(kind="transition", message="reverting → aborted").exists()
+
+
+def test_a_step_slower_than_the_lease_keeps_it_and_no_second_worker_runs_the_rollout(live_db, settings):
+    """A step that takes longer than SLIPWAY_ROLLOUT_LEASE_S (a slow API server, a large pull) still holds the
+    rollout: its worker keeps the lease alive, so a second worker (the sweeper's message, a redelivery) finds it
+    leased instead of driving the same rollout at the same time."""
+    settings.SLIPWAY_ROLLOUT_LEASE_S = 1
+    dev = services.create_environment("dev", actor=Actor.system())
+    rita = UserFactory(username="rita")
+    RoleBinding.objects.create(user=rita, environment=dev, role=Role.DEPLOYER)
+    bulk_versions(Model.objects.create(name="iris", created_by=rita), 1, uploaded_by=rita)
+    _, rollout, _ = services.deploy("iris", "dev", 1, actor=Actor(user=rita), plan=CANARY)
+    pause_index = next(i for i, step in enumerate(rollout.steps) if step["kind"] == "pause")
+    Rollout.objects.filter(pk=rollout.pk).update(state=RolloutState.PAUSED, step_index=pause_index, weight=20)
+    rollout.refresh_from_db()
+
+    second: dict = {}
+
+    def a_second_worker_comes_while_the_step_is_slow(execute, sql, params, many, context):
+        if not second and sql.startswith('UPDATE "deployments_rollout"') and '"next_at"' in sql:
+            time.sleep(2.5)  # the step has run for more than twice its lease
+            thread = in_thread(second, "advance", lambda: engine.advance(rollout.pk, rollout.revision))
+            thread.join(timeout=30)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(a_second_worker_comes_while_the_step_is_slow):
+        outcome = engine.advance(rollout.pk, rollout.revision)
+
+    assert second["advance"] == "stale, leased or finished"
+    assert outcome == RolloutState.PAUSED  # the slow step's result stands: nobody else's replaced it
+    after = Rollout.objects.get(pk=rollout.pk)
+    assert after.revision == rollout.revision + 1 and after.lease_owner == "" and after.lease_expires_at is None
