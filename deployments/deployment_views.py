@@ -465,9 +465,12 @@ def _release_number(text: str) -> int | None:
 @login_required
 @require_POST
 def unpin(request, pk):
-    deployment = services.unpin(_deployment(request, pk), actor=Actor.from_request(request))
+    deployment = _deployment(request, pk)
+    was_pinned = deployment.pinned
+    deployment = services.unpin(deployment, actor=Actor.from_request(request))
     if request.htmx:
-        return _live(request, pk, status=200, notice=f"Unpinned: {deployment} takes promotions again.")
+        notice = f"Unpinned: {deployment} takes promotions again." if was_pinned else f"{deployment} was not pinned."
+        return _live(request, pk, status=200, notice=notice)
     return redirect("deployment-detail", pk=pk)
 
 

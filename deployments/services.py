@@ -748,15 +748,24 @@ def rollback(deployment: Deployment, *, actor: Actor, reason: str, to_release: i
 def unpin(deployment: Deployment, *, actor: Actor) -> Deployment:
     access.require(actor, Role.DEPLOYER, deployment.environment, "unpin deployments")
     with transaction.atomic():
-        Deployment.objects.filter(pk=deployment.pk).update(pinned=False, pinned_reason="")
-        record(
-            "deployment.unpin",
-            actor=actor,
-            target=deployment,
-            before={"pinned": deployment.pinned},
-            after={"pinned": False},
-            environment=deployment.environment.name,
+        pinned, reason = (
+            Deployment.objects.select_for_update(of=("self",))
+            .filter(pk=deployment.pk)
+            .values_list("pinned", "pinned_reason")
+            .get()
         )
+        # Not pinned (never, or someone unpinned it a moment ago): nothing changes and nothing is recorded,
+        # as a role granted again or a token revoked again.
+        if pinned:
+            Deployment.objects.filter(pk=deployment.pk).update(pinned=False, pinned_reason="")
+            record(
+                "deployment.unpin",
+                actor=actor,
+                target=deployment,
+                before={"pinned": True, "pinned_reason": reason},
+                after={"pinned": False},
+                environment=deployment.environment.name,
+            )
     deployment.refresh_from_db()
     return deployment
 

@@ -19,7 +19,7 @@ from controlplane.audit import Actor, record
 from controlplane.audit_export import FIELDS
 from controlplane.models import AuditEvent, Role, RoleBinding
 from deployments import services
-from deployments.models import Rollout
+from deployments.models import Deployment, Rollout
 from registry.models import Model
 from tests.factories import UserFactory, bulk_versions
 
@@ -44,6 +44,7 @@ def estate(alice, bob):
     dev, _, _ = services.deploy("iris", "dev", 1, actor=Actor(user=alice), reason="First light for the Q3 model")
     staging, rollout, _ = services.deploy("iris", "staging", 1, actor=Actor(user=bob), reason="customer pilot")
     services.abort_rollout(rollout, actor=Actor(user=bob), reason="wrong day")
+    Deployment.objects.filter(pk=dev.pk).update(pinned=True, pinned_reason="rolled back to release 1: drift")
     services.unpin(dev, actor=Actor(user=alice))
     record("model.create", actor=Actor(user=alice), target=model, after={"name": "iris"})  # about no environment
     return {"dev": dev, "staging": staging}

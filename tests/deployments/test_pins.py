@@ -83,3 +83,16 @@ def test_a_rollback_pins_the_deployment_when_its_release_serves(rita):
     assert pins() == ["rolled back to release 1: v2 drifts"]
     event = AuditEvent.objects.get(action="deployment.pin")
     assert event.environment == "dev" and event.after["rollout"] == rollout.pk
+
+
+def test_unpin_records_only_a_pin_that_it_took_off(rita):
+    deployment = two_releases(rita, "dev")
+    services.unpin(deployment, actor=Actor(user=rita))  # nothing pinned it: nothing happens
+    assert not AuditEvent.objects.filter(action="deployment.unpin").exists()
+
+    Deployment.objects.filter(pk=deployment.pk).update(pinned=True, pinned_reason="rolled back to release 1: drift")
+    assert not services.unpin(deployment, actor=Actor(user=rita)).pinned
+    services.unpin(deployment, actor=Actor(user=rita))  # a second click, or a colleague a moment later
+    [event] = AuditEvent.objects.filter(action="deployment.unpin")
+    assert event.before == {"pinned": True, "pinned_reason": "rolled back to release 1: drift"}
+    assert event.actor == "rita" and event.environment == "dev"

@@ -395,7 +395,6 @@ def test_the_watch_answers_204_until_something_changes_then_the_panel(browser, i
     assert FAST_POLL in response.content.decode() and f"Rollout #{second.pk}" in response.content.decode()
 
     settle(second)
-    services.unpin(first.deployment, actor=Actor.system())  # a pin change alone is news too
     Deployment.objects.filter(pk=first.deployment_id).update(pinned=True, pinned_reason="by hand")
     page = browser.get(f"/deployments/{first.deployment_id}/live/", **HTMX).content.decode()
     watch = re.search(r'hx-get="(/deployments/\d+/watch/\?stamp=[^"]+)"', page).group(1)
