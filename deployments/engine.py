@@ -250,8 +250,9 @@ def _give_up(rollout: Rollout, reason: str) -> Step:
     if rollout.state != S.REVERTING:  # pending, building: nothing was applied to the target yet
         return Step(fields={"state": S.FAILED, "failure_reason": reason}).event("failure", reason)
     number = rollout.release.number
+    share = "without traffic" if rollout.weight == 0 else "and take a share of the traffic"
     left = (
-        f"Release {number} may still run on the target and take a share of the traffic: check it there; "
+        f"Release {number} may still run on the target {share}: check it there; "
         "the next rollout that succeeds removes it."
     )
     return Step(fields={"state": S.FAILED, "failure_reason": f"{rollout.failure_reason} Then: {reason} {left}"}).event(
@@ -735,6 +736,12 @@ class Reconciler:
             endpoint = self.target.route(self.ref, {self.previous.slot: 100})
             result.deployment["endpoint"] = endpoint
             result.serving = {self.previous.pk: 100}
+            if self.rollout.weight:
+                # Commit the traffic's return before removing the new release: a removal that fails
+                # then ends the rollout with the ledger and the page saying where traffic really goes.
+                result.fields["weight"] = 0
+                result.delay = 0.0
+                return result.event("info", f"All traffic is back on release {self.previous.number}.")
             if self.release.slot != self.previous.slot:
                 self.target.remove(self.ref, self.release.slot)
             message = f"Release {self.previous.number} serves all traffic again; release {self.release.number} removed."

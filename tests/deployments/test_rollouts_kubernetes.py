@@ -520,3 +520,28 @@ def test_an_api_server_that_stops_answering_ends_the_rollout_and_the_abort_of_it
     assert api.get(f"/api/v1/deployments/{deployment_id}/").json()["current_release"]["number"] == 3
     assert service_selector(kube, first["key"]) == pins(first["key"], 3)
     assert of_release(kube, first["key"], 2) == []
+
+
+def test_a_revert_that_cannot_remove_the_release_still_records_the_traffic_it_moved_back(
+    api, prod, model, model_dir, kube, cluster
+):
+    """The revert routes all traffic back to the previous release, then removes the new one. When the removal
+    is refused, the rollout ends failed; the ledger must say what the Service does (release 1 alone), not the
+    canary's split that the revert already undid."""
+    v1, v2 = (upload(api, model, model_dir[k]) for k in ("one", "two"))
+    for v in (v1, v2):
+        with_image(model, v)
+    first = deploy(api, model, v1, env="prod", config={"replicas": 2})
+    deployment_id, key = first["id"], first["key"]
+    wait_state(first["rollout"]["id"], "succeeded", timeout=30)
+    rollout_id = deploy(api, model, v2, env="prod", plan=CANARY_50_THEN_PAUSE)["rollout"]["id"]
+    wait_state(rollout_id, "paused", timeout=30)
+    assert [(n, w, still) for n, w, still in ledger_of(deployment_id) if still] == [(1, 50, True), (2, 50, True)]
+
+    kube.forbidden.add(("delete", "deployments"))
+    assert api.post(f"/api/v1/rollouts/{rollout_id}/abort/", {"reason": "wrong day"}, format="json").status_code == 200
+    ended = wait_state(rollout_id, "failed", timeout=30)
+    assert "403 Forbidden" in ended.failure_reason and "Release 2 may still run" in ended.failure_reason
+    assert service_selector(kube, key) == pins(key, 1)  # the traffic did go back
+    assert [(n, w) for n, w, still in ledger_of(deployment_id) if still] == [(1, 100)]
+    assert ended.weight == 0
