@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -206,7 +206,11 @@ class _LeaseKeeper:
         try:
             while not self.stopped.wait(self.lease.total_seconds() / 4):
                 held = Rollout.objects.filter(pk=self.rollout_id, lease_owner=self.token)
-                held.update(lease_expires_at=timezone.now() + self.lease)
+                try:
+                    held.update(lease_expires_at=timezone.now() + self.lease)
+                except DatabaseError as exc:  # a blip: try again at the next beat, while the lease still holds
+                    log.warning("rollout %s: could not renew the lease: %s", self.rollout_id, exc)
+                    connection.close()
         finally:
             connection.close()
 
