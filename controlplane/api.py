@@ -137,7 +137,6 @@ class NewAPITokenSerializer(APITokenSerializer):
         fields = [*APITokenSerializer.Meta.fields, "token"]
 
 
-@extend_schema(request=TokenRequestSerializer, responses={201: NewAPITokenSerializer})
 class APITokenViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
     serializer_class = APITokenSerializer
     audit_actions = {"create": "token.create", "revoke": "token.revoke"}
@@ -158,6 +157,7 @@ class APITokenViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.G
         data = NewAPITokenSerializer(issued.token).data | {"token": issued.raw}
         return Response(data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(request=None, responses={200: APITokenSerializer})
     @action(detail=True, methods=["post"])
     def revoke(self, request, pk=None):
         token = tokens.revoke_token(self.get_object(), actor=Actor.from_request(request))

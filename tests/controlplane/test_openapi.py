@@ -118,3 +118,32 @@ def test_options_describes_what_a_post_takes_as_the_schema_does(api, alice):
     assert api.options("/api/v1/builds/1/cancel/").json()["actions"]["POST"] == {}  # takes no body
     model = api.options("/api/v1/models/").json()["actions"]["POST"]  # nothing declared: the serializer's own
     assert {name for name, field in model.items() if not field["read_only"]} == {"name", "description"}
+
+
+def response_schema(schema: dict, path: str, verb: str, status: str) -> dict:
+    """The JSON schema of one documented answer, its $ref (and a paginated list's items) resolved."""
+
+    def resolve(node):
+        if "$ref" in node:
+            return schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+        return node
+
+    answer = schema["paths"][path][verb]["responses"][status]
+    return resolve(answer["content"]["application/json"]["schema"])
+
+
+def test_the_tokens_list_and_revoke_are_documented_as_they_answer(schema, api):
+    """Listing tokens answers 200 with a page of tokens (no secret), revoking takes no body and answers 200:
+    the schema said 201 with a new token's secret for both, and a token request as revoke's body."""
+    listed = response_schema(schema, "/api/v1/tokens/", "get", "200")
+    items = listed["properties"]["results"]["items"]["$ref"].rsplit("/", 1)[1]
+    assert items == "APIToken" and "token" not in schema["components"]["schemas"]["APIToken"]["properties"]
+    assert "201" not in schema["paths"]["/api/v1/tokens/"]["get"]["responses"]
+    assert api.get("/api/v1/tokens/").status_code == 200
+
+    revoke = schema["paths"]["/api/v1/tokens/{id}/revoke/"]["post"]
+    assert "requestBody" not in revoke and "201" not in revoke["responses"]
+    assert revoke["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/APIToken")
+    created = schema["paths"]["/api/v1/tokens/"]["post"]["responses"]["201"]
+    assert created["content"]["application/json"]["schema"]["$ref"].endswith("/NewAPIToken")
+
