@@ -141,7 +141,9 @@ class VersionBuildViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewse
 
 # --- Environments, deployments, releases, rollouts ---------------------------------------
 class EnvironmentSerializer(serializers.ModelSerializer):
-    promotes_from = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    promotes_from = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, allow_null=True, help_text="the environment releases come from; null: none"
+    )
     created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
     your_role = serializers.SerializerMethodField(help_text="the caller's role here (with this token)")
 

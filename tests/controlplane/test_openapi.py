@@ -147,3 +147,9 @@ def test_the_tokens_list_and_revoke_are_documented_as_they_answer(schema, api):
     created = schema["paths"]["/api/v1/tokens/"]["post"]["responses"]["201"]
     assert created["content"]["application/json"]["schema"]["$ref"].endswith("/NewAPIToken")
 
+
+def test_an_environment_that_promotes_from_none_is_documented_as_null(schema, api):
+    assert api.post("/api/v1/environments/", {"name": "dev"}, format="json").json()["promotes_from"] is None
+    promotes_from = schema["components"]["schemas"]["Environment"]["properties"]["promotes_from"]
+    assert promotes_from.get("nullable") is True
+
