@@ -217,7 +217,14 @@ class RoleBindingViewSet(
             return self.queryset
         return roles.visible_bindings(Actor.from_request(self.request)).order_by("environment__name", "pk")
 
-    @extend_schema(request=GrantSerializer, responses={201: RoleBindingSerializer, 200: RoleBindingSerializer})
+    @extend_schema(
+        request=GrantSerializer,
+        responses={
+            201: RoleBindingSerializer,
+            200: RoleBindingSerializer,
+            404: OpenApiResponse(description="No such environment (or one where you have no role)"),
+        },
+    )
     def create(self, request, *args, **kwargs):
         from deployments.models import Environment
 

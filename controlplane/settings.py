@@ -274,7 +274,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "controlplane.pagination.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["controlplane.filtersets.FilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "controlplane.schema.AutoSchema",
     "DEFAULT_METADATA_CLASS": "controlplane.metadata.Metadata",
     "EXCEPTION_HANDLER": "controlplane.exception_handler.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["controlplane.renderers.JSONRenderer"],

@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
@@ -593,7 +593,11 @@ class DeploymentViewSet(
 
     @extend_schema(
         request=DeployRequestSerializer,
-        responses={201: DeployResultSerializer, 200: DeployResultSerializer},
+        responses={
+            201: DeployResultSerializer,
+            200: DeployResultSerializer,
+            404: OpenApiResponse(description="No such model, version or environment (or one where you have no role)"),
+        },
         description="Deploy a ready version: 201 when this creates the deployment, 200 when it starts "
         "a new rollout on the existing one; 409 while another rollout is active.",
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.db.models import OuterRef, Subquery
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, mixins, renderers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
@@ -182,6 +183,8 @@ class ModelVersionViewSet(
         responses={
             201: ModelVersionSerializer,
             400: OpenApiResponse(description="Refused; nothing kept"),
+            408: OpenApiResponse(description="The body arrived too slowly; nothing kept"),
+            411: OpenApiResponse(description="A chunked body without Content-Length; nothing kept"),
             413: OpenApiResponse(description="Over SLIPWAY_MAX_ARTIFACT_BYTES; nothing kept"),
             507: OpenApiResponse(description="The server's disk filled up while storing it; nothing kept"),
         },
@@ -210,8 +213,16 @@ class ModelVersionViewSet(
         responses={
             (200, "application/octet-stream"): bytes,
             (206, "application/octet-stream"): OpenApiResponse(bytes, description="The bytes a Range header asked for"),
+            304: OpenApiResponse(description="If-None-Match holds the ETag: the client has these bytes already"),
+            412: OpenApiResponse(description="If-Match names other bytes than the artifact's"),
             416: OpenApiResponse(description="The Range starts past the end of the file"),
         },
+        parameters=[
+            OpenApiParameter("Range", OpenApiTypes.STR, OpenApiParameter.HEADER, description="one `bytes=N-M`"),
+            OpenApiParameter("If-Range", OpenApiTypes.STR, OpenApiParameter.HEADER, description="the ETag"),
+            OpenApiParameter("If-None-Match", OpenApiTypes.STR, OpenApiParameter.HEADER),
+            OpenApiParameter("If-Match", OpenApiTypes.STR, OpenApiParameter.HEADER),
+        ],
         description="The artifact as an attachment. One `Range: bytes=...` resumes a download (206); "
         "`If-Range` with the ETag (the SHA-256) resumes only the same bytes.",
     )

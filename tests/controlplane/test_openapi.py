@@ -153,3 +153,28 @@ def test_an_environment_that_promotes_from_none_is_documented_as_null(schema, ap
     promotes_from = schema["components"]["schemas"]["Environment"]["properties"]["promotes_from"]
     assert promotes_from.get("nullable") is True
 
+
+def test_every_operation_documents_its_errors_as_json_with_a_message(schema):
+    """Scripts read from the schema which errors to expect and what their body holds."""
+    error = schema["components"]["schemas"]["Error"]
+    assert set(error["required"]) == {"error", "code"} and "fields" in error["properties"]
+    for path, item in schema["paths"].items():
+        for verb, operation in item.items():
+            responses = operation["responses"]
+            expected = {"401", "403", "429"}
+            if "{" in path:
+                expected.add("404")
+            if verb in ("post", "patch", "delete"):
+                expected |= {"400", "409"}
+            if "requestBody" in operation:
+                expected |= {"400", "413", "415"}
+            assert expected <= set(responses), (verb, path, expected - set(responses))
+            for status, answer in responses.items():
+                if int(status) >= 400 and int(status) not in (412, 416):
+                    body = answer["content"]["application/json"]["schema"]
+                    assert body == {"$ref": "#/components/schemas/Error"}, (verb, path, status)
+                    assert answer["description"], (verb, path, status)
+    deploy = schema["paths"]["/api/v1/deployments/"]["post"]["responses"]
+    assert "404" in deploy  # an unknown environment or model, though the URL names none
+    upload = schema["paths"]["/api/v1/models/{model_name}/versions/"]["post"]["responses"]
+    assert {"408", "411", "507"} <= set(upload)
