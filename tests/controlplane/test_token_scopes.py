@@ -267,3 +267,18 @@ def test_a_token_limited_to_x_lists_and_revokes_only_tokens_limited_within_x(tes
         assert refusal.outcome == "invalid" and (refusal.target_id, refusal.target_repr) == (str(other.pk), "")
     x_too = APIToken.objects.get(name="x-too")
     assert limited.post(f"/api/v1/tokens/{x_too.pk}/revoke/", {}, format="json").status_code == 200
+
+
+def test_a_read_token_lists_its_users_tokens_without_secrets_as_their_audit_events_show_them(tess):
+    """Listing is reading: a read token sees no more of the admin token than its creation event shows it,
+    and cannot revoke it."""
+    admin = create_token(tess, "ci-admin", actor=Actor(user=tess), environments=["x"])
+    client = token(tess, "read")
+    listed = {t["name"]: t for t in client.get("/api/v1/tokens/").json()["results"]}["ci-admin"]
+    assert "token" not in listed and admin.raw not in str(listed)
+    created = client.get("/api/v1/audit/?action=token.create").json()["results"]
+    event = next(e for e in created if e["target"]["id"] == str(admin.token.pk))
+    assert event["target"]["text"] == f"ci-admin ({listed['prefix']}…)"
+    assert (event["after"]["scope"], event["after"]["environments"]) == (listed["scope"], listed["environments"])
+    response = client.post(f"/api/v1/tokens/{admin.token.pk}/revoke/", {}, format="json")
+    assert response.status_code == 403 and "scope is 'read'" in response.json()["error"]
