@@ -153,8 +153,14 @@ def _enqueue(build_id: int) -> None:
     run_image_build.delay(build_id)
 
 
-def transition(build_id: int, expected: str, new: str, **fields) -> bool:
-    return compare_and_set(ImageBuild, build_id, BUILD_TRANSITIONS, expected, new, **fields)
+def transition(build_id: int, expected: str, new: str, *, attempt: int | None = None, **fields) -> bool:
+    """Move the build on; with `attempt`, only while that attempt is still the build's latest.
+
+    A worker the sweeper took for dead may still be running its attempt after another worker claimed
+    the next one: whatever it writes must name its attempt, or it would end the newer attempt's build.
+    """
+    where = None if attempt is None else {"attempts": attempt}
+    return compare_and_set(ImageBuild, build_id, BUILD_TRANSITIONS, expected, new, where=where, **fields)
 
 
 def claim(build_id: int) -> bool:
@@ -192,24 +198,32 @@ def remove_build_contexts() -> list[str]:
     return [path.name for path, key in sorted(found.items()) if key not in in_use and builds.remove_context(path)]
 
 
-def append_log(build_id: int, text: str) -> str:
-    """Append to the build's log and beat its heart; returns the build's current status."""
-    ImageBuild.objects.filter(pk=build_id).update(log=Concat(F("log"), Value(text)), heartbeat_at=timezone.now())
-    return ImageBuild.objects.filter(pk=build_id).values_list("status", flat=True).get()
+def append_log(build_id: int, text: str, attempt: int | None = None) -> str | None:
+    """Append to the build's log and beat its heart; returns the build's current status.
+
+    With `attempt`: None, and nothing written, once a newer attempt has claimed the build.
+    """
+    rows = ImageBuild.objects.filter(pk=build_id)
+    if attempt is not None:
+        rows = rows.filter(attempts=attempt)
+    rows.update(log=Concat(F("log"), Value(text)), heartbeat_at=timezone.now())
+    return rows.values_list("status", flat=True).first()
 
 
-def finish_build(build_id: int, expected: str, *, actor: Actor, cache_hit: bool = False, **facts) -> bool:
-    return _end(build_id, expected, BuildStatus.SUCCEEDED, actor=actor, cache_hit=cache_hit, **facts)
+def finish_build(
+    build_id: int, expected: str, *, actor: Actor, attempt: int | None = None, cache_hit: bool = False, **facts
+) -> bool:
+    return _end(build_id, expected, BuildStatus.SUCCEEDED, actor=actor, attempt=attempt, cache_hit=cache_hit, **facts)
 
 
-def fail_build(build_id: int, expected: str, error: str, *, actor: Actor) -> bool:
-    return _end(build_id, expected, BuildStatus.FAILED, actor=actor, error=error)
+def fail_build(build_id: int, expected: str, error: str, *, actor: Actor, attempt: int | None = None) -> bool:
+    return _end(build_id, expected, BuildStatus.FAILED, actor=actor, attempt=attempt, error=error)
 
 
-def _end(build_id: int, expected: str, new: str, *, actor: Actor, **fields) -> bool:
-    """Move a build to a terminal status and record it, unless it moved on meanwhile."""
+def _end(build_id: int, expected: str, new: str, *, actor: Actor, attempt: int | None, **fields) -> bool:
+    """Move a build to a terminal status and record it, unless it (or its attempt) moved on meanwhile."""
     with transaction.atomic():
-        if not transition(build_id, expected, new, finished_at=timezone.now(), **fields):
+        if not transition(build_id, expected, new, attempt=attempt, finished_at=timezone.now(), **fields):
             return False
         build = ImageBuild.objects.get(pk=build_id)
         record(
@@ -267,8 +281,9 @@ def recover_stale_builds(*, actor: Actor) -> list[int]:
                     f"The worker building this image was lost {attempts} times; nothing was recorded as pushed. "
                     "Check the workers' memory and disk, then request the build again.",
                     actor=actor,
+                    attempt=attempts,
                 )
-            elif transition(pk, status, BuildStatus.QUEUED, heartbeat_at=None):
+            elif transition(pk, status, BuildStatus.QUEUED, attempt=attempts, heartbeat_at=None):
                 record(
                     "image_build.requeued",
                     actor=actor,

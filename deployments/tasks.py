@@ -24,11 +24,13 @@ class _LogSink:
     """Collects build output and writes it to the row about twice a second.
 
     Each flush also beats the build's heart and reads its status back, so a
-    cancellation is noticed within a flush interval.
+    cancellation is noticed within a flush interval. Once the build is claimed, only
+    this attempt's row is written: an attempt that the sweeper replaced stops (superseded).
     """
 
     def __init__(self, build_id: int, interval: float = 0.5):
         self.build_id = build_id
+        self.attempt: int | None = None
         self.interval = interval
         self.pending: list[str] = []
         self.last = 0.0
@@ -41,8 +43,15 @@ class _LogSink:
     def flush(self) -> None:
         text, self.pending = "".join(self.pending), []
         self.last = time.monotonic()
-        if services.append_log(self.build_id, text) == BuildStatus.CANCELLED:
+        status = services.append_log(self.build_id, text, self.attempt)
+        if status is None:
+            raise _Superseded()
+        if status == BuildStatus.CANCELLED:
             raise builds.BuildCancelled()
+
+
+class _Superseded(Exception):
+    """The sweeper took this attempt's worker for dead and another attempt claimed the build."""
 
 
 class _Heartbeat:
@@ -83,7 +92,7 @@ def run_image_build(build_id: int) -> str:
     config = builds.BuildConfig.from_settings()
     emit = _LogSink(build_id)
     status = BuildStatus.QUEUED
-    heart = None
+    attempt = heart = None
     try:
         client = builds.connect(config.timeout_s)
         digest = builds.registry_digest(client, build.image_ref, config)
@@ -95,7 +104,7 @@ def run_image_build(build_id: int) -> str:
         if not services.claim(build_id):
             return "skipped: claimed elsewhere"
         status = BuildStatus.BUILDING
-        attempt = services.attempts_of(build_id)
+        attempt = emit.attempt = services.attempts_of(build_id)
         heart = _Heartbeat(build_id, attempt)
         emit(f"Building {build.image_ref} from {build.base_image} (runtime {build.runtime_version})")
         services.remove_build_contexts()  # what builds whose worker died on this machine left behind
@@ -123,38 +132,54 @@ def run_image_build(build_id: int) -> str:
         finally:
             builds.remove_context(folder)
         emit.flush()
-        if not services.transition(build_id, BuildStatus.BUILDING, BuildStatus.PUSHING):
-            raise builds.BuildCancelled()
+        if not services.transition(build_id, BuildStatus.BUILDING, BuildStatus.PUSHING, attempt=attempt):
+            return _ended_elsewhere(build_id, attempt)
         status = BuildStatus.PUSHING
         emit(f"Pushing {build.image_ref}")
         digest = builds.push_image(client, build.image_ref, config=config, emit=emit)
         emit(f"Pushed {build.image_ref}@{digest}")
         emit.flush()
         size = builds.image_size(client, build.image_ref)
-        services.finish_build(build_id, BuildStatus.PUSHING, actor=system, digest=digest, size_bytes=size)
+        if not services.finish_build(
+            build_id, BuildStatus.PUSHING, actor=system, attempt=attempt, digest=digest, size_bytes=size
+        ):
+            return _ended_elsewhere(build_id, attempt)
         return "succeeded"
+    except _Superseded:
+        return _ended_elsewhere(build_id, attempt)
     except builds.BuildCancelled:
         log.info("build %s was cancelled", build_id)
         return "cancelled"
     except builds.BuildFailed as exc:
         _finish_log(emit, f"FAILED: {exc}")
-        services.fail_build(build_id, status, str(exc), actor=system)
+        if not services.fail_build(build_id, status, str(exc), actor=system, attempt=attempt):
+            return _ended_elsewhere(build_id, attempt)
         return "failed"
     except Exception as exc:
         log.exception("build %s crashed", build_id)
         _finish_log(emit, f"FAILED: {type(exc).__name__}: {exc}")
-        services.fail_build(
-            build_id, status, f"The build crashed ({type(exc).__name__}: {exc}); retry it.", actor=system
-        )
+        error = f"The build crashed ({type(exc).__name__}: {exc}); retry it."
+        if not services.fail_build(build_id, status, error, actor=system, attempt=attempt):
+            return _ended_elsewhere(build_id, attempt)
         return "failed"
     finally:
         if heart is not None:
             heart.stop()
 
 
+def _ended_elsewhere(build_id: int, attempt: int | None) -> str:
+    """Why this worker could not write how its attempt ended: the build was cancelled meanwhile, or the
+    sweeper took this worker for dead and a newer attempt claimed it (whose result is the one that counts)."""
+    if attempt is not None and services.attempts_of(build_id) != attempt:
+        log.warning("build %s: attempt %s was replaced by a newer one; it stopped, writing nothing", build_id, attempt)
+        return "superseded"
+    log.info("build %s ended while this worker was at it (cancelled?)", build_id)
+    return "cancelled"
+
+
 def _finish_log(emit: _LogSink, line: str) -> None:
     emit.pending.append(line + "\n")
-    with contextlib.suppress(builds.BuildCancelled):
+    with contextlib.suppress(builds.BuildCancelled, _Superseded):
         emit.flush()
 
 

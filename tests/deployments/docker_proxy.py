@@ -4,7 +4,9 @@ It forwards every request to the engine as it is, and can cut a build's output s
 holds a marker: `end` finishes the response there as if the stream were complete (an engine that ends a
 build without a word about its image), `drop` breaks the connection mid-stream (an engine that stops
 answering: restarted, killed, out of memory). Closing its side makes the engine cancel the build, as
-a real client going away would. The Docker SDK talks to it through DOCKER_HOST, unchanged.
+a real client going away would. It can also hold a build's output at a marker, or a request whose path
+holds a marker (`/push`), until the test releases it: what another worker or the sweeper does meanwhile
+then lands exactly between two steps. The Docker SDK talks to it through DOCKER_HOST, unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class DockerProxy:
         self.upstream = upstream or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.cut: tuple[str, bytes] | None = None  # ("end" | "drop", marker) for /build responses
         self.cuts = 0
+        self.hold: bytes | None = None  # a build output line or a request path holding it waits for `release`
+        self.held = threading.Event()
+        self.release = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.proxy = self
@@ -46,6 +51,12 @@ class DockerProxy:
             return _UnixConnection(self.upstream.removeprefix("unix://"))
         address = urlsplit(self.upstream.replace("tcp://", "http://"))
         return http.client.HTTPConnection(address.hostname, address.port, timeout=600)
+
+    def wait_for_release(self) -> None:
+        self.hold = None  # once
+        self.held.set()
+        if not self.release.wait(timeout=300):
+            raise TimeoutError("the test never released what the Docker proxy held")
 
     def __enter__(self) -> DockerProxy:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -81,6 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self) -> None:
         proxy: DockerProxy = self.server.proxy
         body = self._body()
+        if proxy.hold and proxy.hold in self.path.encode():
+            proxy.wait_for_release()
         hop = {"transfer-encoding", "content-length", "connection"}
         headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
         upstream = proxy.connection()
@@ -100,6 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             is_build = urlsplit(self.path).path.endswith("/build")
             while data := (response.readline() if is_build else response.read1(65536)):
+                if is_build and proxy.hold and proxy.hold in data:
+                    proxy.wait_for_release()
                 if is_build and proxy.cut and proxy.cut[1] in data:
                     proxy.cuts += 1
                     if proxy.cut[0] == "drop":

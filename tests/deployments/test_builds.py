@@ -329,6 +329,38 @@ def test_a_worker_killed_mid_build_leaves_its_context_only_until_the_build_is_re
     assert [key for key in builds.contexts_on_disk().values() if key[0] == build_id] == []
 
 
+@pytest.mark.parametrize("ending", ["succeeds", "fails"])
+def test_an_attempt_the_sweeper_replaced_cannot_end_the_attempt_that_replaced_it(
+    ready_version, docker_client, monkeypatch, ending
+):
+    """Attempt 1's worker was silent long enough for the sweeper to queue the build again, and another
+    worker claimed attempt 2; then attempt 1 carries on. Whether it then succeeds or fails, it must not
+    end the build that attempt 2 is still building, nor write into its log. (The Docker proxy holds
+    attempt 1 between two steps while the sweeper's and the other worker's writes are made.)"""
+    build = _queued(ready_version)
+    outcome = []
+    with DockerProxy() as proxy:
+        proxy.hold = b"Step 2/"
+        if ending == "fails":
+            proxy.cut = ("drop", b"Step 2/")
+        monkeypatch.setenv("DOCKER_HOST", proxy.url)
+        runner = threading.Thread(target=lambda: outcome.append(run_image_build(build.pk)))
+        runner.start()
+        try:
+            assert proxy.held.wait(timeout=120), ImageBuild.objects.get(pk=build.pk).log
+            assert services.transition(build.pk, BuildStatus.BUILDING, BuildStatus.QUEUED, heartbeat_at=None)
+            assert services.claim(build.pk)  # attempt 2, on another worker
+            log_of_attempt_2 = ImageBuild.objects.get(pk=build.pk).log
+        finally:
+            proxy.release.set()
+            runner.join(timeout=300)
+    build.refresh_from_db()
+    assert outcome == ["superseded"]
+    assert (build.status, build.attempts, build.digest, build.error) == (BuildStatus.BUILDING, 2, "", "")
+    assert build.log == log_of_attempt_2
+    assert not AuditEvent.objects.filter(action="image_build.finish", target_id=str(build.pk)).exists()
+
+
 def test_a_build_lost_too_often_fails_instead_of_looping(ready_version, settings):
     build = _queued(ready_version)
     stale = timezone.now() - timedelta(seconds=settings.SLIPWAY_BUILD_STALE_S + 60)
