@@ -328,11 +328,48 @@ def _engine_problem(during: str, exc: BaseException) -> str:
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 
 
-def push_image(client: docker.DockerClient, ref: str, *, config: BuildConfig, emit: Callable[[str], None]) -> str:
-    """Push `ref`; return the digest the registry reports."""
+def push_image(
+    client: docker.DockerClient,
+    ref: str,
+    *,
+    image_id: str,
+    config: BuildConfig,
+    emit: Callable[[str], None],
+    tries: int = 3,
+) -> str:
+    """Push `ref`, which names the image `image_id` this attempt built; return the digest the registry reports.
+
+    The engine pushes by tag, and another attempt building the same image on this engine may re-tag it
+    between the build and the push. The engine records the digest it pushed against the image it pushed
+    (RepoDigests): unless that is this attempt's image, the tag is put back on it and pushed again.
+    """
     from docker.errors import APIError, DockerException
 
     repository, tag = ref.rsplit(":", 1)
+    for _ in range(tries):
+        digest = _push(client, repository, tag, config=config, emit=emit)
+        try:
+            pushed_ours = f"{repository}@{digest}" in (client.images.get(image_id).attrs.get("RepoDigests") or [])
+            if pushed_ours:
+                return digest
+            emit(f"{ref} was re-tagged to another image on the Docker host during the push; pushing this build's again")
+            client.api.tag(image_id, repository, tag, force=True)
+        except (APIError, DockerException) as exc:
+            raise BuildFailed(
+                f"The image this build made ({image_id}) could not be had from the Docker engine after the push "
+                f"({_short(exc)}): removed meanwhile? Retry the build."
+            ) from exc
+        except _engine_gone() as exc:
+            raise BuildFailed(_engine_problem("the push", exc)) from exc
+    raise BuildFailed(
+        f"{ref} kept being re-tagged to other images on the Docker host while this build pushed it (another build "
+        "of the same image?), so this build's image could not be pushed under it. Retry the build."
+    )
+
+
+def _push(client: docker.DockerClient, repository: str, tag: str, *, config: BuildConfig, emit) -> str:
+    from docker.errors import APIError, DockerException
+
     digest = None
     try:
         for chunk in client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=config.auth_config):
@@ -402,10 +439,10 @@ def _short(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
-def image_size(client: docker.DockerClient, ref: str) -> int | None:
+def image_size(client: docker.DockerClient, image: str) -> int | None:
     from docker.errors import APIError, ImageNotFound
 
     try:
-        return int(client.images.get(ref).attrs.get("Size") or 0) or None
+        return int(client.images.get(image).attrs.get("Size") or 0) or None
     except (ImageNotFound, APIError):
         return None

@@ -121,7 +121,7 @@ def run_image_build(build_id: int) -> str:
                 artifact_format=version.format,
                 config=config,
             )
-            builds.build_image(
+            image_id = builds.build_image(
                 client,
                 context,
                 tag=build.image_ref,
@@ -136,10 +136,10 @@ def run_image_build(build_id: int) -> str:
             return _ended_elsewhere(build_id, attempt)
         status = BuildStatus.PUSHING
         emit(f"Pushing {build.image_ref}")
-        digest = builds.push_image(client, build.image_ref, config=config, emit=emit)
+        digest = builds.push_image(client, build.image_ref, image_id=image_id, config=config, emit=emit)
         emit(f"Pushed {build.image_ref}@{digest}")
         emit.flush()
-        size = builds.image_size(client, build.image_ref)
+        size = builds.image_size(client, image_id)
         if not services.finish_build(
             build_id, BuildStatus.PUSHING, actor=system, attempt=attempt, digest=digest, size_bytes=size
         ):

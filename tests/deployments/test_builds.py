@@ -208,6 +208,35 @@ def test_a_build_stream_that_ends_without_an_image_never_pushes_an_older_image_o
     assert builds.registry_digest(docker_client, build.image_ref, builds.BuildConfig.from_settings()) is None
 
 
+def test_a_tag_moved_to_another_image_just_before_the_push_does_not_get_that_image_pushed_as_this_build(
+    ready_version, docker_client, settings, monkeypatch
+):
+    """The push goes by tag. Another attempt building the same image on the same Docker engine may
+    re-tag it between this attempt's build and its push (the proxy holds the push while the test does
+    so): what the registry gets, and the digest recorded, must still be this attempt's image."""
+    build = _queued(ready_version)
+    repository, tag = build.image_ref.rsplit(":", 1)
+    with DockerProxy() as proxy:
+        proxy.hold = b"/push"
+        monkeypatch.setenv("DOCKER_HOST", proxy.url)
+        outcome = []
+        runner = threading.Thread(target=lambda: outcome.append(run_image_build(build.pk)))
+        runner.start()
+        try:
+            assert proxy.held.wait(timeout=300), ImageBuild.objects.get(pk=build.pk).log
+            built = docker_client.images.get(build.image_ref).id
+            docker_client.images.get(settings.SLIPWAY_BASE_IMAGE_CPU).tag(repository, tag)  # the other attempt's
+        finally:
+            proxy.release.set()
+            runner.join(timeout=300)
+    build.refresh_from_db()
+    assert outcome == ["succeeded"], build.error
+    assert builds.registry_digest(docker_client, build.image_ref, builds.BuildConfig.from_settings()) == build.digest
+    pushed = docker_client.images.get(f"{repository}@{build.digest}")
+    assert pushed.id == built and pushed.labels["io.slipway.model.sha256"] == ready_version.sha256
+    assert build.size_bytes == pushed.attrs["Size"] and "re-tagged to another image" in build.log
+
+
 def test_a_docker_engine_that_stops_answering_mid_build_says_so(ready_version, docker_client, monkeypatch):
     build = _queued(ready_version)
     with DockerProxy() as proxy:
