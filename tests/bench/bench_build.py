@@ -298,7 +298,8 @@ def gpu_standin(client: docker.DockerClient, base: str, model: Path, deadline_s:
 
     Slipway's Dockerfile and context through builds.py, with no wheelhouse: pip inside
     the build resolves torch==2.13.0 on PyPI to its CUDA build and the nvidia-* wheels,
-    which is what the GPU variant installs over its CUDA base.
+    which is what the GPU variant installs over its CUDA base. Its context is laid out where a
+    worker lays one, under the var dir's builds/, with the context's tar beside it.
     """
     import tempfile
 
@@ -310,9 +311,12 @@ def gpu_standin(client: docker.DockerClient, base: str, model: Path, deadline_s:
     tag = f"slipway-bench/gpu-standin:{NONCE}"
     created_images.append(tag)
     digest = __import__("hashlib").sha256(model.read_bytes()).hexdigest()
-    with tempfile.TemporaryDirectory(prefix="slipway-bench-") as context:
+    builds.contexts_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-standin-", dir=builds.contexts_root()) as folder:
+        context = Path(folder) / "context"
+        context.mkdir()
         args = builds.assemble_context(
-            Path(context),
+            context,
             artifact_open=functools.partial(open, model, "rb"),
             artifact_sha256=digest,
             artifact_format="torchscript",
@@ -322,7 +326,7 @@ def gpu_standin(client: docker.DockerClient, base: str, model: Path, deadline_s:
         try:
             builds.build_image(
                 client,
-                Path(context),
+                context,
                 tag=tag,
                 buildargs={**args, "BASE_IMAGE": base, "MODEL_NAME": "gpu-standin", "MODEL_SHA256": digest},
                 config=config,
