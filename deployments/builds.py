@@ -422,6 +422,12 @@ def _base_image_problem(message: str) -> str:
 def _registry_problem(config: BuildConfig, exc_or_message) -> str:
     message = str(exc_or_message).strip()
     lower = message.lower()
+    if "no basic auth credentials" in lower:  # the engine's words when the registry asks and it has none
+        return (
+            f"The registry {config.registry} wants a user name and password, and none are set: set "
+            "SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD (or SLIPWAY_REGISTRY_PASSWORD_FILE) on the "
+            "workers, then retry."
+        )
     if "unauthorized" in lower or "authentication required" in lower or "denied" in lower:
         return (
             f"The registry {config.registry} refused the credentials ({message[:200]}). Check "

@@ -412,6 +412,18 @@ def test_a_registry_refusing_the_credentials_fails_with_what_to_check(
     assert "wrong-password" not in build.error + build.log
 
 
+def test_a_registry_that_wants_credentials_when_none_are_set_says_which_settings_to_set(
+    ready_version, docker_client, auth_registry, settings
+):
+    settings.SLIPWAY_REGISTRY = auth_registry
+    settings.SLIPWAY_REGISTRY_USERNAME, settings.SLIPWAY_REGISTRY_PASSWORD = "", ""
+    build = _queued(ready_version, registry=auth_registry)
+    assert run_image_build(build.pk) == "failed"
+    build.refresh_from_db()
+    assert build.error.startswith(f"The registry {auth_registry} wants a user name and password"), build.error
+    assert "SLIPWAY_REGISTRY_USERNAME" in build.error and "SLIPWAY_REGISTRY_PASSWORD" in build.error
+
+
 def test_a_registry_with_credentials_gets_the_image_and_never_sees_them_logged(
     ready_version, docker_client, auth_registry, settings
 ):
