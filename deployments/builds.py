@@ -342,6 +342,7 @@ def push_image(
     The engine pushes by tag, and another attempt building the same image on this engine may re-tag it
     between the build and the push. The engine records the digest it pushed against the image it pushed
     (RepoDigests): unless that is this attempt's image, the tag is put back on it and pushed again.
+    `emit` gets each line of the push's output, and "" for output that makes no line (byte counts).
     """
     from docker.errors import APIError, DockerException
 
@@ -377,9 +378,7 @@ def _push(client: docker.DockerClient, repository: str, tag: str, *, config: Bui
                 message = chunk.get("errorDetail", {}).get("message") or chunk["error"]
                 emit(message)
                 raise BuildFailed(_registry_problem(config, message))
-            line = _progress_line(chunk)
-            if line:
-                emit(line)
+            emit(_progress_line(chunk))  # even a byte count's "" lets the log sink notice a cancel
             found = _DIGEST.search(chunk.get("status", ""))
             if found:
                 digest = found.group(1)

@@ -36,7 +36,9 @@ class _LogSink:
         self.last = 0.0
 
     def __call__(self, text: str) -> None:
-        self.pending.append(text if text.endswith("\n") else text + "\n")
+        """Add a line; an empty `text` adds none but still flushes when due (a push's byte counts)."""
+        if text:
+            self.pending.append(text if text.endswith("\n") else text + "\n")
         if time.monotonic() - self.last >= self.interval:
             self.flush()
 

@@ -19,6 +19,7 @@ from deployments.models import BuildStatus, ImageBuild
 from deployments.tasks import run_image_build
 from tests.conftest import free_port, wait_for
 from tests.deployments.docker_proxy import DockerProxy
+from tests.deployments.slow_link import SlowLink
 
 pytestmark = [pytest.mark.docker, pytest.mark.worker, pytest.mark.slow]
 
@@ -322,6 +323,27 @@ def test_a_running_build_can_be_cancelled(api, ready_version, docker_client, set
     assert build.status == BuildStatus.CANCELLED and build.digest == ""
     assert AuditEvent.objects.filter(action="image_build.cancel", target_id=str(build.pk)).exists()
     assert api.post(f"/api/v1/builds/{build.pk}/cancel/").status_code == 409
+
+
+def test_a_build_cancelled_while_it_pushes_stops_pushing(api, ready_version, docker_client, settings):
+    """A push of the image's layers can take minutes, during which the engine reports only byte counts:
+    a cancel must still be noticed within a few seconds, not when the push is over."""
+    with SlowLink(settings.SLIPWAY_REGISTRY, bytes_per_s=8_000_000) as link:
+        settings.SLIPWAY_REGISTRY = link.address
+        build = _queued(ready_version, registry=link.address)
+        outcome = []
+        runner = threading.Thread(target=lambda: outcome.append(run_image_build(build.pk)))
+        runner.start()
+        try:
+            wait_for(lambda: "Pushing" in ImageBuild.objects.get(pk=build.pk).log, timeout=300, what="the push")
+            time.sleep(2)
+            assert api.post(f"/api/v1/builds/{build.pk}/cancel/").status_code == 200
+            runner.join(timeout=10)
+            assert outcome == ["cancelled"], "the worker was still pushing 10 s after the cancel"
+        finally:
+            runner.join(timeout=600)
+    build.refresh_from_db()
+    assert build.status == BuildStatus.CANCELLED and build.digest == ""
 
 
 def test_a_build_whose_worker_died_is_taken_up_again(ready_version, docker_client, settings):
