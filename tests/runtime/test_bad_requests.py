@@ -40,6 +40,7 @@ CASES = {
     "BYTES datatype": (infer_json(datatype="BYTES"), {}, 400, "must be FP32"),
     "data shorter than the shape": (infer_json(shape=[3, 16]), {}, 400, "48 elements"),
     "strings as data": (infer_json(data=["1.0"] * 32), {}, 400, "holds strings"),
+    "a boolean among numbers": (infer_json(data=[1, True] + [0.5] * 30), {}, 400, "holds booleans among numbers"),
     "ragged nested data": (infer_json(data=[[1.0] * 16, [1.0] * 15]), {}, 400, "ragged"),
     "no data": (b'{"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32"}]}', {}, 400, "neither 'data'"),
     "null data": (infer_json(data=None), {}, 400, "holds values of mixed or unsupported types"),

@@ -9,6 +9,7 @@ import orjson
 import pytest
 import torch
 
+from inference_runtime import datatypes
 from inference_runtime.codec import decode_request, encode_response
 from inference_runtime.errors import InvalidInput
 from inference_runtime.model import Outputs, TensorSpec
@@ -104,7 +105,7 @@ def test_bf16_is_sent_as_floats_in_json_and_raw_bits_in_binary():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ([1.5, 2, 3, 4], "holds numbers with a fraction"),
+        ([1.5, 2, 3, 4], "holds numbers written with a fraction or exponent"),
         ([True, False, True, False], "holds booleans"),
         ([300, 0, 0, 0], "out of range for INT8"),
         ([[1, 2], [3]], "ragged"),
@@ -213,3 +214,74 @@ def test_infinity_sent_as_such_is_kept_but_a_number_too_large_is_still_refused()
     ):
         with pytest.raises(InvalidInput, match="not valid JSON"):
             decode_request(body, None, model)
+
+
+@pytest.mark.parametrize("datatype", [d for d in ALL if d != "BOOL"] + ["BF16"])
+@pytest.mark.parametrize("data", [[1, True, 2, 3], [[0, 1], [False, 3]], [1.5, 2.5, True, 0.5]])
+def test_a_boolean_among_numbers_is_refused_not_read_as_one_or_zero(datatype, data):
+    if datatype not in datatypes.FLOATING and any(type(v) is float for v in data):
+        data = [0 if type(v) is float else v for v in data]
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": datatype, "data": data}]})
+    with pytest.raises(InvalidInput, match=f"input 'x' is {datatype}, but its data holds booleans among numbers"):
+        decode_request(body, None, FakeModel(datatype))
+
+
+def test_booleans_elsewhere_in_the_request_leave_numbers_alone():
+    body = orjson.dumps(
+        {
+            "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 0, 1.0, 0.0]}],
+            "parameters": {"binary_data_output": True},
+            "outputs": [{"name": "y", "parameters": {"binary_data": False}}],
+        }
+    )
+    np.testing.assert_array_equal(decode_request(body, None, FakeModel("FP32")).arrays[0], [[1, 0], [1, 0]])
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("BOOL", [1, 0, 1, 0], "is BOOL, but its data holds integers"),
+        ("BOOL", [True, 1, False, 0], "is BOOL, but its data holds integers"),
+        ("INT32", [1.0, 2.0, 3.0, 4.0], "is INT32, but its data holds numbers written with a fraction or exponent"),
+        ("UINT64", [1, True, 2, 3], "is UINT64, but its data holds booleans among numbers"),
+        ("FP32", [True, False, True, False], "is FP32, but its data holds booleans"),
+    ],
+)
+def test_every_datatype_takes_only_its_own_json_values(datatype, data, message):
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": datatype, "data": data}]})
+    with pytest.raises(InvalidInput, match=message):
+        decode_request(body, None, FakeModel(datatype))
+
+
+def test_a_boolean_among_numbers_is_refused_in_a_request_with_binary_inputs_too():
+    model = two_input_model()
+    raw = np.zeros(4, np.float32).tobytes()
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [2, 2], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}},
+                {"name": "z", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, False]},
+            ]
+        }
+    )
+    with pytest.raises(InvalidInput, match="input 'z' is FP32, but its data holds booleans among numbers"):
+        decode_request(header + raw, len(header), model)
+
+
+@pytest.mark.parametrize(
+    ("header", "may"),
+    [
+        (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, 2]}]}', False),
+        (b'{"inputs": [], "parameters": {"binary_data_output": true}, "id": "true, false"}', True),
+        (b'{"parameters": {"binary_data_output": true}, "outputs": [{"parameters": {"binary_data": false}}]}', False),
+        (b'{"data": [1,true]}', True),
+        (b'{"data": [\n\tfalse]}', True),
+        (b'{"data": [1 , \r\n true]}', True),
+        (b'{"id": "isfalse", "data": [1e5]}', False),
+    ],
+)
+def test_the_search_for_booleans_in_lists_finds_every_one(header, may):
+    from inference_runtime.codec import _may_hold_bools
+
+    assert _may_hold_bools(header) is may
+    assert _may_hold_bools(memoryview(header)) is may
