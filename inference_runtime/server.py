@@ -316,9 +316,10 @@ class Runtime:
                     raise PayloadTooLarge(f"the body is {int(value)} bytes; this server takes at most {limit}")
             elif key == b"inference-header-content-length":
                 value = value.strip()
-                if not value.isdigit():
-                    raise InvalidInput(f"Inference-Header-Content-Length {value.decode('latin-1')!r} is not a number")
-                header_length = int(value)
+                length = int(value) if value.isdigit() else header_length_list(value)
+                if header_length is not None and length != header_length:
+                    raise header_length_twice(header_length, length)
+                header_length = length
             elif key == b"content-encoding":
                 codings = content_codings(value, codings)  # refused (415) before the body is read
         chunks, size = [], 0
@@ -348,6 +349,27 @@ class Runtime:
             "inputs": [spec.as_json() for spec in model.inputs],
             "outputs": [spec.as_json() for spec in model.outputs or []],
         }
+
+
+def header_length_list(value: bytes) -> int:
+    """An Inference-Header-Content-Length that is not one number: the same number repeated is taken (fields given
+    more than once may be combined into one, comma-separated: RFC 9110 §5.3), as RFC 9110 §8.6 lets a recipient
+    take a repeated Content-Length: it cannot be misread. Differing lengths could each split the body elsewhere."""
+    elements = [element.strip() for element in value.split(b",")]
+    if not all(element.isdigit() for element in elements):
+        raise InvalidInput(f"Inference-Header-Content-Length {value.decode('latin-1')[:64]!r} is not a number")
+    lengths = [int(element) for element in elements]
+    for length in lengths[1:]:
+        if length != lengths[0]:
+            raise header_length_twice(lengths[0], length)
+    return lengths[0]
+
+
+def header_length_twice(first: int, second: int) -> InvalidInput:
+    return InvalidInput(
+        f"Inference-Header-Content-Length is given more than once, as {first} and {second}: send it once, "
+        "the length of the JSON header"
+    )
 
 
 # Content codings (RFC 9110 §8.4.1: x-gzip is gzip) and their zlib window bits.

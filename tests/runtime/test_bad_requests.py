@@ -382,3 +382,27 @@ def test_batches_stay_within_what_the_program_was_exported_for(spawn, zoo):
     assert server.metric("slipway_inference_batch_size_bucket", le="4.0") == passes
     assert passes < 24, "no batch was formed"
     assert "running them one by one" not in server.log()
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        (["{n}", "{n}"], 200),  # the same value twice: one length, nothing to misread
+        (["{n}, {n}"], 200),  # the same, as a proxy may combine them into one field
+        (["{n}", "{m}"], 400),
+        (["{m}", "{n}"], 400),  # the last one does not win either
+        (["{n}, {m}"], 400),
+    ],
+)
+def test_a_header_length_given_twice_must_be_the_same(servers, fields, status):
+    body, headers = binary_request({"x": X})
+    n = int(headers.pop("Inference-Header-Content-Length"))
+    values = [f.format(n=n, m=n + 4) for f in fields]
+    fields = [("Inference-Header-Content-Length", value) for value in values]
+    response = servers["mlp"].client.post("/v2/models/mlp/infer", content=body, headers=[*headers.items(), *fields])
+    assert response.status_code == status, response.text
+    if status == 400:
+        error = response.json()["error"]
+        first, second = ", ".join(values).split(", ")
+        assert f"Inference-Header-Content-Length is given more than once, as {first} and {second}:" in error
+    assert_still_serving(servers["mlp"])
