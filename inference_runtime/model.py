@@ -279,28 +279,53 @@ class LoadedModel:
         return specs, wanted
 
     # --- start-up ----------------------------------------------------------------------
-    def warm_up(self, declared_outputs: list[TensorSpec] | None, bounds: list[dict] | None) -> None:
+    def can_warm_up(self) -> bool:
+        # A TorchScript model without a signature has nothing to make zeros from.
+        return all(spec.shape is not None and spec.datatype is not None for spec in self.inputs)
+
+    def _zeros(self, rows: int, bump: int, bounds: list[dict] | None) -> list[np.ndarray]:
+        """Inputs of zeros: `rows` rows when the model batches, each other variable dimension its smallest + `bump`."""
+        arrays = []
+        for spec, dims in zip(self.inputs, bounds or [{} for _ in self.inputs], strict=True):
+            shape = []
+            for i, dim in enumerate(spec.shape):
+                if dim != -1:
+                    shape.append(dim)
+                    continue
+                low, high = dims.get(i, (1, None))
+                want = rows if (i == 0 and self.batchable) else low + bump
+                shape.append(max(low, want if high is None else min(want, high)))
+            arrays.append(np.zeros(shape, dtype=datatypes.NUMPY[spec.datatype]))
+        return arrays
+
+    def own_output_dtypes(self, bounds: list[dict] | None) -> list[torch.dtype] | None:
+        """Under --dtype, before the weights are cast: the dtype of each output in one pass at full precision, so
+        that each is answered in the datatype the model gives it (FP32 where the --dtype precision only computes
+        it, FP16 where the model makes FP16 itself). None when that pass fails: outputs in the --dtype precision
+        are then taken for FP32 ones."""
+        try:
+            _, tensors = self._forward_raw(self._zeros(1, 0, bounds), cast=False)
+        except Exception as exc:
+            log.warning(
+                "the model failed at full precision (%s): outputs in %s are answered as FP32", exc, self.config.dtype
+            )
+            return None
+        return [tensor.dtype if isinstance(tensor, torch.Tensor) else None for tensor in tensors]
+
+    def warm_up(
+        self,
+        declared_outputs: list[TensorSpec] | None,
+        bounds: list[dict] | None,
+        own_dtypes: list[torch.dtype | None] | None = None,
+    ) -> None:
         """Run the model on zeros (batch 1, then a full batch) and learn its outputs from it."""
-        if any(spec.shape is None or spec.datatype is None for spec in self.inputs):
-            # A TorchScript model without a signature: nothing to make zeros from.
+        if not self.can_warm_up():
             log.warning("no signature: skipping warm-up; each answer has the outputs its forward pass returned")
             self._fix_outputs(declared_outputs)
             return
-        bounds = bounds or [{} for _ in self.inputs]
 
         def zeros(rows: int, bump: int) -> list[np.ndarray]:
-            arrays = []
-            for spec, dims in zip(self.inputs, bounds, strict=True):
-                shape = []
-                for i, dim in enumerate(spec.shape):
-                    if dim != -1:
-                        shape.append(dim)
-                        continue
-                    low, high = dims.get(i, (1, None))
-                    want = rows if (i == 0 and self.batchable) else low + bump
-                    shape.append(max(low, want if high is None else min(want, high)))
-                arrays.append(np.zeros(shape, dtype=datatypes.NUMPY[spec.datatype]))
-            return arrays
+            return self._zeros(rows, bump, bounds)
 
         one = zeros(1, 0)
         try:
@@ -344,8 +369,13 @@ class LoadedModel:
             except ValueError as exc:
                 raise ModelLoadError(str(exc)) from None
             name = names[i] if names else f"output__{i}"
-            # An output in the --dtype precision is what would have been FP32; FP64, say, stays FP64.
-            datatype = "FP32" if tensor.dtype == self.compute_dtype else actual
+            own = own_dtypes[i] if own_dtypes is not None and len(own_dtypes) == len(tensors) else None
+            if own in datatypes.FROM_TORCH:
+                datatype = datatypes.FROM_TORCH[own]  # what the model gives it without --dtype
+            elif tensor.dtype == self.compute_dtype:
+                datatype = "FP32"  # not known: an output in the --dtype precision is taken for an FP32 one
+            else:
+                datatype = actual
             shape = list(tensor.shape)
             batched = second[1][i] if second is not None and i < len(second[1]) else None
             batched = batched if isinstance(batched, torch.Tensor) else None
@@ -358,12 +388,12 @@ class LoadedModel:
             outputs.append(seen if declared_outputs is None else declared_outputs[i])
         self._fix_outputs(outputs)
 
-    def _forward_raw(self, arrays: list[np.ndarray]) -> tuple[list[str] | None, list[torch.Tensor]]:
+    def _forward_raw(self, arrays: list[np.ndarray], cast: bool = True) -> tuple[list[str] | None, list[torch.Tensor]]:
         with torch.inference_mode():
             tensors = []
             for array, spec in zip(arrays, self.inputs, strict=True):
                 tensor = datatypes.to_tensor(array, spec.datatype).to(self.device)
-                if self.compute_dtype is not None and spec.datatype == "FP32":
+                if cast and self.compute_dtype is not None and spec.datatype == "FP32":
                     tensor = tensor.to(self.compute_dtype)
                 tensors.append(tensor)
             return _outputs_as_list(self.module(*tensors))
@@ -450,9 +480,6 @@ def load_model(config: Config) -> LoadedModel:
             declared_inputs = recorded  # the program is the authority on what it accepts
     inputs = declared_inputs or recorded
 
-    compute = COMPUTE_DTYPES[config.dtype]
-    if compute is not None:
-        _reduce_precision(module, compute)
     model = LoadedModel(config=config, module=module, fmt=fmt, device=device, inputs=inputs)
     model.parameter_count = int(parameter_count)
     if bounds is not None and any(bounds):
@@ -460,6 +487,11 @@ def load_model(config: Config) -> LoadedModel:
         highs = [dims[0][1] for dims in bounds if 0 in dims and dims[0][1] is not None]
         if model.batchable and highs:
             model.max_request_rows = min(config.max_batch_size, *highs)
-    model.warm_up(_declared(declared.get("outputs")), bounds)
+    own_dtypes = None
+    if model.compute_dtype is not None:
+        # --dtype changes how the model computes, not what it answers: learn its outputs' own dtypes first.
+        own_dtypes = model.own_output_dtypes(bounds) if model.can_warm_up() else None
+        _reduce_precision(module, model.compute_dtype)
+    model.warm_up(_declared(declared.get("outputs")), bounds, own_dtypes)
     model.load_seconds = time.perf_counter() - started
     return model

@@ -184,7 +184,8 @@ def test_reduced_precision_computes_in_bfloat16_and_answers_fp32(servers, zoo):
 
 def test_reduced_precision_leaves_what_the_model_takes_in_another_float_datatype_alone(spawn, zoo):
     """--dtype float16 computes the model's FP32 in half precision; an input (and a weight) it keeps in FP64
-    or BF16 keeps its precision: in FP16, 1e6 or 2**40 would be infinite (FP16 stops at 65504)."""
+    or BF16 keeps its precision: in FP16, 1e6 or 2**40 would be infinite (FP16 stops at 65504). An output it
+    makes in FP16 itself is answered as FP16, as without --dtype."""
     two = spawn("two_inputs", zoo["two_inputs"].path, "--dtype", "float16", entry=zoo["two_inputs"])
     types = spawn("datatypes", zoo["datatypes"].path, "--dtype", "float16", entry=zoo["datatypes"])
     two.wait_ready(), types.wait_ready()
@@ -206,7 +207,10 @@ def test_reduced_precision_leaves_what_the_model_takes_in_another_float_datatype
         got = parse_response(response)
         assert np.isfinite(got["output__5"]).all()
         assert_outputs_equal(got, expected_outputs(zoo["datatypes"].module, inputs))
-    assert response.json()["outputs"][5]["datatype"] == "BF16"
+    # Each output in the datatype the model gives it, as without --dtype: its own FP16 stays FP16.
+    want = ["UINT8", "INT8", "INT16", "INT32", "FP16", "BF16", "BOOL"]
+    assert [output["datatype"] for output in response.json()["outputs"]] == want
+    assert [output["datatype"] for output in types.client.get("/v2/models/datatypes").json()["outputs"]] == want
 
 
 def test_a_torchscript_model_without_a_signature_is_served_unbatched(servers, zoo):
