@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import logging
@@ -16,6 +17,37 @@ from inference_runtime.config import Config
 from inference_runtime.server import Runtime, create_app
 
 log = logging.getLogger("inference_runtime")
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # no httptools: uvicorn's h11 protocol, without the header deadline below
+    HttpToolsProtocol = None
+
+
+if HttpToolsProtocol is not None:
+
+    class HeaderDeadlineProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol, noting when each request began to arrive until its headers are all in.
+
+        uvicorn 0.54 has no timeout on request headers: its keep-alive timer stops at a request's first byte,
+        and none runs before a connection's first request, so a client that sends its headers a byte every few
+        seconds, or nothing at all, holds a connection for ever (slowloris). RuntimeServer closes a connection
+        whose headers have not arrived within the request timeout. A timestamp, not a timer per request: two
+        attribute writes cost less than scheduling and cancelling a timer on the hot path."""
+
+        headers_since: float | None = None  # loop time the request now arriving began; None once its headers are in
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.headers_since = self.loop.time()
+
+        def on_message_begin(self) -> None:
+            self.headers_since = self.loop.time()
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self.headers_since = None
+            super().on_headers_complete()
 
 
 class RuntimeServer(uvicorn.Server):
@@ -50,6 +82,21 @@ class RuntimeServer(uvicorn.Server):
             log.info("stopping before the model began to load")
             self.should_exit = True
 
+    async def on_tick(self, counter: int) -> bool:
+        if counter % 10 == 0:  # once a second
+            self.close_slow_connections()
+        return await super().on_tick(counter)
+
+    def close_slow_connections(self) -> None:
+        """Close the connections whose request headers have not all arrived within the request timeout (or
+        that have sent nothing that long since they opened): see HeaderDeadlineProtocol."""
+        timeout = self.runtime.config.request_timeout_s
+        now = asyncio.get_running_loop().time()
+        for connection in list(self.server_state.connections):
+            since = getattr(connection, "headers_since", None)
+            if since is not None and now - since > timeout and not connection.transport.is_closing():
+                connection.transport.close()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         with super().capture_signals():
@@ -67,7 +114,7 @@ def build_server(config: Config) -> RuntimeServer:
         host=config.host,
         port=config.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=HeaderDeadlineProtocol if HttpToolsProtocol is not None else "h11",
         lifespan="on",
         access_log=False,  # a log line per request costs more than a small model's forward pass
         proxy_headers=False,  # nothing here reads the client address; its middleware is a hop per request

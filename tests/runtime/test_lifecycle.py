@@ -320,6 +320,56 @@ def test_a_body_slower_than_the_request_timeout_is_answered_408_and_a_vanished_c
     assert server.client.get("/v2/health/ready").status_code == 200
 
 
+def _closed_by_server(sock: socket.socket, trickle: bytes, within: float) -> float:
+    """Send `trickle` a byte at a time, 0.2 s apart (slow headers), until the server closes the connection;
+    how long that took."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    sent = 0
+    while time.monotonic() - started < within:
+        try:
+            if sock.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            return time.monotonic() - started
+        try:
+            if sent < len(trickle):
+                sock.sendall(trickle[sent : sent + 1])
+                sent += 1
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+    raise AssertionError(f"the server kept the connection open for {within} s")
+
+
+def test_a_client_that_sends_its_headers_slowly_or_nothing_is_cut_off(spawn, zoo):
+    """Slowloris: a connection that sends its request headers a byte every few seconds, or nothing at all,
+    would otherwise hold a connection (and its memory) for ever; the request timeout bounds it."""
+    entry = zoo["mlp"]
+    server = spawn("mlp", entry.path, "--request-timeout-s", "1", entry=entry).wait_ready()
+    head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" + b"x-pad: a\r\n" * 50
+    silent = socket.create_connection(("127.0.0.1", server.port))  # connects and sends nothing
+    slow = socket.create_connection(("127.0.0.1", server.port))
+    assert 0.8 < _closed_by_server(slow, head, within=10) < 4
+    assert _closed_by_server(silent, b"", within=10) < 4
+    silent.close(), slow.close()
+
+    # A keep-alive connection whose second request's headers trickle in after a first good one: cut off too.
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        body = json_request({"x": np.zeros((1, 16), dtype=np.float32)})
+        sock.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert 0.8 < _closed_by_server(sock, head, within=10) < 4
+
+    # Prompt clients are not affected, on new connections or kept-alive ones, however long their requests wait.
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(3):
+            assert client.post("/v2/models/mlp/infer", content=body).status_code == 200
+            time.sleep(1.5)
+    assert server.client.get("/v2/health/ready").status_code == 200
+
+
 def test_a_request_whose_client_went_away_while_queued_is_dropped_not_run(spawn, zoo):
     """Clients that gave up (a timeout, a retry elsewhere) must not keep the model busy: under overload their
     work would pile up behind everyone else's."""
