@@ -114,4 +114,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
 STOPSIGNAL SIGTERM
 # Every option comes from RUNTIME_* variables (docker run -e RUNTIME_MAX_BATCH_SIZE=32 ...);
 # arguments after the image name are passed to the runtime too.
-ENTRYPOINT ["python", "-m", "inference_runtime"]
+# dumb-init is PID 1 and forwards every signal to the runtime: as PID 1, Python would miss a
+# SIGTERM sent before it installs its handlers (its first ~15 ms), since the kernel delivers
+# PID 1 only the signals it handles. It comes with the runtime's requirements (pip, from the
+# build's index or wheelhouse), not from apt: an offline build reaches no Debian mirror.
+ENTRYPOINT ["dumb-init", "--", "python", "-m", "inference_runtime"]

@@ -72,6 +72,7 @@ def test_a_ready_version_is_built_pushed_and_serves_inference(api, ready_version
                 return False
 
         wait_for(ready, timeout=120, interval=0.5, what="the container to be ready")
+        pid_1 = container.exec_run(["cat", "/proc/1/cmdline"]).output.decode()
         x = torch.arange(8, dtype=torch.float32).reshape(2, 4) / 10
         body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": x.flatten().tolist()}]}
         answer = requests.post(f"{base}/v2/models/{ready_version.model.name}/infer", json=body, timeout=10)
@@ -88,6 +89,19 @@ def test_a_ready_version_is_built_pushed_and_serves_inference(api, ready_version
         container.remove(force=True)
     assert exit_code == 0, "the runtime should exit cleanly on SIGTERM"
     assert stopped_after < 15, "the runtime should drain and exit on SIGTERM, not be killed"
+    assert pid_1.startswith("dumb-init\0"), pid_1
+
+    # A SIGTERM at once, in the interpreter's first milliseconds: a Python that is PID 1 would not see it (the
+    # kernel delivers PID 1 only the signals it handles) and run on until killed.
+    early = docker_client.containers.run(
+        image.id, detach=True, network_mode="host", environment={"RUNTIME_PORT": str(free_port())}
+    )
+    try:
+        early.kill(signal="SIGTERM")
+        status = early.wait(timeout=20)["StatusCode"]  # a timeout here: the signal was lost
+    finally:
+        early.remove(force=True)
+    assert status in (0, 143), status  # 143: killed by it before its handlers were in; 0: it drained
 
 
 def test_an_image_already_in_the_registry_is_a_cache_hit(api, ready_version, docker_client):
