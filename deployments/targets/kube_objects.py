@@ -28,7 +28,11 @@ HTTPROUTES = "httproutes"
 
 CONTAINER_PORT = 8080  # the runtime image listens here (RUNTIME_PORT in docker/runtime.Dockerfile)
 RUNTIME_UID = 10001  # the image's USER
-# The runtime drains for up to 25 s after SIGTERM (RUNTIME_DRAIN_TIMEOUT_S); the kubelet must wait longer.
+# A pod being stopped stays in its Service's endpoints for a few seconds (kube-proxy and ingress controllers
+# learn of it on their own schedule), while the runtime, once SIGTERM comes, refuses new requests and exits as
+# soon as those in flight are answered: the requests sent meanwhile would be refused. So SIGTERM waits.
+PRE_STOP_SLEEP_S = 5
+# Then the runtime drains for up to 25 s (RUNTIME_DRAIN_TIMEOUT_S); the kubelet must wait for both.
 TERMINATION_GRACE_S = 40
 # Readiness stays 503 while the model loads: the startup probe gives a large model 10 minutes
 # before liveness may restart the container.
@@ -161,6 +165,8 @@ def _container(release: ReleaseSpec) -> dict:
         "startupProbe": probe("/v2/health/ready", STARTUP_PERIOD_S, STARTUP_FAILURES),
         "readinessProbe": probe("/v2/health/ready", 5, 3),
         "livenessProbe": probe("/v2/health/live", 10, 3),
+        # `sleep` is in every base the runtime image is built on (Debian, Ubuntu, the CUDA images).
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SLEEP_S)]}}},
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     resources = _resources(release)

@@ -158,7 +158,11 @@ def test_apply_creates_a_valid_deployment_with_labels_probes_resources_and_a_gpu
     assert spec["progressDeadlineSeconds"] == 600
     assert 0 < spec["revisionHistoryLimit"] <= 3
     pod_spec = spec["template"]["spec"]
-    assert pod_spec["terminationGracePeriodSeconds"] > 25  # the runtime drains for 25 s
+    # SIGTERM waits until the pod is out of the Service's endpoints, then the runtime drains for 25 s.
+    [container] = pod_spec["containers"]
+    sleep = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep" and int(sleep[1]) >= 3
+    assert pod_spec["terminationGracePeriodSeconds"] > int(sleep[1]) + 25
     assert pod_spec["securityContext"]["runAsNonRoot"] is True
     assert pod_spec["imagePullSecrets"] == [{"name": "regcred"}]
     [container] = pod_spec["containers"]
