@@ -82,3 +82,13 @@ def test_web_probes_use_the_health_endpoint_on_the_port_it_serves():
     assert "--bind 0.0.0.0:8000" in {e["name"]: e["value"] for e in web["env"]}["GUNICORN_CMD_ARGS"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert web[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+def test_a_stopping_web_pod_leaves_the_service_before_gunicorn_stops_accepting_and_finishes_its_uploads():
+    pod = _pod(WORKLOADS["slipway-web"])
+    (web,) = pod["containers"]
+    sleep = web["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep" and int(sleep[1]) >= 3
+    flags = {e["name"]: e["value"] for e in web["env"]}["GUNICORN_CMD_ARGS"].split()
+    graceful = int(flags[flags.index("--graceful-timeout") + 1])
+    assert pod["terminationGracePeriodSeconds"] > int(sleep[1]) + graceful
