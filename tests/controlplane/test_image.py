@@ -171,14 +171,13 @@ def test_the_images_serve_and_validate_a_model_together(docker_engine, images, s
     # Migrations first, as the manifests' Job runs them.
     migrate = _container_spec(manifests["slipway-migrate"])
     _one_off(client, images["web"], services, migrate["command"])
-    _one_off(
+    token = _one_off(
         client,
         images["web"],
         services,
-        ["python", "manage.py", "ensure_admin"],
+        ["sh", "-c", "python manage.py ensure_admin && python manage.py create_api_token ops"],
         {"DJANGO_SUPERUSER_USERNAME": "ops", "DJANGO_SUPERUSER_PASSWORD": uuid.uuid4().hex},
     )
-    token = _one_off(client, images["web"], services, ["python", "manage.py", "create_api_token", "ops"])
     token = token.strip().splitlines()[-1]
 
     port = free_port()

@@ -44,7 +44,7 @@ from tests.models_zoo import MLP_SIGNATURE
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = int(os.environ.get("SLIPWAY_FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("SLIPWAY_FUZZ_EXAMPLES", "20"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
