@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -32,6 +31,7 @@ from controlplane.audit import Actor, record
 from controlplane.errors import ServiceError
 from controlplane.models import Outcome
 from deployments import approvals
+from deployments.keepalive import KeepAlive
 from deployments.ledger import record_serving
 from deployments.models import (
     ROLLOUT_ACTIVE,
@@ -152,7 +152,7 @@ def advance(rollout_id: int, revision: int | None = None) -> str:
     if not taken:
         return "stale, leased or finished"
     outcome = "crashed"
-    lease = _LeaseKeeper(rollout_id, token)
+    lease = _keep_lease(rollout_id, token)
     try:
         rollout = Rollout.objects.select_related(
             "deployment__environment",
@@ -184,39 +184,22 @@ def advance(rollout_id: int, revision: int | None = None) -> str:
             _take_up(rollout_id)
 
 
-class _LeaseKeeper:
+def _keep_lease(rollout_id: int, token: str) -> KeepAlive:
     """Keeps this worker's lease on the rollout alive while its step runs, however long the step takes.
 
     A step can outlast SLIPWAY_ROLLOUT_LEASE_S (an API server that answers slowly, a target that
     retries inside one call); with its lease run out, the sweeper's message would let a second
-    worker drive the same rollout at the same time. Like a build's heartbeat (tasks._Heartbeat),
-    a thread renews the lease every quarter of it. Only this worker's lease is touched: once the
-    step commits or gives the rollout up, the token no longer matches and nothing is renewed.
-    A worker that dies stops renewing, so its rollout is still picked up once the lease runs out.
+    worker drive the same rollout at the same time. So the lease is renewed every quarter of it,
+    as a build's heartbeat is. Only this worker's lease is touched: once the step commits or gives
+    the rollout up, the token no longer matches and nothing is renewed.
     """
-
-    def __init__(self, rollout_id: int, token: str):
-        self.rollout_id, self.token = rollout_id, token
-        self.lease = timedelta(seconds=settings.SLIPWAY_ROLLOUT_LEASE_S)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._renew, name=f"rollout-{rollout_id}-lease", daemon=True)
-        self.thread.start()
-
-    def _renew(self) -> None:
-        try:
-            while not self.stopped.wait(self.lease.total_seconds() / 4):
-                held = Rollout.objects.filter(pk=self.rollout_id, lease_owner=self.token)
-                try:
-                    held.update(lease_expires_at=timezone.now() + self.lease)
-                except DatabaseError as exc:  # a blip: try again at the next beat, while the lease still holds
-                    log.warning("rollout %s: could not renew the lease: %s", self.rollout_id, exc)
-                    connection.close()
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=10)
+    lease = timedelta(seconds=settings.SLIPWAY_ROLLOUT_LEASE_S)
+    held = Rollout.objects.filter(pk=rollout_id, lease_owner=token)
+    return KeepAlive(
+        f"rollout-{rollout_id}-lease",
+        lease.total_seconds() / 4,
+        lambda: held.update(lease_expires_at=timezone.now() + lease),
+    )
 
 
 def _take_up(rollout_id: int) -> None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 
 from celery import shared_task
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from controlplane.audit import Actor
 from deployments import builds, services
+from deployments.keepalive import KeepAlive
 from deployments.models import BuildStatus, ImageBuild
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ class _Superseded(Exception):
     """The sweeper took this attempt's worker for dead and another attempt claimed the build."""
 
 
-class _Heartbeat:
+def _heartbeat(build_id: int, attempt: int) -> KeepAlive:
     """Beats the build's heart while this worker works on it, whether or not the build prints anything.
 
     The log's flushes beat it too, but a step can be silent for minutes (pip downloading a
@@ -64,25 +63,12 @@ class _Heartbeat:
     sweeper would take such a build for one whose worker died and queue it again. Only this
     attempt's row is touched: an attempt the sweeper already replaced does not keep the new one alive.
     """
-
-    def __init__(self, build_id: int, attempt: int):
-        self.build_id, self.attempt = build_id, attempt
-        self.every = min(5.0, settings.SLIPWAY_BUILD_STALE_S / 4)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name=f"build-{build_id}-heartbeat", daemon=True)
-        self.thread.start()
-
-    def _beat(self) -> None:
-        try:
-            while not self.stopped.wait(self.every):
-                beating = ImageBuild.objects.filter(pk=self.build_id, attempts=self.attempt)
-                beating.update(heartbeat_at=timezone.now())
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=10)
+    beating = ImageBuild.objects.filter(pk=build_id, attempts=attempt)
+    return KeepAlive(
+        f"build-{build_id}-heartbeat",
+        min(5.0, settings.SLIPWAY_BUILD_STALE_S / 4),
+        lambda: beating.update(heartbeat_at=timezone.now()),
+    )
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -107,7 +93,7 @@ def run_image_build(build_id: int) -> str:
             return "skipped: claimed elsewhere"
         status = BuildStatus.BUILDING
         attempt = emit.attempt = services.attempts_of(build_id)
-        heart = _Heartbeat(build_id, attempt)
+        heart = _heartbeat(build_id, attempt)
         emit(f"Building {build.image_ref} from {build.base_image} (runtime {build.runtime_version})")
         services.remove_build_contexts()  # what builds whose worker died on this machine left behind
         version = build.model_version

@@ -143,13 +143,13 @@ def test_build_contexts_are_kept_under_the_var_dir_and_removed_once_their_attemp
 def test_a_build_whose_worker_lives_keeps_its_heart_beating_through_a_silent_step(live_db, version, settings):
     """A step may print nothing for minutes (pip downloading a large wheel): the worker's own heartbeat, not
     the log, tells the stale-build sweeper that it still runs. Its beats touch only its own attempt."""
-    from deployments.tasks import _Heartbeat
+    from deployments.tasks import _heartbeat
 
     settings.SLIPWAY_BUILD_STALE_S = 10  # the least allowed: a beat every 2.5 s
     stale_s = 60
     silent = _build(version, "silent", "building", 1, heartbeat_age_s=stale_s)  # printed nothing for a minute
     replaced = _build(version, "replaced", "building", 2, heartbeat_age_s=stale_s)  # attempt 2's worker died
-    hearts = [_Heartbeat(silent.pk, 1), _Heartbeat(replaced.pk, 1)]  # attempt 1's worker of `replaced` lives on
+    hearts = [_heartbeat(silent.pk, 1), _heartbeat(replaced.pk, 1)]  # attempt 1's worker of `replaced` lives on
     try:
         wait_for(
             lambda: ImageBuild.objects.get(pk=silent.pk).heartbeat_at > timezone.now() - timedelta(seconds=5),
