@@ -324,10 +324,7 @@ class LoadedModel:
             self._fix_outputs(declared_outputs)
             return
 
-        def zeros(rows: int, bump: int) -> list[np.ndarray]:
-            return self._zeros(rows, bump, bounds)
-
-        one = zeros(1, 0)
+        one = self._zeros(1, 0, bounds)
         try:
             first = self._forward_raw(one)
         except Exception as exc:
@@ -336,7 +333,7 @@ class LoadedModel:
         names, tensors = first
         second = None
         rows = self.config.max_batch_size if self.batchable else 1
-        batch = zeros(rows, 1)
+        batch = self._zeros(rows, 1, bounds)
         try:
             second = self._forward_raw(batch)
         except Exception as exc:
