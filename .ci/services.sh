@@ -88,6 +88,8 @@ ensure_registry() {
   _cleanup_services+=("kill $!; rm -rf $dir")
   for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
   export SLIPWAY_REGISTRY="127.0.0.1:$port"
+  # The tests' registry with a password serves the same storage: an image pushed here once need not go up again.
+  export SLIPWAY_TEST_REGISTRY_STORAGE="$dir/data"
   echo "Started a throwaway image registry on $SLIPWAY_REGISTRY" >&2
 }
 

@@ -52,8 +52,15 @@ def ready_version(api, worker, model_files) -> ModelVersion:
 
 @pytest.fixture(scope="session")
 def auth_registry(tmp_path_factory):
-    """A second registry that wants a user name and password (htpasswd, bcrypt)."""
+    """A second registry that wants a user name and password (htpasswd, bcrypt).
+
+    Where `make test` started the suite's registry itself, this one serves the same storage
+    (SLIPWAY_TEST_REGISTRY_STORAGE): a repository pushed there first then has its layers here
+    too, and a push with credentials sends only what is new (otherwise each run would push the
+    whole ~1 GB runtime image twice, ~45 s each).
+    """
     root = tmp_path_factory.mktemp("auth-registry")
+    storage = os.environ.get("SLIPWAY_TEST_REGISTRY_STORAGE") or f"{root}/data"
     htpasswd = subprocess.run(
         ["htpasswd", "-Bbn", "slipway", "s3cret-pa55"], check=True, capture_output=True, text=True
     ).stdout
@@ -63,7 +70,7 @@ def auth_registry(tmp_path_factory):
         port = s.getsockname()[1]
     (root / "config.yml").write_text(
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {root}/data\nauth:\n  htpasswd:\n    realm: slipway-test\n    path: {root}/htpasswd\n"
+        f"    rootdirectory: {storage}\nauth:\n  htpasswd:\n    realm: slipway-test\n    path: {root}/htpasswd\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
     proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stderr=subprocess.DEVNULL)

@@ -463,14 +463,26 @@ def test_a_registry_that_wants_credentials_when_none_are_set_says_which_settings
 def test_a_registry_with_credentials_gets_the_image_and_never_sees_them_logged(
     ready_version, docker_client, auth_registry, settings
 ):
+    # Pushed to the open registry first: where the two share their storage (see auth_registry), the layers
+    # are then in place and the push with credentials sends the manifest; every request still needs them.
+    unauthenticated = _queued(ready_version)
+    assert run_image_build(unauthenticated.pk) == "succeeded", ImageBuild.objects.get(pk=unauthenticated.pk).error
+    ImageBuild.objects.filter(pk=unauthenticated.pk).update(status=BuildStatus.FAILED)  # one live build per image
     settings.SLIPWAY_REGISTRY = auth_registry
     settings.SLIPWAY_REGISTRY_USERNAME, settings.SLIPWAY_REGISTRY_PASSWORD = "slipway", "s3cret-pa55"
-    build = _queued(ready_version, registry=auth_registry)
-    assert run_image_build(build.pk) == "succeeded"
+    build = _queued(ready_version, registry=auth_registry, tag_suffix="-auth")  # not the shared storage's tag
+    assert run_image_build(build.pk) == "succeeded", ImageBuild.objects.get(pk=build.pk).error
     build.refresh_from_db()
-    assert build.digest.startswith("sha256:")
+    assert build.digest.startswith("sha256:") and not build.cache_hit
     assert "s3cret-pa55" not in build.log
     assert not AuditEvent.objects.filter(after__icontains="s3cret").exists()
+
+    repository, tag = build.image_ref.split("/", 1)[1].rsplit(":", 1)
+    manifest = f"http://{auth_registry}/v2/{repository}/manifests/{tag}"
+    accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    assert requests.head(manifest, headers=accept, timeout=10).status_code == 401
+    held = requests.head(manifest, headers=accept, auth=("slipway", "s3cret-pa55"), timeout=10)
+    assert held.status_code == 200 and held.headers["Docker-Content-Digest"] == build.digest
 
 
 def test_a_build_past_its_time_limit_is_stopped(ready_version, docker_client, settings):
