@@ -48,6 +48,7 @@ class ImageBuild(models.Model):
     variant = models.CharField(max_length=3, choices=Variant.choices, default=Variant.GPU)
     base_image = models.CharField(max_length=300)
     runtime_version = models.CharField(max_length=50)
+    registry = models.CharField(max_length=255, help_text="SLIPWAY_REGISTRY when the build was requested")
     image_ref = models.CharField(
         max_length=400, help_text="registry/slipway/<model>:v<version>-<sha12>-<recipe8>[-cpu]"
     )
@@ -74,9 +75,10 @@ class ImageBuild(models.Model):
             # Two requests for the same image never build twice; failed and
             # cancelled attempts stay as history and do not block a retry. The variant is
             # part of the key: the CPU and GPU base images may be set to the same image,
-            # and a CPU request must still get a CPU build (its own tag and torch).
+            # and a CPU request must still get a CPU build (its own tag and torch). So is the
+            # registry: once SLIPWAY_REGISTRY moves, an image in the old one is not an answer.
             models.UniqueConstraint(
-                fields=["model_version", "variant", "runtime_version", "base_image"],
+                fields=["model_version", "variant", "runtime_version", "base_image", "registry"],
                 condition=~models.Q(status__in=["failed", "cancelled"]),
                 name="one_live_build_per_image",
             )

@@ -74,12 +74,12 @@ def request_build(version: ModelVersion, *, actor: Actor, variant: str | None = 
         raise InvalidInput(
             "No image registry is configured: set SLIPWAY_REGISTRY (for example 127.0.0.1:5000) and restart."
         )
-    base_image, runtime = base_image_for(variant), runtime_version()
-    existing = _live_build(version, variant, runtime, base_image)
+    base_image, runtime, registry = base_image_for(variant), runtime_version(), settings.SLIPWAY_REGISTRY
+    existing = _live_build(version, variant, runtime, base_image, registry)
     if existing is not None:
         return existing, False
     ref = image_ref(
-        settings.SLIPWAY_REGISTRY,
+        registry,
         version.model.name,
         version.version,
         version.sha256,
@@ -95,6 +95,7 @@ def request_build(version: ModelVersion, *, actor: Actor, variant: str | None = 
                 variant=variant,
                 base_image=base_image,
                 runtime_version=runtime,
+                registry=registry,
                 image_ref=ref,
                 requested_by=actor.user,
             )
@@ -107,7 +108,7 @@ def request_build(version: ModelVersion, *, actor: Actor, variant: str | None = 
             transaction.on_commit(lambda: _enqueue(build.pk))
     except IntegrityError:
         # Someone asked for the same image at the same moment: theirs is ours.
-        existing = _live_build(version, variant, runtime, base_image)
+        existing = _live_build(version, variant, runtime, base_image, registry)
         if existing is None:
             raise
         return existing, False
@@ -136,11 +137,11 @@ def _lock_version(version: ModelVersion, happening: str, verb: str) -> ModelVers
     return locked
 
 
-def _live_build(version: ModelVersion, variant: str, runtime: str, base_image: str) -> ImageBuild | None:
+def _live_build(version: ModelVersion, variant: str, runtime: str, base_image: str, registry: str) -> ImageBuild | None:
     """The build that answers a request for this image: the key of `one_live_build_per_image`."""
     return (
         ImageBuild.objects.filter(
-            model_version=version, variant=variant, runtime_version=runtime, base_image=base_image
+            model_version=version, variant=variant, runtime_version=runtime, base_image=base_image, registry=registry
         )
         .exclude(status__in=[BuildStatus.FAILED, BuildStatus.CANCELLED])
         .first()

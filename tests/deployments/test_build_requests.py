@@ -82,6 +82,25 @@ def test_a_cpu_request_is_not_answered_with_the_gpu_build_of_the_same_base_image
     # Asking again answers each variant with its own build.
     again = api.post(URL, {"variant": "cpu"}, format="json")
     assert again.status_code == 200 and again.json()["id"] == cpu.json()["id"]
+
+
+def test_a_build_in_the_registry_slipway_no_longer_uses_is_not_the_answer(api, version, settings):
+    """An operator moved SLIPWAY_REGISTRY (from a local registry to the one the cluster pulls from): the
+    version's image in the old registry must not answer a request, or the cluster is sent to pull from there."""
+    settings.SLIPWAY_REGISTRY = "127.0.0.1:5000"
+    old = api.post(URL, {"variant": "cpu"}, format="json")
+    ImageBuild.objects.filter(pk=old.json()["id"]).update(status="succeeded", digest="sha256:" + "0" * 64)
+
+    settings.SLIPWAY_REGISTRY = "registry.example.com:443"
+    new = api.post(URL, {"variant": "cpu"}, format="json")
+    assert new.status_code == 201, new.json()
+    assert new.json()["id"] != old.json()["id"]
+    assert new.json()["image_ref"].startswith("registry.example.com:443/slipway/iris:")
+    assert api.post(URL, {"variant": "cpu"}, format="json").json()["id"] == new.json()["id"]
+
+    settings.SLIPWAY_REGISTRY = "127.0.0.1:5000"  # moved back: the image there still answers
+    back = api.post(URL, {"variant": "cpu"}, format="json")
+    assert back.status_code == 200 and back.json()["id"] == old.json()["id"]
     assert ImageBuild.objects.count() == 2
 
 

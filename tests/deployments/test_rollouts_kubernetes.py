@@ -251,6 +251,7 @@ def with_image(model: str, version: int) -> str:
         variant="cpu",
         base_image=base_image_for("cpu"),
         runtime_version=runtime_version(),
+        registry=settings.SLIPWAY_REGISTRY,
         image_ref=ref,
         digest=digest,
         status=BuildStatus.SUCCEEDED,
