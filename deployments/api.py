@@ -641,7 +641,7 @@ class DeploymentViewSet(
     @extend_schema(request=None, responses={200: DeploymentSerializer})
     @action(detail=True, methods=["post"])
     def unpin(self, request, pk=None):
-        deployment = services.unpin(self.get_object(), actor=Actor.from_request(request))
+        deployment, _was_pinned = services.unpin(self.get_object(), actor=Actor.from_request(request))
         return Response(DeploymentSerializer(deployments_query().get(pk=deployment.pk)).data)
 
     @extend_schema(

@@ -466,8 +466,7 @@ def _release_number(text: str) -> int | None:
 @require_POST
 def unpin(request, pk):
     deployment = _deployment(request, pk)
-    was_pinned = deployment.pinned
-    deployment = services.unpin(deployment, actor=Actor.from_request(request))
+    deployment, was_pinned = services.unpin(deployment, actor=Actor.from_request(request))
     if request.htmx:
         notice = f"Unpinned: {deployment} takes promotions again." if was_pinned else f"{deployment} was not pinned."
         return _live(request, pk, status=200, notice=notice)

@@ -761,7 +761,8 @@ def rollback(deployment: Deployment, *, actor: Actor, reason: str, to_release: i
     return result
 
 
-def unpin(deployment: Deployment, *, actor: Actor) -> Deployment:
+def unpin(deployment: Deployment, *, actor: Actor) -> tuple[Deployment, bool]:
+    """Unpin `deployment`; (the deployment, whether it was pinned when its row was locked)."""
     access.require(actor, Role.DEPLOYER, deployment.environment, "unpin deployments")
     with transaction.atomic():
         pinned, reason = (
@@ -783,7 +784,7 @@ def unpin(deployment: Deployment, *, actor: Actor) -> Deployment:
                 environment=deployment.environment.name,
             )
     deployment.refresh_from_db()
-    return deployment
+    return deployment, pinned
 
 
 # --- A person's hand on a running rollout ----------------------------------------------

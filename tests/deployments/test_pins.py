@@ -87,12 +87,15 @@ def test_a_rollback_pins_the_deployment_when_its_release_serves(rita):
 
 def test_unpin_records_only_a_pin_that_it_took_off(rita):
     deployment = two_releases(rita, "dev")
-    services.unpin(deployment, actor=Actor(user=rita))  # nothing pinned it: nothing happens
-    assert not AuditEvent.objects.filter(action="deployment.unpin").exists()
+    _, was_pinned = services.unpin(deployment, actor=Actor(user=rita))  # nothing pinned it: nothing happens
+    assert not was_pinned and not AuditEvent.objects.filter(action="deployment.unpin").exists()
 
+    # Pinned after `deployment` was read: what it says in hand is stale, what the locked row says counts.
     Deployment.objects.filter(pk=deployment.pk).update(pinned=True, pinned_reason="rolled back to release 1: drift")
-    assert not services.unpin(deployment, actor=Actor(user=rita)).pinned
-    services.unpin(deployment, actor=Actor(user=rita))  # a second click, or a colleague a moment later
+    unpinned, was_pinned = services.unpin(deployment, actor=Actor(user=rita))
+    assert was_pinned and not unpinned.pinned
+    _, was_pinned = services.unpin(deployment, actor=Actor(user=rita))  # a second click, or a colleague a moment later
+    assert not was_pinned
     [event] = AuditEvent.objects.filter(action="deployment.unpin")
     assert event.before == {"pinned": True, "pinned_reason": "rolled back to release 1: drift"}
     assert event.actor == "rita" and event.environment == "dev"
