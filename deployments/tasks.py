@@ -94,6 +94,8 @@ def run_image_build(build_id: int) -> str:
         status = BuildStatus.BUILDING
         attempt = emit.attempt = services.attempts_of(build_id)
         heart = _heartbeat(build_id, attempt)
+        if attempt > 1:
+            emit(_retry_header(attempt))
         emit(f"Building {build.image_ref} from {build.base_image} (runtime {build.runtime_version})")
         services.remove_build_contexts()  # what builds whose worker died on this machine left behind
         version = build.model_version
@@ -153,6 +155,17 @@ def run_image_build(build_id: int) -> str:
     finally:
         if heart is not None:
             heart.stop()
+
+
+def _retry_header(attempt: int) -> str:
+    """The line where a retry's output begins, below what the attempts before it wrote into the log.
+
+    A build claimed before is queued again only by the stale-build sweeper."""
+    return (
+        f"\n===== Attempt {attempt} (of at most {settings.SLIPWAY_BUILD_MAX_ATTEMPTS}): attempt {attempt - 1}'s "
+        f"worker stopped answering (no heartbeat for {settings.SLIPWAY_BUILD_STALE_S:.0f}s), so the build was "
+        "queued again ====="
+    )
 
 
 def _ended_elsewhere(build_id: int, attempt: int | None) -> str:

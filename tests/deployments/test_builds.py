@@ -11,6 +11,7 @@ import requests
 import torch
 from django.conf import settings
 from django.utils import timezone
+from django.utils.html import escape
 
 from controlplane.audit import Actor
 from controlplane.models import AuditEvent
@@ -360,13 +361,33 @@ def test_a_build_cancelled_while_it_pushes_stops_pushing(api, ready_version, doc
     assert build.status == BuildStatus.CANCELLED and build.digest == ""
 
 
-def test_a_build_whose_worker_died_is_taken_up_again(ready_version, docker_client, settings):
+def test_a_build_whose_worker_died_is_taken_up_again_and_its_log_shows_where_the_retry_begins(
+    api, client, alice, ready_version, docker_client, settings
+):
     build = _queued(ready_version)
+    assert services.claim(build.pk)
+    services.append_log(
+        build.pk, "Building the image (attempt 1)\nStep 1/9 : ARG BASE_IMAGE\n", 1
+    )  # then its worker died
     stale = timezone.now() - timedelta(seconds=settings.SLIPWAY_BUILD_STALE_S + 60)
-    ImageBuild.objects.filter(pk=build.pk).update(status=BuildStatus.BUILDING, heartbeat_at=stale, attempts=1)
+    ImageBuild.objects.filter(pk=build.pk).update(heartbeat_at=stale)
     assert services.recover_stale_builds(actor=Actor.system()) == [build.pk]
-    assert _settled(build.pk).status == BuildStatus.SUCCEEDED
+    build = _settled(build.pk)
+    assert build.status == BuildStatus.SUCCEEDED and build.attempts == 2, build.error
     assert AuditEvent.objects.filter(action="image_build.requeued", target_id=str(build.pk)).exists()
+
+    # The retry's output does not run on from the lost attempt's: a line says where attempt 2 begins, and why.
+    first, separator, second = build.log.partition(
+        f"\n===== Attempt 2 (of at most {settings.SLIPWAY_BUILD_MAX_ATTEMPTS})"
+    )
+    assert separator, build.log
+    assert first == "Building the image (attempt 1)\nStep 1/9 : ARG BASE_IMAGE\n"
+    header, rest = second.split("\n", 1)
+    assert f"attempt 1's worker stopped answering (no heartbeat for {settings.SLIPWAY_BUILD_STALE_S:.0f}s)" in header
+    assert rest.startswith(f"Building {build.image_ref}") and "Successfully built" in rest
+    assert separator + header in api.get(f"/api/v1/builds/{build.pk}/").json()["log"]
+    client.force_login(alice)
+    assert escape(separator + header) in client.get(f"/builds/{build.pk}/").content.decode()
 
 
 def test_a_worker_killed_mid_build_leaves_its_context_only_until_the_build_is_recovered(
