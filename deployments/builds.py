@@ -325,6 +325,31 @@ def _engine_problem(during: str, exc: BaseException) -> str:
     )
 
 
+def _timed_out(exc: BaseException) -> bool:
+    import requests
+    import urllib3
+
+    return isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
+
+
+def _engine_answers(client: docker.DockerClient) -> bool:
+    """Whether the Docker engine answers a ping within a few seconds (the client's own timeout is the build's)."""
+    try:
+        return client.api.get(f"{client.api.base_url}/_ping", timeout=5).ok
+    except _engine_gone():
+        return False
+
+
+def _registry_stalled(config: BuildConfig, waited_s: float, exc: BaseException) -> str:
+    """A push that went silent while the engine answers: the engine is waiting on the registry."""
+    return (
+        f"The registry {config.registry} stopped answering during the push: the Docker engine, which still answers, "
+        f"reported no progress for {waited_s}s ({_short(exc)}). Check that the registry is running and not "
+        "overloaded or out of disk, and the network or proxy between the Docker host and it (SLIPWAY_REGISTRY names "
+        "the address), then retry the build."
+    )
+
+
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 
 
@@ -387,6 +412,8 @@ def _push(client: docker.DockerClient, repository: str, tag: str, *, config: Bui
     except (APIError, DockerException) as exc:
         raise BuildFailed(_registry_problem(config, _short(exc))) from exc
     except _engine_gone() as exc:
+        if _timed_out(exc) and _engine_answers(client):
+            raise BuildFailed(_registry_stalled(config, client.api.timeout, exc)) from exc
         raise BuildFailed(_engine_problem("the push", exc)) from exc
     if digest is None:
         raise BuildFailed(f"The registry {config.registry} did not confirm the push with a digest; retry the build.")

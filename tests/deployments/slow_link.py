@@ -2,6 +2,8 @@
 
 The Docker engine pushes to whatever address the image's tag names; naming the relay's address
 makes a push of a few hundred MB take long enough for a test to act while it is in progress.
+Setting `stalled` makes it a registry that stops answering: it keeps the connections open and
+forwards nothing either way.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class SlowLink:
         self.bytes_per_s = bytes_per_s
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._closed = threading.Event()
+        self.stalled = threading.Event()
 
     @property
     def address(self) -> str:
@@ -46,6 +49,8 @@ class SlowLink:
         chunk = 16384
         try:
             while not self._closed.is_set() and (data := src.recv(chunk)):
+                while self.stalled.is_set() and not self._closed.wait(0.1):
+                    pass
                 dst.sendall(data)
                 if rate:
                     time.sleep(len(data) / rate)

@@ -361,6 +361,32 @@ def test_a_build_cancelled_while_it_pushes_stops_pushing(api, ready_version, doc
     assert build.status == BuildStatus.CANCELLED and build.digest == ""
 
 
+def test_a_registry_that_stalls_mid_push_is_named_as_the_problem_not_the_docker_engine(
+    ready_version, docker_client, settings
+):
+    """The registry takes the push's connections, then stops answering: the Docker engine waits on it and
+    sends no progress until the build's client gives up. The engine itself still answers: the error must
+    send the operator to the registry, not to a Docker engine that is fine."""
+    settings.SLIPWAY_BUILD_TIMEOUT_S = 30  # also how long the client waits for the engine's next word
+    with SlowLink(settings.SLIPWAY_REGISTRY, bytes_per_s=8_000_000) as link:
+        settings.SLIPWAY_REGISTRY = registry = link.address
+        build = _queued(ready_version, registry=registry, tag_suffix="-stalled")
+        outcome = []
+        runner = threading.Thread(target=lambda: outcome.append(run_image_build(build.pk)))
+        runner.start()
+        try:
+            wait_for(lambda: "Pushing" in ImageBuild.objects.get(pk=build.pk).log, timeout=60, what="the push")
+            link.stalled.set()
+            runner.join(timeout=120)
+        finally:
+            link.stalled.clear()
+            runner.join(timeout=600)
+    build.refresh_from_db()
+    assert outcome == ["failed"], build.error
+    assert build.error.startswith(f"The registry {registry} stopped answering during the push"), build.error
+    assert "SLIPWAY_REGISTRY" in build.error and "Docker engine at" not in build.error
+
+
 def test_a_build_whose_worker_died_is_taken_up_again_and_its_log_shows_where_the_retry_begins(
     api, client, alice, ready_version, docker_client, settings
 ):
