@@ -296,7 +296,9 @@ def build_image(
             f"The image the build made ({image_id}) is gone from the Docker engine (removed meanwhile?); "
             "retry the build."
         ) from exc
-    except (APIError, DockerException) as exc:
+    except APIError as exc:
+        raise BuildFailed(_build_problem(exc.explanation or _short(exc))) from exc  # the engine's words, no URL
+    except DockerException as exc:
         raise BuildFailed(_build_problem(_short(exc))) from exc
     except _engine_gone() as exc:
         raise BuildFailed(_engine_problem("the build", exc)) from exc
@@ -432,8 +434,9 @@ def _build_problem(message: str) -> str:
     lower = message.lower()
     if "no space left on device" in lower:
         return (
-            "The Docker host ran out of disk space during the build. Free space (for example "
-            "`docker image prune`), then retry."
+            f"The Docker host ran out of disk space during the build ({message.strip()[:200]}). Free space where the "
+            "Docker engine keeps its data (`docker info` names it, usually /var/lib/docker): remove unused images "
+            "and build cache with `docker image prune` and `docker builder prune`, then retry the build."
         )
     return f"A build step failed: {message.strip()[:500]}. The log above shows the step and its output."
 

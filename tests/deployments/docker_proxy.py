@@ -6,12 +6,15 @@ build without a word about its image), `drop` breaks the connection mid-stream (
 answering: restarted, killed, out of memory). Closing its side makes the engine cancel the build, as
 a real client going away would. It can also hold a build's output at a marker, or a request whose path
 holds a marker (`/push`), until the test releases it: what another worker or the sweeper does meanwhile
-then lands exactly between two steps. The Docker SDK talks to it through DOCKER_HOST, unchanged.
+then lands exactly between two steps. It can answer a request whose path holds a marker with an
+error of the engine's own (`fail`), as the engine does when a call fails before it has written any
+output. The Docker SDK talks to it through DOCKER_HOST, unchanged.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import threading
@@ -35,6 +38,7 @@ class DockerProxy:
         self.upstream = upstream or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.cut: tuple[str, bytes] | None = None  # ("end" | "drop", marker) for /build responses
         self.cuts = 0
+        self.fail: tuple[bytes, str] | None = None  # (path marker, the engine's error message): a 500 instead
         self.hold: bytes | None = None  # a build output line or a request path holding it waits for `release`
         self.held = threading.Event()
         self.release = threading.Event()
@@ -92,6 +96,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self) -> None:
         proxy: DockerProxy = self.server.proxy
         body = self._body()
+        if proxy.fail and proxy.fail[0] in self.path.encode():
+            answer = json.dumps({"message": proxy.fail[1]}).encode()
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
         if proxy.hold and proxy.hold in self.path.encode():
             proxy.wait_for_release()
         hop = {"transfer-encoding", "content-length", "connection"}

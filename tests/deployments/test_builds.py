@@ -266,6 +266,25 @@ def test_a_docker_engine_that_stops_answering_mid_build_says_so(ready_version, d
     assert "FAILED: The Docker engine" in build.log
 
 
+def test_a_docker_host_out_of_disk_fails_the_build_saying_so_and_what_to_free(
+    ready_version, docker_client, monkeypatch
+):
+    """The engine fails the build before any output, answering with its own words (the classic builder could
+    not store the context under its data root); the SDK's error then starts with a long URL (the build's
+    arguments), which must not hide them."""
+    build = _queued(ready_version)
+    with DockerProxy() as proxy:
+        proxy.fail = (
+            b"/build?",
+            "write /var/lib/docker/tmp/docker-builder2710358934/model/model.pt: no space left on device",
+        )
+        monkeypatch.setenv("DOCKER_HOST", proxy.url)
+        assert run_image_build(build.pk) == "failed"
+    build.refresh_from_db()
+    assert build.error.startswith("The Docker host ran out of disk space"), build.error
+    assert "docker image prune" in build.error and "docker builder prune" in build.error
+
+
 def test_a_failing_build_step_fails_the_build_and_a_retry_is_possible(api, ready_version, docker_client, settings):
     settings.SLIPWAY_WHEELHOUSE = str(Path(settings.VAR_DIR) / "empty-wheelhouse")
     Path(settings.SLIPWAY_WHEELHOUSE).mkdir(exist_ok=True)
