@@ -386,7 +386,7 @@ def test_a_registry_that_stalls_mid_push_is_named_as_the_problem_not_the_docker_
     """The registry takes the push's connections, then stops answering: the Docker engine waits on it and
     sends no progress until the build's client gives up. The engine itself still answers: the error must
     send the operator to the registry, not to a Docker engine that is fine."""
-    settings.SLIPWAY_BUILD_TIMEOUT_S = 30  # also how long the client waits for the engine's next word
+    settings.SLIPWAY_BUILD_TIMEOUT_S = 20  # also how long the client waits for the engine's next word
     with SlowLink(settings.SLIPWAY_REGISTRY, bytes_per_s=8_000_000) as link:
         settings.SLIPWAY_REGISTRY = registry = link.address
         build = _queued(ready_version, registry=registry, tag_suffix="-stalled")
