@@ -74,6 +74,14 @@ def test_a_ready_version_is_built_pushed_and_serves_inference(api, ready_version
 
         wait_for(ready, timeout=120, interval=0.5, what="the container to be ready")
         pid_1 = container.exec_run(["cat", "/proc/1/cmdline"]).output.decode()
+        torch_dir = "import importlib.util; print(importlib.util.find_spec('torch').submodule_search_locations[0])"
+        left = container.exec_run(
+            [
+                "sh",
+                "-c",
+                f'cd "$(python -c "{torch_dir}")" && for p in test include bin/*; do [ -e "$p" ] && echo "$p"; done',
+            ]
+        ).output
         x = torch.arange(8, dtype=torch.float32).reshape(2, 4) / 10
         body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": x.flatten().tolist()}]}
         answer = requests.post(f"{base}/v2/models/{ready_version.model.name}/infer", json=body, timeout=10)
@@ -91,6 +99,7 @@ def test_a_ready_version_is_built_pushed_and_serves_inference(api, ready_version
     assert exit_code == 0, "the runtime should exit cleanly on SIGTERM"
     assert stopped_after < 15, "the runtime should drain and exit on SIGTERM, not be killed"
     assert pid_1.startswith("dumb-init\0"), pid_1
+    assert left.decode().split() == ["bin/torch_shm_manager"], "torch's tests, tools and headers are not served"
 
     # A SIGTERM at once, in the interpreter's first milliseconds: a Python that is PID 1 would not see it (the
     # kernel delivers PID 1 only the signals it handles) and run on until killed.
