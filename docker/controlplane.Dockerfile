@@ -74,7 +74,11 @@ FROM web-dependencies AS worker-dependencies
 COPY requirements-validator.txt /tmp/requirements/
 COPY inference_runtime/requirements.txt /tmp/requirements/runtime.txt
 RUN unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_NO_INDEX; \
-    pip install -r /tmp/requirements/requirements-validator.txt -r /tmp/requirements/runtime.txt
+    pip install -r /tmp/requirements/requirements-validator.txt -r /tmp/requirements/runtime.txt; \
+    # Never run here (as in runtime.Dockerfile): torch's C++ tests and tools, its headers and CMake files.
+    torch_dir=$(python -c 'import importlib.util; print(importlib.util.find_spec("torch").submodule_search_locations[0])'); \
+    rm -rf "$torch_dir/test" "$torch_dir/include" "$torch_dir/share/cmake"; \
+    find "$torch_dir/bin" -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} +
 
 # --- The code and the collected static files ------------------------------------------------
 FROM web-dependencies AS app
