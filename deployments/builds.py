@@ -121,7 +121,7 @@ def registry_digest(client: docker.DockerClient, ref: str, config: BuildConfig) 
             return None
         raise BuildFailed(_registry_problem(config, exc)) from exc
     except _engine_gone() as exc:
-        raise BuildFailed(_engine_problem("a look at the registry", exc)) from exc
+        raise BuildFailed(_silence_problem(client, config, "a look at the registry", exc)) from exc
     return data.get("Descriptor", {}).get("digest") or None
 
 
@@ -342,13 +342,16 @@ def _engine_answers(client: docker.DockerClient) -> bool:
         return False
 
 
-def _registry_stalled(config: BuildConfig, waited_s: float, exc: BaseException) -> str:
-    """A push that went silent while the engine answers: the engine is waiting on the registry."""
+def _silence_problem(client: docker.DockerClient, config: BuildConfig, during: str, exc: BaseException) -> str:
+    """The engine went silent while it talked to the registry: if it still answers a ping, it is waiting on
+    the registry, and that is what the operator must look at."""
+    if not (_timed_out(exc) and _engine_answers(client)):
+        return _engine_problem(during, exc)
     return (
-        f"The registry {config.registry} stopped answering during the push: the Docker engine, which still answers, "
-        f"reported no progress for {waited_s}s ({_short(exc)}). Check that the registry is running and not "
-        "overloaded or out of disk, and the network or proxy between the Docker host and it (SLIPWAY_REGISTRY names "
-        "the address), then retry the build."
+        f"The registry {config.registry} stopped answering during {during}: the Docker engine, which still "
+        f"answers, reported no progress for {client.api.timeout}s ({_short(exc)}). Check that the registry is "
+        "running and not overloaded or out of disk, and the network or proxy between the Docker host and it "
+        "(SLIPWAY_REGISTRY names the address), then retry the build."
     )
 
 
@@ -414,9 +417,7 @@ def _push(client: docker.DockerClient, repository: str, tag: str, *, config: Bui
     except (APIError, DockerException) as exc:
         raise BuildFailed(_registry_problem(config, _short(exc))) from exc
     except _engine_gone() as exc:
-        if _timed_out(exc) and _engine_answers(client):
-            raise BuildFailed(_registry_stalled(config, client.api.timeout, exc)) from exc
-        raise BuildFailed(_engine_problem("the push", exc)) from exc
+        raise BuildFailed(_silence_problem(client, config, "the push", exc)) from exc
     if digest is None:
         raise BuildFailed(f"The registry {config.registry} did not confirm the push with a digest; retry the build.")
     return digest

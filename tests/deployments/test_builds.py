@@ -415,6 +415,22 @@ def test_a_registry_that_stalls_mid_push_is_named_as_the_problem_not_the_docker_
     assert "SLIPWAY_REGISTRY" in build.error and "Docker engine at" not in build.error
 
 
+def test_a_registry_that_stalls_before_the_build_is_named_as_the_problem(ready_version, docker_client, settings):
+    """The look for an image the registry already holds is the build's first word with it: silent there too."""
+    settings.SLIPWAY_BUILD_TIMEOUT_S = 5
+    with SlowLink(settings.SLIPWAY_REGISTRY, bytes_per_s=0) as link:
+        link.stalled.set()
+        settings.SLIPWAY_REGISTRY = registry = link.address
+        build = _queued(ready_version, registry=registry)
+        try:
+            assert run_image_build(build.pk) == "failed"
+        finally:
+            link.stalled.clear()
+    build.refresh_from_db()
+    assert build.error.startswith(f"The registry {registry} stopped answering during a look at the registry")
+    assert "Docker engine at" not in build.error
+
+
 def test_a_build_whose_worker_died_is_taken_up_again_and_its_log_shows_where_the_retry_begins(
     api, client, alice, ready_version, docker_client, settings
 ):
