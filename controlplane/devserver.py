@@ -14,8 +14,10 @@ after 15 seconds is killed with its whole group.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,8 +32,38 @@ def bind_address() -> str:
     return os.environ.get("SLIPWAY_BIND", "127.0.0.1:8000")
 
 
+def address_in_use(bind: str) -> bool:
+    """Whether something already listens on SLIPWAY_BIND's host and port (a unix: or fd:// bind is not checked)."""
+    if bind.startswith(("unix:", "fd://")) or ":" not in bind:
+        return False
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return False  # gunicorn says what is wrong with the address
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no obstacle
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
 def main() -> int:
     bind = bind_address()
+    if address_in_use(bind):
+        print(
+            f"{bind} is already in use (another `make run`, or another server). Stop it, or serve Slipway "
+            "elsewhere: SLIPWAY_BIND=127.0.0.1:8001 make run",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     var = Path(os.environ.get("SLIPWAY_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
     (var / "celery").mkdir(parents=True, exist_ok=True)
     commands = {

@@ -107,3 +107,25 @@ def test_ctrl_c_stops_the_web_server_and_the_worker_and_frees_the_port(tmp_path)
     assert not left, f"still running after Ctrl-C: {left}\n" + log.read_text(errors="replace")[-3000:]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))  # nobody holds the port
+
+
+def test_a_taken_address_is_refused_before_anything_starts_and_says_how_to_choose_another(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_", "SLIPWAY_"))}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env |= {"SLIPWAY_VAR_DIR": str(tmp_path / "var"), "SLIPWAY_BIND": f"127.0.0.1:{port}"}
+        done = subprocess.run(
+            [sys.executable, "-m", "controlplane.devserver"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            start_new_session=True,
+        )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"127.0.0.1:{port} is already in use" in done.stderr and "SLIPWAY_BIND=" in done.stderr, done.stderr
+    assert "Slipway is running" not in done.stdout  # it is not: nothing was started
+    assert "celery@" not in done.stdout + done.stderr  # no worker came up only to be stopped again
