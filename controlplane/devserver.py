@@ -23,6 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
+from controlplane.env import env_int
+
 BIN = Path(sys.executable).parent
 GUNICORN_CONF = Path(__file__).resolve().parent / "gunicorn.conf.py"  # worker class, threads, timeout, GC
 
@@ -56,6 +60,12 @@ def address_in_use(bind: str) -> bool:
 
 def main() -> int:
     bind = bind_address()
+    try:
+        web_workers = env_int("SLIPWAY_WEB_WORKERS", 2, minimum=1)
+        worker_concurrency = env_int("SLIPWAY_WORKER_CONCURRENCY", 1, minimum=1)
+    except ImproperlyConfigured as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
     if address_in_use(bind):
         print(
             f"{bind} is already in use (another `make run`, or another server). Stop it, or serve Slipway "
@@ -75,7 +85,7 @@ def main() -> int:
             "--bind",
             bind,
             "--workers",
-            os.environ.get("SLIPWAY_WEB_WORKERS", "2"),
+            str(web_workers),
             "--access-logfile",
             "-",
         ],
@@ -88,7 +98,7 @@ def main() -> int:
             "--schedule",
             str(var / "celery" / "beat-schedule"),
             "--concurrency",
-            os.environ.get("SLIPWAY_WORKER_CONCURRENCY", "1"),
+            str(worker_concurrency),
             "--loglevel",
             "INFO",
         ],

@@ -129,3 +129,26 @@ def test_a_taken_address_is_refused_before_anything_starts_and_says_how_to_choos
     assert f"127.0.0.1:{port} is already in use" in done.stderr and "SLIPWAY_BIND=" in done.stderr, done.stderr
     assert "Slipway is running" not in done.stdout  # it is not: nothing was started
     assert "celery@" not in done.stdout + done.stderr  # no worker came up only to be stopped again
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("SLIPWAY_WEB_WORKERS", "two", "SLIPWAY_WEB_WORKERS='two' is not an integer"),
+        ("SLIPWAY_WORKER_CONCURRENCY", "0", "SLIPWAY_WORKER_CONCURRENCY=0 must be at least 1"),
+    ],
+)
+def test_a_bad_process_count_is_refused_naming_the_variable_before_anything_starts(tmp_path, name, value, said):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_", "SLIPWAY_"))}
+    env |= {"SLIPWAY_VAR_DIR": str(tmp_path / "var"), "SLIPWAY_BIND": f"127.0.0.1:{free_port()}", name: value}
+    done = subprocess.run(
+        [sys.executable, "-m", "controlplane.devserver"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        start_new_session=True,
+    )
+    assert done.returncode == 1 and said in done.stderr, done.stdout + done.stderr
+    assert "Slipway is running" not in done.stdout
