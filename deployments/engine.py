@@ -640,7 +640,7 @@ class Reconciler:
             failed = self.fail(f"Analysis failed: {verdict.summary()}")
             failed.fields["analysis"] = verdict.to_dict()
             return failed.event("analysis", f"Analysis failed: {verdict.summary()}", **verdict.to_dict())
-        result.event("analysis", f"Analysis passed: {verdict.summary()}", **verdict.to_dict())
+        result.event("analysis", f"Analysis {verdict.summary()}", **verdict.to_dict())  # "passed: " and what it saw
         return self.next_step(result)
 
     def next_step(self, result: Step) -> Step:

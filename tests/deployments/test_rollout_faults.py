@@ -61,6 +61,8 @@ def test_a_worker_killed_at_every_step_still_finishes_each_rollout_once(
     assert answers(deployment.endpoint, model_name, 4) == [2.0] * 4
 
     messages = collections.Counter(e.message for e in rollout.events.exclude(kind="warning"))
+    [analysed] = [message for message in messages if message.startswith("Analysis passed")]
+    assert analysed.startswith("Analysis passed: 1 of 1 replicas ready; "), analysed  # the timeline says it once
     repeated = {message: n for message, n in messages.items() if n > 1}
     assert not repeated, repeated
     # The ledger of what served has each split once: 100% on 1, the canary, 100% on 2.
