@@ -382,7 +382,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("SLIPWAY_LOG_LEVEL") or "INFO"},
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice("SLIPWAY_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")).upper(),
+    },
     # django-axes logs every successful log-in, and its version at every start: its warnings (failures) are enough.
     # python-multipart logs a warning for every malformed body a client sends: the refusal is audited already.
     "loggers": {

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from controlplane.env import env_port_range
+from tests.conftest import ROOT
 
 
 def test_a_port_range_reads_both_ends(monkeypatch):
@@ -22,3 +27,19 @@ def test_a_bad_port_range_stops_start_up_naming_the_variable(monkeypatch, raw):
     monkeypatch.setenv("SLIPWAY_LOCAL_PORTS", raw)
     with pytest.raises(ImproperlyConfigured, match=r"SLIPWAY_LOCAL_PORTS=.* must be a port range FIRST-LAST"):
         env_port_range("SLIPWAY_LOCAL_PORTS", (8100, 8999))
+
+
+def manage_check(tmp_path, **variables: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+    env |= {"SLIPWAY_VAR_DIR": str(tmp_path / "var"), **variables}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_log_level_is_read_in_either_case_and_a_wrong_one_names_the_variable(tmp_path):
+    assert manage_check(tmp_path, SLIPWAY_LOG_LEVEL="debug").returncode == 0  # as people write it
+    assert manage_check(tmp_path, SLIPWAY_LOG_LEVEL="WARNING").returncode == 0
+    refused = manage_check(tmp_path, SLIPWAY_LOG_LEVEL="verbose")
+    assert refused.returncode != 0
+    assert "SLIPWAY_LOG_LEVEL='verbose' must be one of: debug, info, warning, error, critical." in refused.stderr
