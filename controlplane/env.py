@@ -11,6 +11,7 @@ import json
 import os
 import re
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -135,3 +136,15 @@ def cache_from_url(name: str, default: str) -> dict:
         f"{name}={url!r} is not a cache URL Slipway knows: use redis://host:6379/1 (shared by every process) "
         "or locmem:// (one cache per process)."
     )
+
+
+def database_from_url(name: str, default: str, **options) -> dict:
+    """Django's DATABASES entry for the URL in `name`; an error never repeats the URL, which holds a password."""
+    try:
+        return dj_database_url.parse(env_str(name) or default, **options)
+    except ValueError as exc:
+        reason = str(exc).split(". ", 1)[0].rstrip(".")
+        raise ImproperlyConfigured(
+            f"{name} is not a database URL Slipway can use ({reason}): give postgres://USER:PASSWORD@HOST:5432/NAME, "
+            "or leave it unset for SQLite under the var directory."
+        ) from None

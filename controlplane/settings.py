@@ -10,11 +10,11 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
-import dj_database_url
 from csp.constants import NONE, SELF
 
 from controlplane.env import (
     cache_from_url,
+    database_from_url,
     env_bool,
     env_choice,
     env_float,
@@ -112,8 +112,9 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": dj_database_url.parse(
-        env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'slipway.sqlite3'}",
+    "default": database_from_url(
+        "DATABASE_URL",
+        f"sqlite:///{VAR_DIR / 'slipway.sqlite3'}",
         conn_max_age=env_int("SLIPWAY_DB_CONN_MAX_AGE", 60, minimum=0),
         conn_health_checks=True,
     )

@@ -43,3 +43,17 @@ def test_the_log_level_is_read_in_either_case_and_a_wrong_one_names_the_variable
     refused = manage_check(tmp_path, SLIPWAY_LOG_LEVEL="verbose")
     assert refused.returncode != 0
     assert "SLIPWAY_LOG_LEVEL='verbose' must be one of: debug, info, warning, error, critical." in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgres//bob:s3cret@db.example.com/slipway", "Scheme '://' is unknown"),
+        ("mysqlx://bob:s3cret@db/x", "Scheme 'mysqlx://' is unknown"),
+    ],
+)
+def test_a_database_url_that_is_none_names_the_variable_and_keeps_its_password(tmp_path, url, reason):
+    refused = manage_check(tmp_path, DATABASE_URL=url)
+    assert refused.returncode != 0
+    assert "DATABASE_URL is not a database URL Slipway can use" in refused.stderr and reason in refused.stderr
+    assert "s3cret" not in refused.stdout + refused.stderr
