@@ -109,6 +109,25 @@ def test_ctrl_c_stops_the_web_server_and_the_worker_and_frees_the_port(tmp_path)
         sock.bind(("127.0.0.1", port))  # nobody holds the port
 
 
+def start_devserver(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`make run`'s process manager, expected to refuse at once; one that starts after all is stopped with Ctrl-C."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "controlplane.devserver"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = server.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGINT)  # it stops what it started, as after a Ctrl-C
+        stdout, stderr = server.communicate(timeout=30)
+    return subprocess.CompletedProcess(server.args, server.returncode, stdout, stderr)
+
+
 def test_a_taken_address_is_refused_before_anything_starts_and_says_how_to_choose_another(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_", "SLIPWAY_"))}
     with socket.socket() as taken:
@@ -116,15 +135,7 @@ def test_a_taken_address_is_refused_before_anything_starts_and_says_how_to_choos
         taken.listen()
         port = taken.getsockname()[1]
         env |= {"SLIPWAY_VAR_DIR": str(tmp_path / "var"), "SLIPWAY_BIND": f"127.0.0.1:{port}"}
-        done = subprocess.run(
-            [sys.executable, "-m", "controlplane.devserver"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            start_new_session=True,
-        )
+        done = start_devserver(env)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"127.0.0.1:{port} is already in use" in done.stderr and "SLIPWAY_BIND=" in done.stderr, done.stderr
     assert "Slipway is running" not in done.stdout  # it is not: nothing was started
@@ -141,14 +152,6 @@ def test_a_taken_address_is_refused_before_anything_starts_and_says_how_to_choos
 def test_a_bad_process_count_is_refused_naming_the_variable_before_anything_starts(tmp_path, name, value, said):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_", "SLIPWAY_"))}
     env |= {"SLIPWAY_VAR_DIR": str(tmp_path / "var"), "SLIPWAY_BIND": f"127.0.0.1:{free_port()}", name: value}
-    done = subprocess.run(
-        [sys.executable, "-m", "controlplane.devserver"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        start_new_session=True,
-    )
+    done = start_devserver(env)
     assert done.returncode == 1 and said in done.stderr, done.stdout + done.stderr
     assert "Slipway is running" not in done.stdout
