@@ -266,7 +266,7 @@ def live_context(request, pk: int) -> dict:
         "active": active,
         "your_role": role,
         "may_deploy": may_deploy,
-        "warm_release": deployment.warm_release if warm else None,
+        "warm_release": deployment.warm_release if warm and idle_state != "stopped" else None,  # stopped: none runs
         "next_environments": next_environments,
         "rollback_choices": rollback_choices,
         "stamp": _stamp(

@@ -502,6 +502,19 @@ def test_a_rollout_ending_while_the_panel_is_read_never_shows_it_ended_beside_th
     assert polling or serving == "2", "the rollout shows as ended while the page says release 1 serves"
 
 
+def test_a_stopped_deployment_claims_no_release_kept_warm(browser, iris, dev, actor):
+    """After stop_local_deployments nothing runs, the previous release included: a rollback starts it again."""
+    first = settle(start(actor, version=1))
+    second = settle(start(actor, version=2))
+    deployment = Deployment.objects.get()
+    Deployment.objects.update(warm_release=first.release, warm_until=timezone.now() + timedelta(minutes=10))
+    assert "Kept warm</th>" in browser.get(f"/deployments/{deployment.pk}/").content.decode()
+    Rollout.objects.filter(pk=second.pk).update(status={"endpoint": None, "weights": {}, "releases": {}})
+    page = browser.get(f"/deployments/{deployment.pk}/").content.decode()
+    assert "nothing of release 2 runs any more" in page
+    assert "Kept warm</th>" not in page and "only re-routes" not in page
+
+
 def test_a_rollback_onto_a_warm_release_is_shown_by_release_not_by_slot(browser, iris, dev, actor):
     first = settle(start(actor, version=1))
     settle(start(actor, version=2))
