@@ -10,15 +10,16 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-import torch
 
 from inference_runtime import datatypes
 from inference_runtime.errors import InvalidInput, RuntimeFailure, Unsupported
-from inference_runtime.model import Outputs
+
+if TYPE_CHECKING:  # the decoder process (offload.py) imports this module without torch
+    from inference_runtime.model import Outputs
 
 _NUMPY_OPTION = orjson.OPT_SERIALIZE_NUMPY
 # A JSON value that overflows its float datatype is refused below; numpy's warning about the cast is noise.
@@ -30,7 +31,7 @@ MAX_RANK = 32  # numpy stops at 64; no model takes more than a handful
 _FLOAT_MAX = {
     "FP16": float(np.finfo(np.float16).max),
     "FP32": float(np.finfo(np.float32).max),
-    "BF16": float(torch.finfo(torch.bfloat16).max),
+    "BF16": float(np.array(0x7F7F0000, dtype=np.uint32).view(np.float32)),  # torch.finfo(torch.bfloat16).max
 }
 _KIND_NAMES = {
     "b": "booleans",

@@ -1,13 +1,15 @@
-"""Open Inference Protocol datatypes and their numpy / torch equivalents.
+"""Open Inference Protocol datatypes and their numpy equivalents, and a tensor's name, datatype and shape.
 
 numpy has no bfloat16: BF16 travels as its raw 16 bits in a uint16 array and is
-reinterpreted as torch.bfloat16 (same bits) only once it is a tensor.
+reinterpreted as torch.bfloat16 (same bits) only once it is a tensor (model.py).
+Free of torch: the decoder process (offload.py) imports this without it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-import torch
 
 NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -25,24 +27,6 @@ NUMPY: dict[str, np.dtype] = {
     "BF16": np.dtype("<u2"),  # raw bits, see the module docstring
 }
 
-TORCH: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "UINT8": torch.uint8,
-    "UINT16": torch.uint16,
-    "UINT32": torch.uint32,
-    "UINT64": torch.uint64,
-    "INT8": torch.int8,
-    "INT16": torch.int16,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-    "FP16": torch.float16,
-    "FP32": torch.float32,
-    "FP64": torch.float64,
-    "BF16": torch.bfloat16,
-}
-
-FROM_TORCH: dict[torch.dtype, str] = {v: k for k, v in TORCH.items()}
-
 # Every datatype the protocol names; BYTES has no tensor equivalent.
 ALL = (*NUMPY, "BYTES")
 
@@ -54,30 +38,25 @@ JSON_KINDS.update({name: "iuf" for name in ("FP16", "FP32", "FP64", "BF16")})
 FLOATING = frozenset({"FP16", "FP32", "FP64", "BF16"})
 
 
-def datatype_of(dtype: torch.dtype) -> str:
-    try:
-        return FROM_TORCH[dtype]
-    except KeyError:
-        raise ValueError(f"the model produces {dtype}, which has no Open Inference Protocol datatype") from None
-
-
 def bf16_bits_from_float(values: np.ndarray) -> np.ndarray:
-    """float → bfloat16 bits (round to nearest even, as torch does), as uint16."""
-    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(torch.bfloat16)
-    return tensor.view(torch.int16).numpy().view(np.uint16)
+    """float → bfloat16 bits, as uint16: rounded to nearest even, every NaN 0xFFFF, bit for bit as torch does."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    return np.where((bits & 0x7FFFFFFF) > 0x7F800000, np.uint16(0xFFFF), rounded)
 
 
 def float_from_bf16_bits(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def to_tensor(array: np.ndarray, datatype: str) -> torch.Tensor:
-    tensor = torch.from_numpy(array)
-    return tensor.view(torch.bfloat16) if datatype == "BF16" else tensor
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str | None  # None: not known (a TorchScript model served without a signature)
+    shape: tuple[int, ...] | None
 
+    def as_json(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype or "FP32", "shape": list(self.shape or (-1,))}
 
-def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A CPU tensor as numpy, BF16 as its raw bits (the wire format)."""
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(np.uint16)
-    return tensor.numpy()
+    def describe(self) -> str:
+        return f"{self.name} ({self.datatype or 'any datatype'} {list(self.shape) if self.shape else 'any shape'})"

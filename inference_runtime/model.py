@@ -12,7 +12,6 @@ import logging
 import time
 import warnings
 import zipfile
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -20,11 +19,51 @@ import torch
 
 from inference_runtime import datatypes
 from inference_runtime.config import Config
+from inference_runtime.datatypes import TensorSpec
 from inference_runtime.errors import InferenceFailed, ModelLoadError
 
 log = logging.getLogger("inference_runtime")
 
 PLATFORMS = {"torchscript": "pytorch_torchscript", "torch_export": "pytorch_torch_export"}
+# The Open Inference Protocol datatypes as torch dtypes (datatypes.py has their numpy equivalents).
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "UINT8": torch.uint8,
+    "UINT16": torch.uint16,
+    "UINT32": torch.uint32,
+    "UINT64": torch.uint64,
+    "INT8": torch.int8,
+    "INT16": torch.int16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "FP16": torch.float16,
+    "FP32": torch.float32,
+    "FP64": torch.float64,
+    "BF16": torch.bfloat16,
+}
+
+FROM_TORCH: dict[torch.dtype, str] = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+def datatype_of(dtype: torch.dtype) -> str:
+    try:
+        return FROM_TORCH[dtype]
+    except KeyError:
+        raise ValueError(f"the model produces {dtype}, which has no Open Inference Protocol datatype") from None
+
+
+def to_tensor(array: np.ndarray, datatype: str) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if datatype == "BF16" else tensor
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as numpy, BF16 as its raw bits (the wire format)."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()
+
+
 # --dtype: what FP32 weights and inputs are computed in. Only FP32 ones: a model that declares an input or keeps
 # a weight in FP64, FP16 or BF16 chose that precision (FP16 would turn an FP64 input of 1e6 into inf).
 COMPUTE_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -32,19 +71,6 @@ COMPUTE_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.b
 # The runtime hands torch read-only views of request bodies; the model never writes to
 # its inputs, so torch's one-time warning about it is noise.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str | None  # None: not known (a TorchScript model served without a signature)
-    shape: tuple[int, ...] | None
-
-    def as_json(self) -> dict:
-        return {"name": self.name, "datatype": self.datatype or "FP32", "shape": list(self.shape or (-1,))}
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.datatype or 'any datatype'} {list(self.shape) if self.shape else 'any shape'})"
 
 
 class Outputs(NamedTuple):
@@ -123,7 +149,7 @@ def _export_inputs(program: Any) -> tuple[list[TensorSpec], list[dict[int, tuple
                     high = int(constraint.upper) if constraint.upper.is_finite else None
             dims[i] = (low, high)
         try:
-            datatype = datatypes.datatype_of(value.dtype)
+            datatype = datatype_of(value.dtype)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
         specs.append(TensorSpec(name, datatype, tuple(shape)))
@@ -136,10 +162,10 @@ def _declared(specs: list[dict] | None) -> list[TensorSpec] | None:
         return None
     result = []
     for spec in specs:
-        if spec["datatype"] not in datatypes.TORCH:
+        if spec["datatype"] not in TORCH_DTYPES:
             raise ModelLoadError(
                 f"the signature gives {spec['name']!r} the datatype {spec['datatype']!r}; "
-                f"a PyTorch model takes one of {', '.join(datatypes.TORCH)}"
+                f"a PyTorch model takes one of {', '.join(TORCH_DTYPES)}"
             )
         result.append(TensorSpec(spec["name"], spec["datatype"], tuple(spec["shape"])))
     return result
@@ -258,7 +284,7 @@ class LoadedModel:
                     tensor = tensor.to(wanted[i])
                 if tensor.device.type != "cpu":
                     tensor = tensor.cpu()
-                results.append(datatypes.to_numpy(tensor.contiguous()))
+                results.append(to_numpy(tensor.contiguous()))
         return Outputs(results, specs)
 
     def _specs_of(self, names: list[str] | None, tensors: list[Any]) -> tuple[list[TensorSpec], list[torch.dtype]]:
@@ -269,7 +295,7 @@ class LoadedModel:
                 raise InferenceFailed(f"output {i} of the model is a {type(tensor).__name__}, not a tensor")
             dtype = torch.float32 if tensor.dtype == self.compute_dtype else tensor.dtype
             try:
-                datatype = datatypes.datatype_of(dtype)
+                datatype = datatype_of(dtype)
             except ValueError as exc:
                 raise InferenceFailed(str(exc)) from None
             specs.append(TensorSpec(names[i] if names else f"output__{i}", datatype, None))
@@ -362,13 +388,13 @@ class LoadedModel:
             if not isinstance(tensor, torch.Tensor):
                 raise ModelLoadError(f"output {i} of the model is a {type(tensor).__name__}, not a tensor")
             try:
-                actual = datatypes.datatype_of(tensor.dtype)
+                actual = datatype_of(tensor.dtype)
             except ValueError as exc:
                 raise ModelLoadError(str(exc)) from None
             name = names[i] if names else f"output__{i}"
             own = own_dtypes[i] if own_dtypes is not None and len(own_dtypes) == len(tensors) else None
-            if own in datatypes.FROM_TORCH:
-                datatype = datatypes.FROM_TORCH[own]  # what the model gives it without --dtype
+            if own in FROM_TORCH:
+                datatype = FROM_TORCH[own]  # what the model gives it without --dtype
             elif tensor.dtype == self.compute_dtype:
                 datatype = "FP32"  # not known: an output in the --dtype precision is taken for an FP32 one
             else:
@@ -389,7 +415,7 @@ class LoadedModel:
         with torch.inference_mode():
             tensors = []
             for array, spec in zip(arrays, self.inputs, strict=True):
-                tensor = datatypes.to_tensor(array, spec.datatype).to(self.device)
+                tensor = to_tensor(array, spec.datatype).to(self.device)
                 if cast and self.compute_dtype is not None and spec.datatype == "FP32":
                     tensor = tensor.to(self.compute_dtype)
                 tensors.append(tensor)
@@ -400,7 +426,7 @@ class LoadedModel:
         self.outputs = outputs
         self.fixed_outputs = outputs is not None
         self.output_index = {spec.name: i for i, spec in enumerate(outputs)} if outputs else None
-        self._out_dtypes = [datatypes.TORCH[spec.datatype] for spec in outputs or []]
+        self._out_dtypes = [TORCH_DTYPES[spec.datatype] for spec in outputs or []]
 
 
 def _follows_rows(outputs: list[Any], rows: int) -> bool:

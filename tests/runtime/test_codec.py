@@ -285,3 +285,20 @@ def test_the_search_for_booleans_in_lists_finds_every_one(header, may):
 
     assert _may_hold_bools(header) is may
     assert _may_hold_bools(memoryview(header)) is may
+
+
+def test_bf16_bits_are_torch_s_bit_for_bit():
+    """The decoder converts JSON numbers to BF16 without torch: rounding (ties to even), overflow, subnormals and
+    NaN give the bits torch gives."""
+    rng = np.random.default_rng(11)
+    bits = np.concatenate(
+        [
+            rng.integers(0, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32),
+            np.arange(0x7F7F0000, 0x7F800010, dtype=np.uint32),  # the largest BF16 values, their ties, inf, NaNs
+            np.arange(0, 0x20000, dtype=np.uint32),  # zero and subnormals
+            np.array([0x3F808000, 0x3F818000, 0xFF800000, 0xFFC00000, 0x80000000], dtype=np.uint32),
+        ]
+    )
+    values = bits.view(np.float32)
+    expected = torch.from_numpy(values.copy()).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(datatypes.bf16_bits_from_float(values), expected)
