@@ -42,6 +42,7 @@ from inference_runtime.errors import (
 )
 from inference_runtime.metrics import Metrics
 from inference_runtime.model import LoadedModel, load_model
+from inference_runtime.offload import DECODE_INLINE_BYTES, Decoder, Signature
 
 log = logging.getLogger("inference_runtime")
 
@@ -56,6 +57,8 @@ class ClientGone(Exception):
 # How long a request waits for the model before the server listens for its client going away: a task per
 # request costs more than a small model's forward pass, and a request answered sooner has nothing to drop.
 LISTEN_AFTER_S = 0.05
+# How long stopping waits for the decoder process (offload.py) to finish the body it decodes.
+DECODER_CLOSE_S = 2.0
 
 
 class Deadline:
@@ -78,6 +81,8 @@ class Runtime:
         self.config = config
         self.state = LOADING
         self.model: LoadedModel | None = None
+        self.signature: Signature | None = None
+        self.decoder = Decoder()  # large JSON bodies
         self.batcher: Batcher | None = None
         self.metrics = Metrics(config.model_name, config.model_version)
         # One model thread: loading, warm-up and every forward pass.
@@ -115,6 +120,7 @@ class Runtime:
         if self.state != LOADING:  # SIGTERM arrived while loading
             return
         self.model = model
+        self.signature = Signature.of(model)
         self.batcher = Batcher(
             model,
             self.executor,
@@ -200,6 +206,8 @@ class Runtime:
         for task in list(self._tasks):
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(TimeoutError):  # past a drain timeout: the process goes with this one
+            await asyncio.wait_for(asyncio.to_thread(self.decoder.close), DECODER_CLOSE_S)
 
     # --- protocol ----------------------------------------------------------------------
     def check_model(self, name: str, version: str | None) -> None:
@@ -261,7 +269,10 @@ class Runtime:
                     ) from None
                 finally:
                     watch.reading = False
-                request = decode_request(body, header_length, model)
+                if (len(body) if header_length is None else header_length) > DECODE_INLINE_BYTES:
+                    request = await self.decoder.decode(body, header_length, self.signature)
+                else:
+                    request = decode_request(body, header_length, model)
                 listen = loop.call_at(started + LISTEN_AFTER_S, self._listen, watch, receive)
                 try:
                     result = await self.batcher.infer(
