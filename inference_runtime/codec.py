@@ -434,14 +434,38 @@ def _requested_outputs(raw: Any, model: Any, binary_default: bool) -> list[tuple
     return requested
 
 
-def _with_nonfinite(flat: np.ndarray) -> orjson.Fragment:
+# Values of a JSON output written by one orjson call (a few ms): orjson holds the GIL for a whole call, so a larger
+# output is written in pieces, on a thread, which lets the event loop in between them (server.py).
+ENCODE_INLINE_VALUES = 64 * 1024
+
+
+def _json_data(flat: np.ndarray) -> np.ndarray | orjson.Fragment:
+    """A flat output as its JSON list: as is when small and finite (orjson writes it with the response),
+    else a Fragment written ENCODE_INLINE_VALUES values at a time."""
+    nonfinite = flat.dtype.kind == "f" and not np.isfinite(flat).all()
+    if flat.size <= ENCODE_INLINE_VALUES:
+        return orjson.Fragment(_with_nonfinite(flat)) if nonfinite else flat
+    write = _with_nonfinite if nonfinite else _plain
+    parts = []
+    for i in range(0, flat.size, ENCODE_INLINE_VALUES):
+        parts += (b",", memoryview(write(flat[i : i + ENCODE_INLINE_VALUES]))[1:-1])  # without its [ and ]
+    parts[0] = b"["
+    parts.append(b"]")
+    return orjson.Fragment(b"".join(parts))
+
+
+def _plain(flat: np.ndarray) -> bytes:
+    return orjson.dumps(flat, option=_NUMPY_OPTION)
+
+
+def _with_nonfinite(flat: np.ndarray) -> bytes:
     """orjson writes NaN and ±inf as null (a client reads nan, or fails); Python's json module and Triton's
     clients write and read the tokens NaN, Infinity and -Infinity."""
     tokens = orjson.dumps(flat, option=_NUMPY_OPTION)[1:-1].split(b",")
     for i in np.flatnonzero(~np.isfinite(flat)).tolist():
         value = flat[i]
         tokens[i] = b"NaN" if np.isnan(value) else b"Infinity" if value > 0 else b"-Infinity"
-    return orjson.Fragment(b"[" + b",".join(tokens) + b"]")
+    return b"[" + b",".join(tokens) + b"]"
 
 
 def encode_response(
@@ -473,9 +497,7 @@ def encode_response(
             flat = array.reshape(-1)
             if datatype == "BF16":
                 flat = datatypes.float_from_bf16_bits(flat)
-            if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-                flat = _with_nonfinite(flat)
-            entry["data"] = flat
+            entry["data"] = _json_data(flat)
         outputs.append(entry)
 
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_runtime import __version__
 from inference_runtime.batching import Batcher
-from inference_runtime.codec import decode_request, encode_response
+from inference_runtime.codec import ENCODE_INLINE_VALUES, decode_request, encode_response
 from inference_runtime.config import Config
 from inference_runtime.errors import (
     BodyTimeout,
@@ -282,7 +282,12 @@ class Runtime:
                     listen.cancel()
                     if watch.listener is not None:
                         watch.listener.cancel()
-                headers, payload = encode_response(request, result, self.config.model_name, self.config.model_version)
+                answer = request, result, self.config.model_name, self.config.model_version
+                if _values(result.arrays) > ENCODE_INLINE_VALUES:
+                    # Written in pieces (codec.py), between which this thread lets the event loop in.
+                    headers, payload = await asyncio.to_thread(encode_response, *answer)
+                else:
+                    headers, payload = encode_response(*answer)
                 status, outcome = 200, "success"
             except ClientGone:
                 metrics.client_disconnects.inc()  # nothing to answer, and not the model's doing
@@ -360,6 +365,13 @@ class Runtime:
             "inputs": [spec.as_json() for spec in model.inputs],
             "outputs": [spec.as_json() for spec in model.outputs or []],
         }
+
+
+def _values(arrays: list) -> int:
+    count = 0
+    for array in arrays:  # a plain loop costs half of sum() over a generator
+        count += array.size
+    return count
 
 
 def header_length_list(value: bytes) -> int:

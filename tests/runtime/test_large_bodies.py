@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import pytest
 
+from inference_runtime import codec
 from inference_runtime.offload import DECODE_INLINE_BYTES
 
 pytestmark = pytest.mark.runtime
@@ -125,6 +126,20 @@ def test_a_decoder_process_that_dies_fails_its_request_and_the_next_large_body_g
     assert "the process decoding large requests stopped" in orjson.loads(payload)["error"]
     assert echo.client.post("/v2/models/echo/infer", content=body).status_code == 200
     assert len(decoders(echo.proc.pid)) == 1 and decoder not in decoders(echo.proc.pid)
+
+
+def test_a_large_json_output_is_written_in_pieces_to_the_same_bytes():
+    rng = np.random.default_rng(5)
+    for size in (0, 5, codec.ENCODE_INLINE_VALUES, codec.ENCODE_INLINE_VALUES + 1, 3 * codec.ENCODE_INLINE_VALUES):
+        finite = rng.random(size).astype(np.float32)
+        nonfinite = finite.copy()
+        nonfinite[size // 2 :: 50_000] = np.nan
+        nonfinite[-3:] = [np.nan, np.inf, -np.inf][: min(size, 3)]
+        for flat in (finite, nonfinite, np.arange(size, dtype=np.int64)):
+            one_call = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)
+            whole = one_call if np.isfinite(flat).all() else codec._with_nonfinite(flat)
+            written = orjson.dumps(codec._json_data(flat), option=orjson.OPT_SERIALIZE_NUMPY)
+            assert written == whole, (size, flat.dtype)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
