@@ -132,8 +132,9 @@ def cache_from_url(name: str, default: str) -> dict:
         return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url, "KEY_PREFIX": "slipway"}
     if scheme == "locmem":
         return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": url.split("://", 1)[1]}
+    given = f"the scheme {scheme + '://'!r}" if scheme else "no scheme://"  # never the URL: it may hold a password
     raise ImproperlyConfigured(
-        f"{name}={url!r} is not a cache URL Slipway knows: use redis://host:6379/1 (shared by every process) "
+        f"{name} is not a cache URL Slipway knows ({given}): use redis://host:6379/1 (shared by every process) "
         "or locmem:// (one cache per process)."
     )
 

@@ -57,3 +57,14 @@ def test_a_database_url_that_is_none_names_the_variable_and_keeps_its_password(t
     assert refused.returncode != 0
     assert "DATABASE_URL is not a database URL Slipway can use" in refused.stderr and reason in refused.stderr
     assert "s3cret" not in refused.stdout + refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "given"),
+    [("redis//:s3cret@cache.example.com:6379/1", "no scheme://"), ("memcache://u:s3cret@cache/1", "'memcache://'")],
+)
+def test_a_cache_url_that_is_none_names_the_variable_and_keeps_its_password(tmp_path, url, given):
+    refused = manage_check(tmp_path, SLIPWAY_CACHE_URL=url)
+    assert refused.returncode != 0
+    assert "SLIPWAY_CACHE_URL is not a cache URL Slipway knows" in refused.stderr and given in refused.stderr
+    assert "s3cret" not in refused.stdout + refused.stderr
