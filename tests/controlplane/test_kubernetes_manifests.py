@@ -30,7 +30,7 @@ def test_each_object_is_valid_for_the_kubernetes_versions_we_support(doc):
 
 def test_every_setting_named_is_one_slipway_reads():
     settings_source = (ROOT / "controlplane" / "settings.py").read_text()
-    read = set(re.findall(r'(?:env_[a-z_]+|cache_from_url)\(\s*"([A-Z0-9_]+)"', settings_source))
+    read = set(re.findall(r'(?:env_[a-z_]+|cache_from_url|database_from_url)\(\s*"([A-Z0-9_]+)"', settings_source))
     assert {"DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SECRET_KEY"} <= read
     (config,) = [doc for doc in DOCS if doc["kind"] == "ConfigMap"]
     named = set(config["data"]) | {
