@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from rest_framework.test import APIClient
 
 from controlplane.audit import Actor
@@ -104,6 +105,11 @@ def live_db(transactional_db):
     with connection.cursor() as cursor:
         # Django flushes a transactional test's tables with TRUNCATE once it ends.
         cursor.execute("ALTER TABLE controlplane_auditevent DISABLE TRIGGER audit_no_truncate")
+        # A task an earlier test left the session's worker (a countdown it holds) may read while the TRUNCATE
+        # takes its locks: of two sessions in a deadlock, the one whose deadlock_timeout runs out first is
+        # cancelled. Let that be the task's (1 s), not the flush's, which would leave this test's rows behind.
+        with contextlib.suppress(DatabaseError):  # a role that may not set it (not a superuser): as before
+            cursor.execute("SET deadlock_timeout = '10s'")
 
 
 # --- A real Celery worker process on the test database -----------------------------------
